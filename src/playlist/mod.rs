@@ -1,0 +1,16 @@
+//! PURE: the lossless line-based HLS playlist rewriter and the IPTV M3U reader.
+//!
+//! No I/O, no async, no HTTP-framework types: text in, text out.
+
+pub mod iptv;
+
+/// What an upstream URI points at, decided by its position and tag, never by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UriKind {
+    /// A playlist (variant, rendition, I-frame, rendition report).
+    Playlist,
+    /// Media bytes: segments, init sections, parts, preload hints.
+    Media,
+    /// A decryption key.
+    Key,
+}

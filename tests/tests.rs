@@ -1,0 +1,4 @@
+//! The one integration-test binary: every suite spawns the proxy on 127.0.0.1:0 against
+//! local origins.
+
+mod util;
