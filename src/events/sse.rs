@@ -51,10 +51,14 @@ async fn event_feed(State(bus): State<EventBus>, RawQuery(query): RawQuery) -> R
     ([no_buffering], sse).into_response()
 }
 
-/// Query parameters may repeat (`types=a&types=b`); every `types` value is merged.
+/// Query parameters may repeat (`types=a&types=b`); every `types` value is merged. An empty
+/// value (`stream_id=`) restricts nothing, as forms send empty fields.
 fn filter_from_query(query: &str) -> Result<EventFilter, super::UnknownEventType> {
     let mut filter = EventFilter::default();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if value.is_empty() {
+            continue;
+        }
         match key.as_ref() {
             "stream_id" => filter.stream_id = Some(value.into_owned()),
             "client_id" => filter.client_id = Some(value.into_owned()),

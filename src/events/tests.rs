@@ -162,7 +162,7 @@ async fn sse_feed_filters_by_stream_and_type() {
     let bus = EventBus::new(64);
     let addr = serve(sse_router().with_state(bus.clone())).await;
     let mut feed = SseReader::open(format!(
-        "http://{addr}/events?stream_id=a&types=stream_created,failover"
+        "http://{addr}/events?stream_id=a&client_id=&types=stream_created&types=failover"
     ))
     .await;
 
