@@ -2,5 +2,7 @@
 //! local origins.
 
 mod api;
+mod direct;
+mod hls;
 mod origin_selftest;
 mod util;

@@ -311,6 +311,7 @@ fn relay(
     let content_type = res
         .headers()
         .get(header::CONTENT_TYPE)
+        .filter(|v| !v.is_empty())
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(default_content_type(url, kind)));
     headers.insert(header::CONTENT_TYPE, content_type);
