@@ -2,7 +2,9 @@
 //! local origins.
 
 mod api;
+mod cleanup;
 mod direct;
 mod hls;
 mod origin_selftest;
+mod stats;
 mod util;

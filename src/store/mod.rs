@@ -129,8 +129,10 @@ pub struct StreamEntry {
     generation: watch::Sender<u64>,
     pub counters: Counters,
     last_access_ms: AtomicU64,
-    /// Clients of this stream, kept here so listing streams never scans every client.
-    client_count: AtomicUsize,
+    /// This stream's clients: an index beside the registry's map so a stream's page, its
+    /// client count and its removal never scan every client. Changed only while the
+    /// registry's clients write lock is held, so the two maps always agree.
+    clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
     events: EventBus,
@@ -194,7 +196,20 @@ impl StreamEntry {
     }
 
     pub fn client_count(&self) -> usize {
-        self.client_count.load(Ordering::Relaxed)
+        self.clients.read().expect("stream clients lock").len()
+    }
+
+    /// This stream's clients, oldest first.
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut v: Vec<_> = self
+            .clients
+            .read()
+            .expect("stream clients lock")
+            .values()
+            .cloned()
+            .collect();
+        sort_clients(&mut v);
+        v
     }
 }
 
@@ -254,6 +269,8 @@ pub struct Registry {
     pub totals: Counters,
     /// Every change of streams and clients is announced here.
     pub events: EventBus,
+    /// `CLIENT_TIMEOUT`: how long after its last request a viewer still counts as active.
+    client_timeout_ms: u64,
 }
 
 impl Registry {
@@ -267,7 +284,21 @@ impl Registry {
             clients: RwLock::default(),
             totals: Counters::default(),
             events: EventBus::default(),
+            client_timeout_ms: 300_000,
         }
+    }
+
+    /// Sets how long after its last request a viewer (and its stream) still counts as
+    /// active in reports; an HLS player is between requests most of the time.
+    pub fn with_client_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.client_timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    /// Active: a connection is open, or the last request is within `CLIENT_TIMEOUT`.
+    fn is_active(&self, counters: &Counters, last_ms: u64) -> bool {
+        Counters::get(&counters.active_connections) > 0
+            || self.clock.now_ms().saturating_sub(last_ms) < self.client_timeout_ms
     }
 
     /// The id of the stream whose original URL is `url`: 96 bits of HMAC, hex.
@@ -331,7 +362,7 @@ impl Registry {
             generation: watch::Sender::new(0),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
-            client_count: AtomicUsize::new(0),
+            clients: RwLock::default(),
             closed: CancellationToken::new(),
             events: self.events.clone(),
         });
@@ -365,17 +396,14 @@ impl Registry {
         entry.closed.cancel();
         let gone: Vec<String> = {
             let mut clients = self.clients.write().expect("clients lock");
-            let gone: Vec<String> = clients
-                .values()
-                .filter(|c| c.stream_id == id)
-                .map(|c| c.id.clone())
-                .collect();
+            let mut own = entry.clients.write().expect("stream clients lock");
+            let mut gone: Vec<_> = own.drain().map(|(_, c)| c).collect();
+            sort_clients(&mut gone);
             for c in &gone {
-                clients.remove(c);
+                clients.remove(&c.id);
             }
-            gone
+            gone.iter().map(|c| c.id.clone()).collect()
         };
-        entry.client_count.store(0, Ordering::Relaxed);
         let reason = match why {
             Removal::Deleted => "stream_deleted",
             Removal::Idle => "stream_idle",
@@ -430,6 +458,7 @@ impl Registry {
                 return (c.clone(), false);
             }
         }
+        let stream = self.stream(stream_id);
         let mut clients = self.clients.write().expect("clients lock");
         if let Some(c) = clients.get(id) {
             if c.stream_id == stream_id {
@@ -437,7 +466,6 @@ impl Registry {
                 return (c.clone(), false);
             }
         }
-        // A named client that moved to another stream starts a new session there.
         let entry = Arc::new(ClientEntry {
             id: id.to_string(),
             stream_id: stream_id.to_string(),
@@ -447,13 +475,31 @@ impl Registry {
             last_seen_ms: AtomicU64::new(now),
             counters: Counters::default(),
         });
+        // A stream deleted while this request was on its way: the request is about to end,
+        // and tracking its viewer would leave a client of nothing behind.
+        let Some(stream) = stream.filter(|s| !s.closed.is_cancelled()) else {
+            return (entry, false);
+        };
+        // A named client that moved to another stream starts a new session there.
         let moved = clients.insert(id.to_string(), entry.clone());
+        if let Some(old) = &moved {
+            if let Some(old_stream) = self.stream(&old.stream_id) {
+                old_stream
+                    .clients
+                    .write()
+                    .expect("stream clients lock")
+                    .remove(id);
+            }
+        }
+        stream
+            .clients
+            .write()
+            .expect("stream clients lock")
+            .insert(id.to_string(), entry.clone());
         drop(clients);
         if let Some(old) = moved {
-            self.adjust_client_count(&old.stream_id, false);
             self.client_gone(&old.id, &old.stream_id, "moved_to_other_stream");
         }
-        self.adjust_client_count(stream_id, true);
         self.events.emit(
             EventType::ClientConnected,
             Some(stream_id),
@@ -461,20 +507,6 @@ impl Registry {
             serde_json::json!({"ip_address": ip, "user_agent": user_agent}),
         );
         (entry, true)
-    }
-
-    fn adjust_client_count(&self, stream_id: &str, up: bool) {
-        if let Some(s) = self.stream(stream_id) {
-            if up {
-                s.client_count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let _ = s
-                    .client_count
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
-            }
-        }
     }
 
     pub fn client_by_id(&self, id: &str) -> Option<Arc<ClientEntry>> {
@@ -489,18 +521,15 @@ impl Registry {
             .values()
             .cloned()
             .collect();
-        all.sort_by(|a, b| a.first_seen_ms.cmp(&b.first_seen_ms).then(a.id.cmp(&b.id)));
+        sort_clients(&mut all);
         all
     }
 
+    /// The clients of one stream, oldest first; empty for an unknown stream.
     pub fn clients_of(&self, stream_id: &str) -> Vec<Arc<ClientEntry>> {
-        let mut v: Vec<_> = self
-            .clients()
-            .into_iter()
-            .filter(|c| c.stream_id == stream_id)
-            .collect();
-        v.sort_by_key(|c| c.first_seen_ms);
-        v
+        self.stream(stream_id)
+            .map(|s| s.clients())
+            .unwrap_or_default()
     }
 
     pub fn client_count(&self) -> usize {
@@ -545,16 +574,27 @@ impl Registry {
             }
         }
         let mut idle_clients = Vec::new();
-        self.clients.write().expect("clients lock").retain(|_, c| {
-            let idle = Counters::get(&c.counters.active_connections) == 0
-                && now.saturating_sub(c.last_seen_ms()) >= client_timeout_ms;
-            if idle {
-                idle_clients.push((c.id.clone(), c.stream_id.clone()));
+        {
+            let mut clients = self.clients.write().expect("clients lock");
+            clients.retain(|_, c| {
+                let idle = Counters::get(&c.counters.active_connections) == 0
+                    && now.saturating_sub(c.last_seen_ms()) >= client_timeout_ms;
+                if idle {
+                    idle_clients.push((c.id.clone(), c.stream_id.clone()));
+                }
+                !idle
+            });
+            for (client_id, stream_id) in &idle_clients {
+                if let Some(s) = self.stream(stream_id) {
+                    s.clients
+                        .write()
+                        .expect("stream clients lock")
+                        .remove(client_id);
+                }
             }
-            !idle
-        });
+        }
+        idle_clients.sort();
         for (client_id, stream_id) in &idle_clients {
-            self.adjust_client_count(stream_id, false);
             self.client_gone(client_id, stream_id, "idle");
         }
         swept.clients.extend(idle_clients);
@@ -586,7 +626,7 @@ impl Registry {
             total_segments_served: Counters::get(&s.counters.segments),
             error_count: Counters::get(&s.counters.errors),
             bytes_per_second: s.counters.bytes_per_second(),
-            is_active: active > 0,
+            is_active: self.is_active(&s.counters, s.last_access_ms()),
             created_at: s.created_at,
             last_access: self.clock.to_utc(s.last_access_ms()),
         }
@@ -604,8 +644,14 @@ impl Registry {
             segments_served: Counters::get(&c.counters.segments),
             active_connections: Counters::get(&c.counters.active_connections),
             bytes_per_second: c.counters.bytes_per_second(),
+            is_active: self.is_active(&c.counters, c.last_seen_ms()),
         }
     }
+}
+
+/// Oldest first, then by id, so listings are stable.
+fn sort_clients(clients: &mut [Arc<ClientEntry>]) {
+    clients.sort_unstable_by(|a, b| a.first_seen_ms.cmp(&b.first_seen_ms).then(a.id.cmp(&b.id)));
 }
 
 /// Lowercase hex of some bytes.
