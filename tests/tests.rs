@@ -4,7 +4,9 @@
 mod api;
 mod cleanup;
 mod direct;
+mod events;
 mod hls;
+mod metrics;
 mod origin_selftest;
 mod stats;
 mod util;

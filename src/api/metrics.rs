@@ -62,7 +62,7 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
+        .map(|p| route_label(p.as_str()))
         .unwrap_or_else(|| "unmatched".to_string());
     let res = next.run(req).await;
     let class = match res.status().as_u16() {
@@ -74,6 +74,12 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     };
     state.requests.add(&route, class);
     res
+}
+
+/// A route template as a label value, with `:id` for `{id}`: braces are legal in label
+/// values, but simple scrapers that cut a sample at the first `}` would drop the line.
+fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
 }
 
 pub async fn render(State(state): State<AppState>) -> Response {
@@ -217,4 +223,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], page.finish()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn route_labels_carry_no_braces() {
+        assert_eq!(
+            route_label("/hls/{id}/{token}/{file}"),
+            "/hls/:id/:token/:file"
+        );
+        assert_eq!(route_label("/stats"), "/stats");
+    }
 }
