@@ -301,6 +301,16 @@ impl Registry {
             || self.clock.now_ms().saturating_sub(last_ms) < self.client_timeout_ms
     }
 
+    /// When something was last seen, for reports: now while a connection is open (a live
+    /// viewer makes one request and then watches for hours), else its last request's end.
+    fn last_seen_utc(&self, counters: &Counters, last_ms: u64) -> DateTime<Utc> {
+        if Counters::get(&counters.active_connections) > 0 {
+            self.clock.to_utc(self.clock.now_ms().max(last_ms))
+        } else {
+            self.clock.to_utc(last_ms)
+        }
+    }
+
     /// The id of the stream whose original URL is `url`: 96 bits of HMAC, hex.
     pub fn stream_id_for(&self, url: &Url) -> String {
         let mut mac = self.id_key.clone();
@@ -628,7 +638,7 @@ impl Registry {
             bytes_per_second: s.counters.bytes_per_second(),
             is_active: self.is_active(&s.counters, s.last_access_ms()),
             created_at: s.created_at,
-            last_access: self.clock.to_utc(s.last_access_ms()),
+            last_access: self.last_seen_utc(&s.counters, s.last_access_ms()),
         }
     }
 
@@ -639,7 +649,7 @@ impl Registry {
             user_agent: c.user_agent.clone(),
             ip_address: c.ip.clone(),
             first_seen: self.clock.to_utc(c.first_seen_ms),
-            last_seen: self.clock.to_utc(c.last_seen_ms()),
+            last_seen: self.last_seen_utc(&c.counters, c.last_seen_ms()),
             bytes_served: Counters::get(&c.counters.bytes),
             segments_served: Counters::get(&c.counters.segments),
             active_connections: Counters::get(&c.counters.active_connections),
@@ -811,5 +821,80 @@ mod tests {
         assert_eq!(swept.streams, vec![s.id.clone()]);
         assert!(s.closed.is_cancelled());
         assert_eq!(r.client_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_connections_are_seen_now_and_activity_lasts_the_client_timeout() {
+        use std::time::Duration;
+        let r = Arc::new(Registry::new(b"k").with_client_timeout(Duration::from_secs(300)));
+        let (s, _) = r.upsert(settings("http://o/a", &[]));
+        let (c, _) = r.client("live", &s.id, "1.1.1.1", "ua");
+        let viewing = Viewing::new(r.clone(), s.clone(), c.clone());
+        tokio::time::advance(Duration::from_secs(1000)).await;
+        let info = r.client_info(&c);
+        assert_eq!(info.last_seen, r.clock.to_utc(1_000_000));
+        assert!(info.is_active);
+        assert_eq!(r.stream_info(&s).last_access, r.clock.to_utc(1_000_000));
+        drop(viewing); // hangs up at 1000 s
+        tokio::time::advance(Duration::from_millis(299_999)).await;
+        assert!(r.client_info(&c).is_active);
+        assert!(r.stream_info(&s).is_active);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let info = r.client_info(&c);
+        assert!(!info.is_active);
+        assert_eq!(info.last_seen, r.clock.to_utc(1_000_000));
+        assert!(!r.stream_info(&s).is_active);
+    }
+
+    #[tokio::test]
+    async fn each_stream_lists_only_its_own_clients_and_a_moving_client_changes_lists() {
+        let r = Registry::new(b"k");
+        let (a, _) = r.upsert(settings("http://o/a", &[]));
+        let (b, _) = r.upsert(settings("http://o/b", &[]));
+        let mut events = r.events.subscribe();
+        assert!(r.client("tv", &a.id, "1.1.1.1", "ua").1);
+        assert!(!r.client("tv", &a.id, "1.1.1.1", "ua").1, "seen before");
+        r.client("phone", &b.id, "1.1.1.2", "ua");
+        assert_eq!(a.client_count(), 1);
+        assert_eq!(r.clients_of(&b.id)[0].id, "phone");
+        // The named client "tv" switches channel: a new session on b.
+        assert!(r.client("tv", &b.id, "1.1.1.1", "ua").1);
+        assert_eq!((a.client_count(), b.client_count()), (0, 2));
+        assert_eq!(r.client_count(), 2);
+        assert!(r.clients_of("unknown").is_empty());
+        let kinds: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| (e.event_type, e.client_id.unwrap(), e.data["reason"].clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    EventType::ClientConnected,
+                    "tv".into(),
+                    serde_json::Value::Null
+                ),
+                (
+                    EventType::ClientConnected,
+                    "phone".into(),
+                    serde_json::Value::Null
+                ),
+                (
+                    EventType::ClientDisconnected,
+                    "tv".into(),
+                    "moved_to_other_stream".into()
+                ),
+                (
+                    EventType::ClientConnected,
+                    "tv".into(),
+                    serde_json::Value::Null
+                ),
+            ]
+        );
+        // A request that arrives as its stream is deleted is served but not tracked.
+        r.remove_stream(&a.id, Removal::Deleted);
+        let (ghost, new) = r.client("late", &a.id, "1.1.1.3", "ua");
+        assert!(!new);
+        assert_eq!(ghost.id, "late");
+        assert!(r.client_by_id("late").is_none());
     }
 }
