@@ -182,3 +182,39 @@ async fn metrics_parse_and_agree_with_stats() {
         num(&p["total_bytes_served"])
     );
 }
+
+#[tokio::test]
+async fn per_stream_series_are_capped_with_watched_streams_kept() {
+    let origin = Origin::start().await;
+    put_stream(&origin, "watched", 100);
+    let proxy = Proxy::start().await;
+    let cap = m3u_proxy::api::MAX_STREAM_SERIES;
+    let mut unwatched = vec![];
+    for n in 0..cap {
+        let created = proxy
+            .create_stream(&format!("http://127.0.0.1:9/ch{n}.m3u8"))
+            .await;
+        unwatched.push(created["stream_id"].as_str().unwrap().to_string());
+    }
+    let watched = proxy
+        .create_stream(&origin.url("/watched/master.m3u8"))
+        .await;
+    let watched = watched["stream_id"].as_str().unwrap();
+    Player::new(None, Some("v")).play(&proxy, watched).await;
+
+    let m = values(&scrape(&proxy).await);
+    assert_eq!(m["m3u_proxy_streams"], (cap + 1) as f64);
+    assert_eq!(m["m3u_proxy_stream_series_omitted"], 1.0);
+    let has = |id: &str| m.contains_key(&format!("m3u_proxy_stream_bytes_served_total{{{id}}}"));
+    assert!(has(watched), "a watched stream keeps its series");
+    assert!(has(&unwatched[0]));
+    assert!(
+        !has(&unwatched[cap - 1]),
+        "the newest unwatched stream is left out"
+    );
+    let per_stream = m
+        .keys()
+        .filter(|k| k.starts_with("m3u_proxy_stream_bytes_served_total{"))
+        .count();
+    assert_eq!(per_stream, cap);
+}

@@ -18,6 +18,10 @@ use crate::upstream::Fetch;
 
 use super::AppState;
 
+/// The most streams given their own label set. Each costs seven series; beyond this a
+/// scrape would grow without bound with the number of registered channels.
+pub const MAX_STREAM_SERIES: usize = 1000;
+
 /// Requests answered, by route template and status class. Route templates are a fixed
 /// set, so the label space is bounded whatever the URLs requested.
 #[derive(Debug, Default)]
@@ -181,7 +185,21 @@ pub async fn render(State(state): State<AppState>) -> Response {
             MetricKind::Gauge,
         );
     }
-    for s in r.streams() {
+    let mut streams = r.streams();
+    let omitted = streams.len().saturating_sub(MAX_STREAM_SERIES);
+    if omitted > 0 {
+        // Active streams first; the sort is stable, so the rest keep registration order
+        // and the chosen set does not churn from one scrape to the next.
+        streams.sort_by_key(|s| !r.stream_is_active(s));
+        streams.truncate(MAX_STREAM_SERIES);
+    }
+    page.gauge(
+        "m3u_proxy_stream_series_omitted",
+        "Streams left out of the per-stream families by the cardinality cap; the proxy-wide families count them.",
+        &[],
+        omitted,
+    );
+    for s in streams {
         let c = &s.counters;
         let labels = [("stream_id", s.id.as_str())];
         page.counter(

@@ -129,6 +129,9 @@ pub struct StreamEntry {
     generation: watch::Sender<u64>,
     pub counters: Counters,
     last_access_ms: AtomicU64,
+    /// One more than the time of the last viewer request (0: never viewed). Unlike
+    /// `last_access_ms`, registering the stream again does not count as viewing it.
+    last_viewed_ms_plus_one: AtomicU64,
     /// This stream's clients: an index beside the registry's map so a stream's page, its
     /// client count and its removal never scan every client. Changed only while the
     /// registry's clients write lock is held, so the two maps always agree.
@@ -193,6 +196,20 @@ impl StreamEntry {
 
     pub fn last_access_ms(&self) -> u64 {
         self.last_access_ms.load(Ordering::Relaxed)
+    }
+
+    /// A viewer's request started or ended now.
+    fn viewed(&self, now_ms: u64) {
+        self.touch(now_ms);
+        self.last_viewed_ms_plus_one
+            .fetch_max(now_ms + 1, Ordering::Relaxed);
+    }
+
+    /// When a viewer last made a request, if ever.
+    pub fn last_viewed_ms(&self) -> Option<u64> {
+        self.last_viewed_ms_plus_one
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
     }
 
     pub fn client_count(&self) -> usize {
@@ -301,6 +318,14 @@ impl Registry {
             || self.clock.now_ms().saturating_sub(last_ms) < self.client_timeout_ms
     }
 
+    /// A connection is open or a viewer made a request within `CLIENT_TIMEOUT`.
+    pub fn stream_is_active(&self, s: &StreamEntry) -> bool {
+        match s.last_viewed_ms() {
+            Some(ms) => self.is_active(&s.counters, ms),
+            None => Counters::get(&s.counters.active_connections) > 0,
+        }
+    }
+
     /// When something was last seen, for reports: now while a connection is open (a live
     /// viewer makes one request and then watches for hours), else its last request's end.
     fn last_seen_utc(&self, counters: &Counters, last_ms: u64) -> DateTime<Utc> {
@@ -372,6 +397,7 @@ impl Registry {
             generation: watch::Sender::new(0),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
+            last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
             closed: CancellationToken::new(),
             events: self.events.clone(),
@@ -636,7 +662,7 @@ impl Registry {
             total_segments_served: Counters::get(&s.counters.segments),
             error_count: Counters::get(&s.counters.errors),
             bytes_per_second: s.counters.bytes_per_second(),
-            is_active: self.is_active(&s.counters, s.last_access_ms()),
+            is_active: self.stream_is_active(s),
             created_at: s.created_at,
             last_access: self.last_seen_utc(&s.counters, s.last_access_ms()),
         }
@@ -690,7 +716,7 @@ impl Viewing {
         client: Arc<ClientEntry>,
     ) -> Self {
         let now = registry.clock.now_ms();
-        stream.touch(now);
+        stream.viewed(now);
         client.touch(now);
         for c in [&registry.totals, &stream.counters, &client.counters] {
             c.active_connections.fetch_add(1, Ordering::Relaxed);
@@ -744,7 +770,7 @@ impl Viewing {
 impl Drop for Viewing {
     fn drop(&mut self) {
         let now = self.registry.clock.now_ms();
-        self.stream.touch(now);
+        self.stream.viewed(now);
         self.client.touch(now);
         for c in [
             &self.registry.totals,
@@ -828,6 +854,7 @@ mod tests {
         use std::time::Duration;
         let r = Arc::new(Registry::new(b"k").with_client_timeout(Duration::from_secs(300)));
         let (s, _) = r.upsert(settings("http://o/a", &[]));
+        assert!(!r.stream_info(&s).is_active, "registered, never viewed");
         let (c, _) = r.client("live", &s.id, "1.1.1.1", "ua");
         let viewing = Viewing::new(r.clone(), s.clone(), c.clone());
         tokio::time::advance(Duration::from_secs(1000)).await;
