@@ -235,12 +235,19 @@ async fn a_viewer_who_hangs_up_midway_is_counted_for_what_it_was_sent() {
 async fn forwarded_addresses_count_only_from_trusted_proxies() {
     let origin = hls_origin(&[500]).await;
     let untrusting = Proxy::start().await;
-    let trusting =
-        Proxy::start_with(|c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]).await;
+    // This proxy's balancer (127.0.0.1) sits behind a trusted CDN edge (10.0.0.1).
+    let trusting = Proxy::start_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap(), "10.0.0.1".parse().unwrap()]
+    })
+    .await;
     for proxy in [&untrusting, &trusting] {
         let id = stream_id(proxy, &origin).await;
         let behind_lb = Player::new(Some("TiviMate"), Some("lb"))
             .with_header("x-forwarded-for", "203.0.113.7, 10.0.0.1");
+        // A viewer that claims an address of its own: the balancer appends the real one.
+        let liar = Player::new(Some("TiviMate"), Some("liar"))
+            .with_header("x-forwarded-for", "192.0.2.99, 198.51.100.20");
+        liar.play(proxy, &id).await;
         behind_lb.play(proxy, &id).await;
         let real_ip =
             Player::new(Some("TiviMate"), Some("real")).with_header("x-real-ip", "198.51.100.9");
@@ -272,6 +279,8 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     assert_eq!(ip_of(&untrusting, "real").await, "127.0.0.1");
     assert_eq!(ip_of(&trusting, "lb").await, "203.0.113.7");
     assert_eq!(ip_of(&trusting, "real").await, "198.51.100.9");
+    assert_eq!(ip_of(&untrusting, "liar").await, "127.0.0.1");
+    assert_eq!(ip_of(&trusting, "liar").await, "198.51.100.20");
     let smart_tvs = |clients: Value| -> Vec<String> {
         let mut ips: Vec<String> = clients["clients"]
             .as_array()
