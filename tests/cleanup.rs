@@ -1,6 +1,7 @@
 //! Cleanup on the tokio clock, with time paused: the maintenance task sweeps every
 //! `CLEANUP_INTERVAL`, never earlier; clients idle past `CLIENT_TIMEOUT` and streams idle
 //! past `STREAM_TIMEOUT` go, with their events; anything with an open connection stays.
+//! The same task turns byte counts into bytes-per-second figures every second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,5 +203,38 @@ async fn a_stream_timeout_of_zero_keeps_streams_and_clients_of_removed_streams_g
             (EventType::StreamDeleted, None, String::new()),
         ]
     );
+    maintenance.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_per_second_is_the_last_second_of_traffic() {
+    let state = build_state(Config {
+        secret: Some("k".into()),
+        ..Config::default()
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    let r = state.registry.clone();
+    let maintenance = spawn_maintenance(state.clone());
+    let at = |secs: f64| sleep_until(t0 + Duration::from_secs_f64(secs));
+    let (s, _) = r.upsert(settings("http://o/rate.m3u8"));
+    let (c, _) = r.client("viewer", &s.id, "10.0.0.1", "tv");
+    let viewing = Viewing::new(r.clone(), s.clone(), c.clone());
+    at(0.5).await;
+    viewing.add_bytes(3_000);
+    at(1.1).await;
+    assert_eq!(r.client_info(&c).bytes_per_second, 3_000.0);
+    assert_eq!(r.stream_info(&s).bytes_per_second, 3_000.0);
+    assert_eq!(r.totals.bytes_per_second(), 3_000.0);
+    viewing.add_bytes(500);
+    at(2.1).await;
+    assert_eq!(r.client_info(&c).bytes_per_second, 500.0);
+    at(3.1).await;
+    assert_eq!(
+        r.client_info(&c).bytes_per_second,
+        0.0,
+        "nothing sent in the last second"
+    );
+    assert_eq!(r.client_info(&c).bytes_served, 3_500);
     maintenance.abort();
 }
