@@ -194,6 +194,12 @@ async fn redirects_and_request_records() {
     assert_eq!(origin.hits("/file.bin"), 1);
     assert_eq!(origin.last_request("/file.bin").unwrap().method, "HEAD");
     assert!(origin.last_request("/never").is_none());
+    let paths: Vec<String> = origin
+        .requests()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(paths, ["/old.m3u8", "/old.m3u8", "/file.bin"]);
     assert_eq!(origin.hits("/never"), 0);
 }
 

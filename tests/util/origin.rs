@@ -64,6 +64,8 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
+/// A handle on a running origin; clones share it (e.g. with a task that updates a playlist).
+#[derive(Clone)]
 pub struct Origin {
     pub addr: SocketAddr,
     state: Arc<Shared>,
@@ -77,6 +79,8 @@ struct Shared {
     dirs: Mutex<Vec<(String, PathBuf)>>,
     faults: Mutex<HashMap<String, Fault>>,
     seen: Mutex<HashMap<String, (usize, Seen)>>,
+    /// Every request in arrival order, for assertions across paths.
+    log: Mutex<Vec<(String, Seen)>>,
     /// Parent of every connection's token: cancelling it is `kill`.
     killed: CancellationToken,
     listener_closed: AtomicBool,
@@ -205,6 +209,11 @@ impl Origin {
         seen.get(path).map_or(0, |(hits, _)| *hits)
     }
 
+    /// Every request so far, in arrival order, as `(path, what was seen)`.
+    pub fn requests(&self) -> Vec<(String, Seen)> {
+        self.state.log.lock().unwrap().clone()
+    }
+
     pub fn last_request(&self, path: &str) -> Option<Seen> {
         let seen = self.state.seen.lock().unwrap();
         seen.get(path).map(|(_, last)| last.clone())
@@ -269,6 +278,7 @@ async fn handle(
         query: request.uri.query().map(str::to_owned),
         headers: request.headers.clone(),
     };
+    state.log.lock().unwrap().push((path.clone(), seen.clone()));
     state
         .seen
         .lock()
