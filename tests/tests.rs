@@ -2,5 +2,6 @@
 //! local origins.
 
 mod api;
+mod e2e;
 mod origin_selftest;
 mod util;

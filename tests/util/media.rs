@@ -356,9 +356,9 @@ pub async fn decode(url: &str) -> Decoded {
     let last = |key: &str| -> u64 {
         progress
             .lines()
+            .rev()
             .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-            .filter_map(|value| value.trim().parse().ok())
-            .last()
+            .find_map(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {key} in ffmpeg progress:\n{progress}"))
     };
     Decoded {
