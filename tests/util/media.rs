@@ -5,6 +5,7 @@
 //! so generating all of them costs a few seconds of one core. This module only makes files and
 //! runs players; serving them is `origin`'s job, and it never reaches beyond loopback.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -70,8 +71,9 @@ pub fn require_ffmpeg() -> bool {
             std::env::var_os("CI").is_none(),
             "ffmpeg/ffprobe not found, and CI is set: the end-to-end suite must run in CI"
         );
-        eprintln!(
-            "\n*** SKIPPED: ffmpeg not found (install ffmpeg to run the end-to-end suite) ***\n"
+        // Straight to the process's stderr: the test harness captures `eprintln!`.
+        let _ = std::io::stderr().write_all(
+            b"\n*** SKIPPED: ffmpeg not found (install ffmpeg to run the end-to-end suite) ***\n",
         );
     }
     found
