@@ -4,11 +4,15 @@
 //!
 //! These tests need ffmpeg and ffprobe; see `media::require_ffmpeg` for when they skip.
 
+use std::time::{Duration, Instant};
+
 use reqwest::header;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::util::media::{self, decode, ffprobe, sha256_hex, Probe, CLIP_SECONDS, PLAYER_MARK};
+use crate::util::media::{
+    self, decode, decode_first, ffprobe, sha256_hex, Probe, CLIP_SECONDS, PLAYER_MARK,
+};
 use crate::util::origin::{Origin, Seen};
 use crate::util::Proxy;
 
@@ -298,5 +302,55 @@ async fn direct_files_are_byte_identical_with_and_without_range() {
         assert_seconds(&format!("{file} decode"), decoded.seconds, CLIP_SECONDS);
         assert_eq!(decoded.frames, 100, "{file}: 4 s at 25 fps");
     }
+    assert_no_bypass(&origin, 0);
+}
+
+#[tokio::test]
+async fn live_ts_is_relayed_as_it_arrives_and_decodes() {
+    if !media::require_ffmpeg() {
+        return;
+    }
+    let origin = Origin::start().await;
+    let recording = media::media().read("direct/clip.ts");
+    // Real time: the origin takes CLIP_SECONDS to send the whole recording.
+    let rate = (recording.len() as f64 / CLIP_SECONDS) as u64;
+    // Two channels, so each viewer is the first of its own stream and starts at byte 0.
+    origin.paced("/channel/one.ts", recording.clone(), rate);
+    origin.paced("/channel/two.ts", recording.clone(), rate);
+    let proxy = Proxy::start().await;
+
+    let url = play_url(&proxy, &origin.url("/channel/one.ts"), false).await;
+    let started = Instant::now();
+    let mut response = proxy.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+    let mut received = Vec::new();
+    let first = response.chunk().await.unwrap().expect("first bytes");
+    let first_byte = started.elapsed();
+    received.extend_from_slice(&first);
+    // Half the recording is enough: what a live stream does at its end is failover's business.
+    let half = recording.len() / 2;
+    while received.len() < half {
+        received.extend_from_slice(&response.chunk().await.unwrap().expect("more bytes"));
+    }
+    drop(response);
+    assert!(
+        first_byte < Duration::from_secs(1),
+        "first byte after {first_byte:?}: the proxy buffered the live stream"
+    );
+    assert_eq!(
+        sha256_hex(&received[..half]),
+        sha256_hex(&recording[..half])
+    );
+
+    let url = play_url(&proxy, &origin.url("/channel/two.ts"), false).await;
+    let started = Instant::now();
+    let decoded = decode_first(&url, 2.0).await;
+    assert_seconds("live decode", decoded.seconds, 2.0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "2 s of live media decoded in {:?}: not paced like a live stream",
+        started.elapsed()
+    );
     assert_no_bypass(&origin, 0);
 }

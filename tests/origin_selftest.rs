@@ -379,3 +379,24 @@ async fn streams_bodies_as_they_come() {
         .expect("no first chunk within a second");
     assert!(first.unwrap().unwrap().len() >= TS_PACKET);
 }
+
+#[tokio::test]
+async fn paced_sends_the_whole_body_at_its_rate() {
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..188 * 100).map(|i| (i % 251) as u8).collect();
+    origin.paced("/channel.ts", body.clone(), 188 * 250);
+    let started = Instant::now();
+    let response = client()
+        .get(origin.url("/channel.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+    assert_eq!(response.bytes().await.unwrap(), body);
+    // 100 packets at 250 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -339,22 +339,19 @@ pub async fn ffprobe(url: &str) -> Probe {
 /// Decodes every stream of `url` (`-map 0`, so each variant and rendition of a master is
 /// fetched) and stops at the first error (`-xerror`).
 pub async fn decode(url: &str) -> Decoded {
-    let progress = player(
-        "ffmpeg",
-        &[
-            "-xerror",
-            "-i",
-            url,
-            "-map",
-            "0",
-            "-f",
-            "null",
-            "-",
-            "-progress",
-            "pipe:1",
-        ],
-    )
-    .await;
+    decode_with(url, &[]).await
+}
+
+/// Like [`decode`], but only the first `seconds` of media: for live streams that may not end.
+pub async fn decode_first(url: &str, seconds: f64) -> Decoded {
+    decode_with(url, &["-t", &seconds.to_string()]).await
+}
+
+async fn decode_with(url: &str, output_options: &[&str]) -> Decoded {
+    let mut arguments = vec!["-xerror", "-i", url, "-map", "0"];
+    arguments.extend_from_slice(output_options);
+    arguments.extend_from_slice(&["-f", "null", "-", "-progress", "pipe:1"]);
+    let progress = player("ffmpeg", &arguments).await;
     let last = |key: &str| -> u64 {
         progress
             .lines()

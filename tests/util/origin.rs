@@ -98,6 +98,10 @@ enum Route {
         bytes_per_sec: u64,
         started: Instant,
     },
+    Paced {
+        body: Bytes,
+        bytes_per_sec: u64,
+    },
 }
 
 #[derive(Clone)]
@@ -181,6 +185,20 @@ impl Origin {
             Route::LiveTs {
                 bytes_per_sec,
                 started,
+            },
+        );
+    }
+
+    /// Sends `body` (real media, e.g. a TS recording) from its start at `bytes_per_sec`,
+    /// without Content-Length, then ends: a live channel as a player sees it, that a test can
+    /// decode. Each request gets its own copy from byte 0.
+    pub fn paced(&self, path: &str, body: impl Into<Bytes>, bytes_per_sec: u64) {
+        let body = body.into();
+        self.set_route(
+            path,
+            Route::Paced {
+                body,
+                bytes_per_sec,
             },
         );
     }
@@ -384,6 +402,10 @@ async fn serve(state: &Shared, request: &Parts, token: &CancellationToken) -> Re
             bytes_per_sec,
             started,
         }) => live_body(bytes_per_sec, started, token.clone()),
+        Some(Route::Paced {
+            body,
+            bytes_per_sec,
+        }) => paced_body(body, bytes_per_sec),
         None => match find_in_dirs(state, path).await {
             Some(file) => serve_file(&file, &request.headers),
             None => text(
@@ -532,6 +554,30 @@ fn live_body(bytes_per_sec: u64, started: Instant, token: CancellationToken) -> 
             }
             let chunk = Ok::<_, Infallible>(chunk.freeze());
             Some((chunk, (interval, next + count, token)))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/mp2t")
+        .body(Body::from_stream(chunks))
+        .unwrap()
+}
+
+/// `body` in whole TS packets every 20 ms, at `bytes_per_sec`; the connection's own end or
+/// a failed write (after `kill`) stops it.
+fn paced_body(body: Bytes, bytes_per_sec: u64) -> Response<Body> {
+    let per_tick = (bytes_per_sec / 50)
+        .next_multiple_of(TS_PACKET as u64)
+        .max(TS_PACKET as u64);
+    let interval = tokio::time::interval(Duration::from_millis(20));
+    let chunks = stream::unfold(
+        (interval, body),
+        move |(mut interval, mut rest)| async move {
+            if rest.is_empty() {
+                return None;
+            }
+            interval.tick().await;
+            let chunk = rest.split_to(rest.len().min(per_tick as usize));
+            Some((Ok::<_, Infallible>(chunk), (interval, rest)))
         },
     );
     Response::builder()
