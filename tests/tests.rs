@@ -3,6 +3,7 @@
 
 mod api;
 mod direct;
+mod e2e;
 mod hls;
 mod origin_selftest;
 mod util;
