@@ -2,6 +2,8 @@
 //! local origins.
 
 mod api;
+mod direct;
 mod e2e;
+mod hls;
 mod origin_selftest;
 mod util;
