@@ -1,4 +1,5 @@
 //! The one integration-test binary: every suite spawns the proxy on 127.0.0.1:0 against
 //! local origins.
 
+mod origin_selftest;
 mod util;

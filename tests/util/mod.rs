@@ -1,1 +1,4 @@
 //! Shared test helpers.
+
+pub mod origin;
+pub mod temp_dir;
