@@ -175,13 +175,20 @@ pub async fn run(client: &ApiClient, interval: Duration, json: bool) -> Result<(
     tokio::pin!(ctrl_c);
     let tty = std::io::stdout().is_terminal();
     let mut meter = RateMeter::default();
+    let mut first = true;
     loop {
         let screen = tokio::select! {
             _ = &mut ctrl_c => break,
             screen = refresh(client, interval, json, &mut meter) => screen?,
         };
         let mut stdout = std::io::stdout().lock();
-        let prefix = if tty && !json { CLEAR } else { "" };
+        // A log (not a terminal) gets frames one after another, a blank line apart.
+        let prefix = match (tty, json, first) {
+            (true, false, _) => CLEAR,
+            (false, false, false) => "\n",
+            _ => "",
+        };
+        first = false;
         // A closed stdout (`monitor | head`) ends the monitor like Ctrl-C would.
         if write!(stdout, "{prefix}{screen}")
             .and_then(|()| stdout.flush())
