@@ -112,14 +112,16 @@ pub fn frame(
     };
     let p = &stats.proxy;
     out.push_str(&format!(
-        "up {}  streams {} ({} active)  viewers {}  connections {}  served {}  {}  errors {}  failovers {}\n\n",
+        "up {}  streams {} ({} active)  viewers {}  connections {}  served {}{}  errors {}  failovers {}\n\n",
         format::duration(p.uptime_seconds),
         p.total_streams,
         p.active_streams,
         p.active_clients,
         p.active_connections,
         format::bytes(p.total_bytes_served),
-        rate_cell(rates.total),
+        rates
+            .total
+            .map_or_else(String::new, |r| format!(" at {}", format::rate(r))),
         p.total_errors,
         p.total_failovers,
     ));
@@ -319,7 +321,10 @@ mod tests {
             lines[0].starts_with("m3u-proxy monitor  http://p:8001  12:00:00 UTC  (every 5s"),
             "{text}"
         );
-        assert!(lines[2].contains("served 3.0 MB  2.0 KB/s"), "{text}");
+        assert!(
+            lines[2].contains("served 3.0 MB at 2.0 KB/s  errors"),
+            "{text}"
+        );
         let busy_at = lines.iter().position(|l| l.starts_with("busy ")).unwrap();
         let quiet_at = lines.iter().position(|l| l.starts_with("quiet ")).unwrap();
         assert!(busy_at < quiet_at, "{text}");

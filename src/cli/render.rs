@@ -223,13 +223,13 @@ pub fn stats(stats: &Stats, now: DateTime<Utc>) -> String {
 /// `health`: one line.
 pub fn health(h: &Health) -> String {
     format!(
-        "{}: m3u-proxy {}, up {}, {}, {}, {} connections\n",
+        "{}: m3u-proxy {}, up {}, {}, {}, {}\n",
         h.status,
         h.version,
         format::duration(h.uptime_seconds),
         count(h.streams, "stream"),
         count(h.clients, "client"),
-        h.active_connections
+        count(h.active_connections as usize, "connection")
     )
 }
 
@@ -252,9 +252,9 @@ pub fn failover(f: &FailoverDone) -> String {
 fn status(s: &StreamInfo) -> String {
     let state = if s.is_active { "active" } else { "idle" };
     format!(
-        "{state}, {}, {} connections",
+        "{state}, {}, {}",
         count(s.client_count, "viewer"),
-        s.active_connections
+        count(s.active_connections as usize, "connection")
     )
 }
 
@@ -335,7 +335,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Status         active, 2 viewers, 1 connections"),
+            text.contains("Status         active, 2 viewers, 1 connection"),
             "{text}"
         );
         assert!(text.contains("(2h 0m ago)"), "{text}");
