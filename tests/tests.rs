@@ -1,5 +1,6 @@
 //! The one integration-test binary: every suite spawns the proxy on 127.0.0.1:0 against
 //! local origins.
 
+mod api;
 mod origin_selftest;
 mod util;

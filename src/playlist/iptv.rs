@@ -72,11 +72,14 @@ fn find_attr<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Duration, attributes, name and line number of an `#EXTINF`.
+type ExtInf = (f64, Vec<(String, String)>, String, usize);
+
 /// What has been read since the last URL line.
 #[derive(Default)]
 struct Pending {
     /// Duration, attributes, name and line number of the latest `#EXTINF`.
-    extinf: Option<(f64, Vec<(String, String)>, String, usize)>,
+    extinf: Option<ExtInf>,
     extgrp: Option<String>,
     vlc_opts: Vec<(String, String)>,
     extra_lines: Vec<String>,
