@@ -2,5 +2,6 @@
 //! local origins.
 
 mod api;
+mod cli;
 mod origin_selftest;
 mod util;
