@@ -112,10 +112,11 @@ pub fn frame(
     };
     let p = &stats.proxy;
     out.push_str(&format!(
-        "up {}  streams {} ({} active)  viewers {}  connections {}  served {}{}  errors {}  failovers {}\n\n",
+        "up {}  streams {} ({} active)  clients {} ({} active)  connections {}  served {}{}  errors {}  failovers {}\n\n",
         format::duration(p.uptime_seconds),
         p.total_streams,
         p.active_streams,
+        p.total_clients,
         p.active_clients,
         p.active_connections,
         format::bytes(p.total_bytes_served),
