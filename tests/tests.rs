@@ -3,5 +3,8 @@
 
 mod api;
 mod cli;
+mod direct;
+mod e2e;
+mod hls;
 mod origin_selftest;
 mod util;
