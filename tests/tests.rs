@@ -2,6 +2,7 @@
 //! local origins.
 
 mod api;
+mod cli;
 mod direct;
 mod e2e;
 mod hls;
