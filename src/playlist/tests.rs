@@ -269,6 +269,17 @@ fn blanks_around_uris_and_line_ends_are_kept() {
 }
 
 #[test]
+fn a_byte_order_mark_never_hides_a_tag() {
+    let text = "\u{feff}#EXTM3U\n\u{feff}#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n\u{feff}#EXT-X-ENDLIST\n\u{feff}seg.ts\n";
+    let out = rewrite(text, &base(), |_, kind| format!("{kind:?}"));
+    assert_eq!(
+        out.text,
+        "\u{feff}#EXTM3U\n\u{feff}#EXT-X-KEY:METHOD=AES-128,URI=\"Key\"\n\u{feff}#EXT-X-ENDLIST\n\u{feff}Media\n"
+    );
+    assert!(out.info.ended);
+}
+
+#[test]
 fn blank_and_comment_lines_are_not_uris() {
     let text = "#EXTM3U\n\n   \n\t\r\n# just a comment\n  # indented comment\n#EXTINF:1,\nseg.ts\n";
     let out = rewrite_tagged(text);
