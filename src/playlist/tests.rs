@@ -269,6 +269,17 @@ fn blanks_around_uris_and_line_ends_are_kept() {
 }
 
 #[test]
+fn a_byte_order_mark_never_hides_a_tag() {
+    let text = "\u{feff}#EXTM3U\n\u{feff}#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n\u{feff}#EXT-X-ENDLIST\n\u{feff}seg.ts\n";
+    let out = rewrite(text, &base(), |_, kind| format!("{kind:?}"));
+    assert_eq!(
+        out.text,
+        "\u{feff}#EXTM3U\n\u{feff}#EXT-X-KEY:METHOD=AES-128,URI=\"Key\"\n\u{feff}#EXT-X-ENDLIST\n\u{feff}Media\n"
+    );
+    assert!(out.info.ended);
+}
+
+#[test]
 fn blank_and_comment_lines_are_not_uris() {
     let text = "#EXTM3U\n\n   \n\t\r\n# just a comment\n  # indented comment\n#EXTINF:1,\nseg.ts\n";
     let out = rewrite_tagged(text);
@@ -309,6 +320,61 @@ fn uris_resolve_per_rfc_3986_against_the_final_url() {
         kinds("#EXT-X-MAP:URI=\"#init\"\n")[0].0,
         "https://origin.example.com/live/ch1/index.m3u8?token=s3cr%20et#init"
     );
+}
+
+/// RFC 3986 §5.4 reference resolution examples, as URI lines (`#s` as an attribute, since
+/// a line starting with `#` is a comment). `g:h` is another scheme, so it is left alone.
+#[test]
+fn rfc_3986_resolution_examples() {
+    let base = Url::parse("http://a/b/c/d;p?q").unwrap();
+    let cases = [
+        ("g:h", None),
+        ("g", Some("http://a/b/c/g")),
+        ("./g", Some("http://a/b/c/g")),
+        ("g/", Some("http://a/b/c/g/")),
+        ("/g", Some("http://a/g")),
+        ("//g", Some("http://g/")),
+        ("?y", Some("http://a/b/c/d;p?y")),
+        ("g?y", Some("http://a/b/c/g?y")),
+        ("g#s", Some("http://a/b/c/g#s")),
+        ("g?y#s", Some("http://a/b/c/g?y#s")),
+        (";x", Some("http://a/b/c/;x")),
+        ("g;x?y#s", Some("http://a/b/c/g;x?y#s")),
+        (".", Some("http://a/b/c/")),
+        ("..", Some("http://a/b/")),
+        ("../g", Some("http://a/b/g")),
+        ("../../g", Some("http://a/g")),
+        ("../../../g", Some("http://a/g")),
+        ("/./g", Some("http://a/g")),
+        ("g.", Some("http://a/b/c/g.")),
+        ("..g", Some("http://a/b/c/..g")),
+        ("./../g", Some("http://a/b/g")),
+        ("./g/.", Some("http://a/b/c/g/")),
+        ("g/../h", Some("http://a/b/c/h")),
+        ("g;x=1/../y", Some("http://a/b/c/y")),
+        ("g?y/./x", Some("http://a/b/c/g?y/./x")),
+        ("g#s/../x", Some("http://a/b/c/g#s/../x")),
+    ];
+    for (uri, expected) in cases {
+        let mut seen = None;
+        let out = rewrite(&format!("{uri}\n"), &base, |url, _| {
+            seen = Some(url.to_string());
+            "R".into()
+        });
+        assert_eq!(seen.as_deref(), expected, "{uri}");
+        let written = if expected.is_some() {
+            "R\n".to_string()
+        } else {
+            format!("{uri}\n")
+        };
+        assert_eq!(out.text, written, "{uri}");
+    }
+    let mut seen = Vec::new();
+    rewrite("#EXT-X-MAP:URI=\"#s\"\n", &base, |url, _| {
+        seen.push(url.to_string());
+        "R".into()
+    });
+    assert_eq!(seen, ["http://a/b/c/d;p?q#s"]);
 }
 
 #[test]
