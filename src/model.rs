@@ -100,7 +100,8 @@ pub struct ClientInfo {
     pub active_connections: u64,
     pub bytes_per_second: f64,
     /// A connection is open or the last request is within `CLIENT_TIMEOUT` (an HLS player
-    /// spends most of its time between requests).
+    /// spends most of its time between requests). Defaulted when reading an older server.
+    #[serde(default)]
     pub is_active: bool,
 }
 
@@ -173,11 +174,14 @@ pub struct Stats {
 pub struct Health {
     pub status: String,
     pub version: String,
+    /// Defaulted (to the Unix epoch) when reading an older server.
+    #[serde(default)]
     pub started_at: DateTime<Utc>,
     pub uptime_seconds: u64,
     pub streams: usize,
     pub clients: usize,
     pub active_connections: u64,
+    #[serde(default)]
     pub total_bytes_served: u64,
 }
 

@@ -3,7 +3,9 @@
 
 mod api;
 mod cleanup;
+mod cli;
 mod direct;
+mod e2e;
 mod events;
 mod hls;
 mod metrics;

@@ -139,6 +139,8 @@ pub struct StreamEntry {
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
     events: EventBus,
+    /// The proxy-wide totals, where switches are counted too.
+    totals: Arc<Counters>,
 }
 
 impl StreamEntry {
@@ -172,6 +174,7 @@ impl StreamEntry {
         {
             Ok(_) => {
                 self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                self.totals.failovers.fetch_add(1, Ordering::Relaxed);
                 self.generation.send_modify(|g| *g += 1);
                 self.events.emit(
                     EventType::Failover,
@@ -282,8 +285,9 @@ pub struct Registry {
     id_key: Hmac<Sha256>,
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
     clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
-    /// Proxy-wide totals, including streams since deleted.
-    pub totals: Counters,
+    /// Proxy-wide totals, including streams since deleted. Shared with every stream so a
+    /// switch of URL counts in both.
+    pub totals: Arc<Counters>,
     /// Every change of streams and clients is announced here.
     pub events: EventBus,
     /// `CLIENT_TIMEOUT`: how long after its last request a viewer still counts as active.
@@ -299,7 +303,7 @@ impl Registry {
             id_key: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
             streams: RwLock::default(),
             clients: RwLock::default(),
-            totals: Counters::default(),
+            totals: Arc::default(),
             events: EventBus::default(),
             client_timeout_ms: 300_000,
         }
@@ -401,6 +405,7 @@ impl Registry {
             clients: RwLock::default(),
             closed: CancellationToken::new(),
             events: self.events.clone(),
+            totals: self.totals.clone(),
         });
         streams.insert(id, entry.clone());
         (entry, Upsert::Created)
@@ -826,6 +831,11 @@ mod tests {
         assert_eq!(s.switch_from(2, "test"), Some(0));
         assert_eq!(s.current_url().1.as_str(), "http://o/a");
         assert_eq!(Counters::get(&s.counters.failovers), 3);
+        assert_eq!(
+            Counters::get(&r.totals.failovers),
+            3,
+            "proxy totals count switches"
+        );
         let (single, _) = r.upsert(settings("http://o/single", &[]));
         assert_eq!(single.switch_from(0, "test"), None);
     }
