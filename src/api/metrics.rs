@@ -104,6 +104,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
     let t = &r.totals;
+    let (active_streams, active_clients) = r.active_counts();
     page.counter(
         "m3u_proxy_bytes_served_total",
         "Bytes written to players.",
@@ -145,6 +146,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
         "Tracked clients.",
         &[],
         r.client_count(),
+    )
+    .gauge(
+        "m3u_proxy_active_streams",
+        "Streams with an open connection or a viewer request within CLIENT_TIMEOUT.",
+        &[],
+        active_streams,
+    )
+    .gauge(
+        "m3u_proxy_active_clients",
+        "Clients with an open connection or a request within CLIENT_TIMEOUT.",
+        &[],
+        active_clients,
     )
     .counter(
         "m3u_proxy_events_total",

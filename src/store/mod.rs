@@ -316,18 +316,24 @@ impl Registry {
         self
     }
 
-    /// Active: a connection is open, or the last request is within `CLIENT_TIMEOUT`.
-    fn is_active(&self, counters: &Counters, last_ms: u64) -> bool {
+    /// Active at `now_ms`: a connection is open, or the last request is within
+    /// `CLIENT_TIMEOUT`.
+    fn is_active(&self, now_ms: u64, counters: &Counters, last_ms: Option<u64>) -> bool {
         Counters::get(&counters.active_connections) > 0
-            || self.clock.now_ms().saturating_sub(last_ms) < self.client_timeout_ms
+            || last_ms.is_some_and(|last| now_ms.saturating_sub(last) < self.client_timeout_ms)
     }
 
     /// A connection is open or a viewer made a request within `CLIENT_TIMEOUT`.
     pub fn stream_is_active(&self, s: &StreamEntry) -> bool {
-        match s.last_viewed_ms() {
-            Some(ms) => self.is_active(&s.counters, ms),
-            None => Counters::get(&s.counters.active_connections) > 0,
-        }
+        self.stream_active_at(self.clock.now_ms(), s)
+    }
+
+    fn stream_active_at(&self, now_ms: u64, s: &StreamEntry) -> bool {
+        self.is_active(now_ms, &s.counters, s.last_viewed_ms())
+    }
+
+    fn client_active_at(&self, now_ms: u64, c: &ClientEntry) -> bool {
+        self.is_active(now_ms, &c.counters, Some(c.last_seen_ms()))
     }
 
     /// When something was last seen, for reports: now while a connection is open (a live
@@ -577,6 +583,27 @@ impl Registry {
         self.clients.read().expect("clients lock").len()
     }
 
+    /// Streams and clients active now (see [`Registry::stream_is_active`]): one pass over
+    /// each map with no copies, for `/metrics`.
+    pub fn active_counts(&self) -> (usize, usize) {
+        let now = self.clock.now_ms();
+        let streams = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .filter(|s| self.stream_active_at(now, s))
+            .count();
+        let clients = self
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .filter(|c| self.client_active_at(now, c))
+            .count();
+        (streams, clients)
+    }
+
     /// Updates every bytes-per-second figure; called once per rate period.
     pub fn tick_rates(&self, elapsed_secs: f64) {
         self.totals.tick_rate(elapsed_secs);
@@ -685,7 +712,7 @@ impl Registry {
             segments_served: Counters::get(&c.counters.segments),
             active_connections: Counters::get(&c.counters.active_connections),
             bytes_per_second: c.counters.bytes_per_second(),
-            is_active: self.is_active(&c.counters, c.last_seen_ms()),
+            is_active: self.client_active_at(self.clock.now_ms(), c),
         }
     }
 }
