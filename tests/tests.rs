@@ -3,6 +3,7 @@
 
 mod api;
 mod direct;
+mod failover;
 mod hls;
 mod origin_selftest;
 mod util;

@@ -15,14 +15,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use url::Url;
 
+use super::failover::retries_on_same_url;
 use super::{check_media_status, Fetch, Upstream};
 use crate::error::UpstreamError;
 use crate::store::StreamEntry;
@@ -31,6 +34,9 @@ use crate::store::StreamEntry;
 pub const TS_PACKET: usize = 188;
 /// The TS sync byte every packet starts with.
 const TS_SYNC: u8 = 0x47;
+/// How long a connection must last before losing it is a fresh failure rather than one
+/// more in a row.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// What the feed yields besides its end.
 #[derive(Debug)]
@@ -162,10 +168,14 @@ pub struct DirectFeed {
     /// Resolves when the stream switches URL; re-armed after each switch. Held across
     /// chunks so a chunk costs no registration on the watch channel.
     switched: Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>,
-    /// Bytes since the current upstream connected: a body that ends having sent nothing is
-    /// a failed attempt, not a reason to reconnect forever.
-    since_connect: u64,
-    empty_runs: u32,
+    /// When the current upstream connected. A connection lost sooner than [`STABLE`] after
+    /// it opened counts as another failed attempt on its URL, so an origin that keeps
+    /// cutting (or ending) right away is left after the retries, not reconnected forever.
+    connected_at: Instant,
+    /// Consecutive short-lived connections on the current URL.
+    short_runs: u32,
+    /// The last loss was a timeout: move to the next URL rather than wait on this one again.
+    move_on: bool,
     /// Failures to report before anything else.
     faults: Vec<UpstreamError>,
     /// The failure that ends the feed, yielded once the faults before it are out.
@@ -192,8 +202,9 @@ impl DirectFeed {
             packets: Packets::default(),
             etag,
             switched: arm(switches),
-            since_connect: 0,
-            empty_runs: 0,
+            connected_at: Instant::now(),
+            short_runs: 0,
+            move_on: false,
             faults: Vec::new(),
             failed: None,
             done: false,
@@ -259,8 +270,6 @@ impl DirectFeed {
 
     /// Turns upstream bytes into player bytes for the shape.
     fn take(&mut self, bytes: Bytes) -> Option<Bytes> {
-        self.since_connect += bytes.len() as u64;
-        self.empty_runs = 0;
         match &mut self.shape {
             Shape::Once => Some(bytes),
             Shape::File { next, last, .. } => {
@@ -287,9 +296,12 @@ impl DirectFeed {
 
     /// The current upstream failed; the next poll reconnects.
     fn lost(&mut self, error: UpstreamError) {
-        if self.since_connect == 0 {
-            self.empty_runs += 1;
+        if self.connected_at.elapsed() < STABLE {
+            self.short_runs += 1;
+        } else {
+            self.short_runs = 0;
         }
+        self.move_on = !retries_on_same_url(&error);
         tracing::info!(stream_id = %self.stream.id, url_index = self.index, error = %error, "direct upstream lost");
         self.faults.push(error);
         self.drop_upstream();
@@ -304,16 +316,26 @@ impl DirectFeed {
                 "upstream cut a body that cannot be resumed".into(),
             ));
         }
-        if self.empty_runs > 0 {
-            // Connected fine but got nothing: a retry like any other, then a switch.
-            if self.empty_runs > policy.settings().retries {
-                let e = UpstreamError::Other("upstream sends nothing".into());
+        if std::mem::take(&mut self.move_on) && self.stream.current_index() == self.index {
+            // A single-URL stream (or a capped one) stays and reconnects below.
+            let e = UpstreamError::Stalled;
+            if policy.switch_after_failure(&self.stream, self.index, &e) {
+                self.short_runs = 0;
+            }
+        }
+        if self.short_runs > 0 && self.stream.current_index() == self.index {
+            // The last connection failed soon after opening: a retry like any other, then
+            // a switch.
+            if self.short_runs > policy.settings().retries {
+                let e =
+                    UpstreamError::Other("upstream keeps failing right after connecting".into());
                 if !policy.switch_after_failure(&self.stream, self.index, &e) {
                     return Err(e);
                 }
-                self.empty_runs = 0;
-            } else {
-                tokio::time::sleep(policy.backoff(self.empty_runs)).await;
+                self.short_runs = 0;
+            } else if self.short_runs > 1 {
+                // The first loss reconnects at once; a URL that keeps failing waits.
+                tokio::time::sleep(policy.backoff(self.short_runs - 1)).await;
             }
         }
         let settings = self.stream.settings();
@@ -338,8 +360,11 @@ impl DirectFeed {
         self.faults.extend(faults);
         let (index, res) = opened?;
         tracing::info!(stream_id = %self.stream.id, url_index = index, "direct upstream reconnected");
+        if index != self.index {
+            self.short_runs = 0;
+        }
         self.index = index;
-        self.since_connect = 0;
+        self.connected_at = Instant::now();
         self.body = Some(res.bytes_stream().boxed());
         Ok(())
     }

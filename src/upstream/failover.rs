@@ -130,7 +130,7 @@ impl FailoverPolicy {
 
 /// Whether the same URL deserves another try after this error: yes for failures that
 /// cost little to retry, no for timeouts, whose retry costs another full timeout.
-fn retries_on_same_url(e: &UpstreamError) -> bool {
+pub fn retries_on_same_url(e: &UpstreamError) -> bool {
     !matches!(
         e,
         UpstreamError::FirstByteTimeout(_) | UpstreamError::Stalled
