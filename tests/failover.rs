@@ -697,3 +697,44 @@ async fn a_dead_set_of_urls_fails_fast_without_spinning() {
     // Each request tries each URL at most once (with its retries): 3 tries per URL.
     assert!(a.hits("/x.m3u8") + a.hits("/y.m3u8") <= 5 * 2 * 3);
 }
+
+#[tokio::test]
+async fn segments_of_a_dead_origin_come_from_its_mirror() {
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    for origin in [&a, &b] {
+        origin.put("/ch/live.m3u8", media_playlist("v", 10), MPEGURL);
+        for n in 10..13 {
+            origin.put(
+                &format!("/ch/v/seg{n}.ts"),
+                vec![n as u8; 940],
+                "video/mp2t",
+            );
+        }
+    }
+    let proxy = proxy().await;
+    let (id, _) = register(&proxy, &a.url("/ch/live.m3u8"), &[b.url("/ch/live.m3u8")]).await;
+    let path = format!("/hls/{id}/playlist.m3u8");
+    let (_, text) = get_text(&proxy, &proxy.url(&path)).await;
+    let refs = uri_lines(&text);
+
+    a.kill().await;
+    // Signed under the dead primary, answered by the backup at the same path.
+    let res = proxy
+        .http
+        .get(resolve(&proxy, &path, &refs[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap()[..], [11u8; 940][..]);
+    assert_eq!(b.hits("/ch/v/seg11.ts"), 1);
+    let info = stream_info(&proxy, &id).await;
+    assert_eq!(info["failover_index"], 1);
+    assert_eq!(info["failover_count"], 1);
+    // The next refresh comes from the backup without another switch.
+    let (status, _) = get_text(&proxy, &proxy.url(&path)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b.hits("/ch/live.m3u8"), 1);
+    assert_eq!(stream_info(&proxy, &id).await["failover_count"], 1);
+}

@@ -21,7 +21,7 @@ use crate::playlist::{self, UriKind};
 use crate::proxy_url::Target;
 use crate::store::{ClientEntry, StreamEntry, Viewing};
 use crate::upstream::direct::{Chunk, DirectFeed};
-use crate::upstream::failover::{equivalent, Equivalent, Listing};
+use crate::upstream::failover::{self, equivalent, Equivalent, Listing};
 use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
@@ -162,7 +162,9 @@ async fn nested_playlist(
 
 /// Fetches a segment, key or init section, retrying quick failures on the same URL. A 404
 /// is retried once (at the live edge a segment can be listed a moment before it exists) and
-/// then passed on: one missing segment never fails the stream over.
+/// then passed on: one missing segment never fails the stream over. When the origin of
+/// the current URL keeps failing, the stream fails over and the same path is asked of the
+/// new URL, so a player holding a playlist from a dead origin need not see an error.
 async fn fetch_media(
     state: &AppState,
     stream: &StreamEntry,
@@ -172,24 +174,72 @@ async fn fetch_media(
     url: &Url,
     headers: &HeaderMap,
 ) -> Result<reqwest::Response, ApiError> {
-    let policy = state.upstream.failover();
+    let fetch = |url: Url| {
+        let (method, settings) = (method.clone(), stream.settings());
+        async move {
+            state
+                .upstream
+                .send(fetch_of(kind), method, &url, &settings, headers)
+                .await
+                .and_then(|res| check_media_status(&res).map(|_| res))
+        }
+    };
+    let error = match with_retries(state, viewing, || fetch(url.clone())).await {
+        Ok(res) => return Ok(res),
+        Err(e) if !e.is_retryable() => {
+            viewing.upstream_error(&e);
+            return Err(e.into());
+        }
+        Err(e) => e,
+    };
+    viewing.upstream_error(&error);
     let settings = stream.settings();
+    let urls: Vec<Url> = settings.urls().cloned().collect();
+    let Some((owner, rest)) = failover::owner_of(&urls, url, stream.current_index()) else {
+        return Err(error.into());
+    };
+    let policy = state.upstream.failover();
+    if owner == stream.current_index() && !policy.switch_after_failure(stream, owner, &error) {
+        return Err(error.into());
+    }
+    let (_, current) = stream.current_url();
+    let Some(mirror) = failover::mirrored(&current, rest) else {
+        return Err(error.into());
+    };
+    tracing::info!(stream_id = %stream.id, "asking the current URL for a segment of a failed one");
+    with_retries(state, viewing, || fetch(mirror.clone()))
+        .await
+        .map_err(|e| {
+            viewing.upstream_error(&e);
+            e.into()
+        })
+}
+
+/// Runs `fetch` with the policy's same-URL retries; a 404 is retried once. Failures that
+/// were retried are counted here; the one returned is left to the caller.
+async fn with_retries<F, Fut>(
+    state: &AppState,
+    viewing: &Viewing,
+    mut fetch: F,
+) -> Result<reqwest::Response, UpstreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<reqwest::Response, UpstreamError>>,
+{
+    let policy = state.upstream.failover();
     let mut retries = 0;
     loop {
-        let answer = state
-            .upstream
-            .send(fetch_of(kind), method.clone(), url, &settings, headers)
-            .await
-            .and_then(|res| check_media_status(&res).map(|_| res));
+        let answer = fetch().await;
         let retry = match &answer {
             Ok(res) => res.status() == StatusCode::NOT_FOUND && retries == 0,
-            Err(e) => e.is_retryable() && retries < policy.settings().retries,
+            Err(e) => {
+                e.is_retryable()
+                    && failover::retries_on_same_url(e)
+                    && retries < policy.settings().retries
+            }
         };
         if !retry {
-            return answer.map_err(|e| {
-                viewing.upstream_error(&e);
-                e.into()
-            });
+            return answer;
         }
         if let Err(e) = &answer {
             viewing.upstream_error(e);

@@ -241,9 +241,51 @@ pub fn equivalent(old: &Listing, new: &Listing, target: &str) -> Equivalent {
         .map_or(Equivalent::Same, Equivalent::Listed)
 }
 
+/// The index of the stream URL whose directory holds `url`, preferring `prefer` when several
+/// do (two URLs on one host), and `url`'s path below that directory.
+pub fn owner_of<'a>(urls: &[Url], url: &'a Url, prefer: usize) -> Option<(usize, &'a str)> {
+    let below = |base: &Url| {
+        let dir = &base.as_str()[..base.as_str().len() - base.query().map_or(0, |q| q.len() + 1)];
+        let dir = &dir[..dir.rfind('/')? + 1];
+        url.as_str().strip_prefix(dir)
+    };
+    if let Some(rest) = urls.get(prefer).and_then(below) {
+        return Some((prefer, rest));
+    }
+    urls.iter()
+        .enumerate()
+        .find_map(|(i, base)| below(base).map(|rest| (i, rest)))
+}
+
+/// Where a mirror at `to` would keep what lies at `rest` below another URL's directory:
+/// backups of one channel are often the same files on another host.
+pub fn mirrored(to: &Url, rest: &str) -> Option<Url> {
+    to.join(rest).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_maps_to_the_same_path_below_the_backup() {
+        let urls: Vec<Url> = [
+            "http://a/live/ch1/index.m3u8?t=1",
+            "http://b:81/mirror/index.m3u8",
+        ]
+        .iter()
+        .map(|u| Url::parse(u).unwrap())
+        .collect();
+        let seg = Url::parse("http://a/live/ch1/hi/seg7.ts?x=2").unwrap();
+        let (owner, rest) = owner_of(&urls, &seg, 1).unwrap();
+        assert_eq!((owner, rest), (0, "hi/seg7.ts?x=2"));
+        assert_eq!(
+            mirrored(&urls[1], rest).unwrap().as_str(),
+            "http://b:81/mirror/hi/seg7.ts?x=2"
+        );
+        let foreign = Url::parse("http://cdn/seg7.ts").unwrap();
+        assert_eq!(owner_of(&urls, &foreign, 0), None);
+    }
 
     fn listing(variants: &[&str], renditions: &[&str]) -> Listing {
         Listing {
