@@ -4,6 +4,7 @@
 mod api;
 mod direct;
 mod failover;
+mod failover_e2e;
 mod hls;
 mod origin_selftest;
 mod util;
