@@ -50,6 +50,43 @@ async fn refused_url(path: &str) -> String {
     dead.url(path)
 }
 
+/// A live TS channel on two origins, registered as primary and backup.
+struct Channel {
+    a: Origin,
+    b: Origin,
+    proxy: Proxy,
+    id: String,
+    endpoint: String,
+}
+
+async fn channel() -> Channel {
+    let a = Origin::start().await;
+    a.live_ts("/ch.ts", 100_000);
+    let b = Origin::start().await;
+    b.live_ts("/ch.ts", 100_000);
+    let proxy = proxy().await;
+    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
+    Channel {
+        a,
+        b,
+        proxy,
+        id,
+        endpoint,
+    }
+}
+
+/// `POST /streams/{id}/failover`; returns its answer.
+async fn switch_now(proxy: &Proxy, id: &str) -> Value {
+    let res = proxy
+        .http
+        .post(proxy.url(&format!("/streams/{id}/failover")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
 /// One player connection to a live TS stream, read packet by packet.
 struct TsViewer {
     body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
@@ -144,12 +181,13 @@ async fn ending_live_origin(packets: u64) -> SocketAddr {
 
 #[tokio::test]
 async fn live_ts_keeps_the_connection_when_the_primary_dies() {
-    let a = Origin::start().await;
-    a.live_ts("/ch.ts", 100_000);
-    let b = Origin::start().await;
-    b.live_ts("/ch.ts", 100_000);
-    let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
+    let Channel {
+        a,
+        b,
+        proxy,
+        id,
+        endpoint,
+    } = channel().await;
 
     let mut viewer = TsViewer::open(&proxy, &endpoint).await;
     viewer.read_packets(40, Duration::from_secs(3)).await;
@@ -245,27 +283,21 @@ async fn direct_streams_fail_over_before_the_first_byte() {
 
 #[tokio::test]
 async fn manual_failover_moves_every_live_viewer_at_once() {
-    let a = Origin::start().await;
-    a.live_ts("/ch.ts", 100_000);
-    let b = Origin::start().await;
-    b.live_ts("/ch.ts", 100_000);
-    let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
+    let Channel {
+        a: _primary,
+        b,
+        proxy,
+        id,
+        endpoint,
+    } = channel().await;
     let mut viewers = Vec::new();
     for _ in 0..3 {
         let mut v = TsViewer::open(&proxy, &endpoint).await;
         v.read_packets(20, Duration::from_secs(3)).await;
         viewers.push(v);
     }
-    let res = proxy
-        .http
-        .post(proxy.url(&format!("/streams/{id}/failover")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let done = switch_now(&proxy, &id).await;
     let switched = Instant::now();
-    let done: Value = res.json().await.unwrap();
     assert_eq!(done["current_url"], b.url("/ch.ts"));
 
     for v in &mut viewers {
@@ -289,12 +321,13 @@ async fn manual_failover_moves_every_live_viewer_at_once() {
 
 #[tokio::test]
 async fn a_viewer_hanging_up_is_not_a_failure() {
-    let a = Origin::start().await;
-    a.live_ts("/ch.ts", 100_000);
-    let b = Origin::start().await;
-    b.live_ts("/ch.ts", 100_000);
-    let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
+    let Channel {
+        a: _primary,
+        b,
+        proxy,
+        id,
+        endpoint,
+    } = channel().await;
     let mut viewer = TsViewer::open(&proxy, &endpoint).await;
     viewer.read_packets(20, Duration::from_secs(3)).await;
     drop(viewer);
@@ -603,13 +636,7 @@ async fn manual_failover_reaches_every_hls_viewer_within_one_refresh() {
     let a_variant_hits = a.hits("/lo/index.m3u8") + a.hits("/hi/index.m3u8");
     assert_eq!(a_variant_hits, 3);
 
-    let res = proxy
-        .http
-        .post(proxy.url(&format!("/streams/{id}/failover")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    switch_now(&proxy, &id).await;
 
     for (variant, old_segment, which) in &players {
         // The next refresh of the same variant URL comes from the backup's equivalent.
