@@ -765,3 +765,40 @@ async fn segments_of_a_dead_origin_come_from_its_mirror() {
     assert_eq!(b.hits("/ch/live.m3u8"), 1);
     assert_eq!(stream_info(&proxy, &id).await["failover_count"], 1);
 }
+
+#[tokio::test]
+async fn a_manual_switch_moves_a_file_download_at_once_without_a_byte_twice() {
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    let body = movie();
+    a.put("/movie.mp4", body.clone(), "video/mp4");
+    b.put("/movie.mp4", body.clone(), "video/mp4");
+    // The primary is slow, not dead: only the operator's switch moves the viewer.
+    a.fault("/movie.mp4", Fault::StallAfter(100_000));
+    let proxy = Proxy::start_with(|c| c.upstream.read_stall = Duration::from_secs(30)).await;
+    let (id, endpoint) = register(&proxy, &a.url("/movie.mp4"), &[b.url("/movie.mp4")]).await;
+
+    let res = proxy.get(&endpoint).await;
+    let mut stream = res.bytes_stream();
+    let mut got = Vec::new();
+    while got.len() < 100_000 {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    switch_now(&proxy, &id).await;
+    let switched = Instant::now();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.expect("no cut"));
+    }
+    assert!(switched.elapsed() < Duration::from_secs(2));
+    assert_eq!(got.len(), body.len());
+    assert!(got[..] == body[..], "every byte once, in order");
+    let resumed = b.last_request("/movie.mp4").unwrap();
+    assert_eq!(resumed.headers["range"], "bytes=100000-299999");
+    assert!(
+        resumed.headers.get("if-range").is_none(),
+        "another origin's ETag"
+    );
+    let info = stream_info(&proxy, &id).await;
+    assert_eq!(info["error_count"], 0);
+    assert_eq!(info["failover_count"], 1);
+}

@@ -342,6 +342,83 @@ mod tests {
         }
     }
 
+    fn stream(urls: usize) -> std::sync::Arc<StreamEntry> {
+        let registry = crate::store::Registry::new(b"k");
+        let settings = crate::store::StreamSettings {
+            original_url: Url::parse("http://o/0").unwrap(),
+            failover_urls: (1..urls)
+                .map(|i| Url::parse(&format!("http://o/{i}")).unwrap())
+                .collect(),
+            user_agent: None,
+            headers: Default::default(),
+            metadata: None,
+            stream_type: crate::model::StreamType::Hls,
+        };
+        registry.upsert(settings).0
+    }
+
+    fn policy(retries: u32, cap: u32) -> FailoverPolicy {
+        FailoverPolicy::new(FailoverSettings {
+            retries,
+            backoff: Duration::from_millis(100),
+            max_switches_per_minute: cap,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quick_failures_retry_then_walk_the_list_once() {
+        let s = stream(3);
+        let mut tried = Vec::new();
+        let mut faults = Vec::new();
+        let answer = policy(2, 10)
+            .run(&s, &mut faults, |index, _| {
+                tried.push(index);
+                async move {
+                    match index {
+                        2 => Ok("third"),
+                        _ => Err(UpstreamError::Status(503)),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(answer.unwrap(), (2, "third"));
+        assert_eq!(tried, [0, 0, 0, 1, 1, 1, 2]);
+        assert_eq!(faults.len(), 6);
+        assert_eq!(s.current_index(), 2);
+
+        // Timeouts move on at once; a 404 stops the walk where it is.
+        let s = stream(2);
+        let mut tried = Vec::new();
+        let answer = policy(2, 10)
+            .run(&s, &mut Vec::new(), |index, _| {
+                tried.push(index);
+                async move {
+                    match index {
+                        0 => Err::<(), _>(UpstreamError::Stalled),
+                        _ => Err(UpstreamError::Status(404)),
+                    }
+                }
+            })
+            .await;
+        assert!(matches!(answer, Err(UpstreamError::Status(404))));
+        assert_eq!(tried, [0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn switches_are_capped_per_minute() {
+        let s = stream(2);
+        let p = policy(0, 2);
+        let dead = || async { Err::<(), _>(UpstreamError::Status(500)) };
+        for _ in 0..5 {
+            assert!(p.run(&s, &mut Vec::new(), |_, _| dead()).await.is_err());
+        }
+        assert_eq!(s.generation(), 2, "two switches, then the cap");
+        tokio::time::advance(SWITCH_WINDOW).await;
+        assert!(p.run(&s, &mut Vec::new(), |_, _| dead()).await.is_err());
+        assert_eq!(s.generation(), 3, "a minute later it may switch again");
+        assert!(!p.switch_after_failure(&stream(1), 0, &UpstreamError::Stalled));
+    }
+
     #[test]
     fn timeouts_move_on_and_quick_failures_retry() {
         assert!(!retries_on_same_url(&UpstreamError::Stalled));
