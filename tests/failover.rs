@@ -498,6 +498,7 @@ async fn playlist_failures_switch_within_the_request() {
         ("/html.m3u8", Some(Fault::Html)),
         ("/hang.m3u8", Some(Fault::Hang)),
         ("/reset.m3u8", Some(Fault::Reset)),
+        ("/stall.m3u8", Some(Fault::StallAfter(20))),
         ("/garbage.m3u8", None),
     ] {
         match fault {
@@ -801,4 +802,32 @@ async fn a_manual_switch_moves_a_file_download_at_once_without_a_byte_twice() {
     let info = stream_info(&proxy, &id).await;
     assert_eq!(info["error_count"], 0);
     assert_eq!(info["failover_count"], 1);
+}
+
+#[tokio::test]
+async fn a_viewer_hanging_up_mid_segment_is_not_a_failure() {
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    a.put("/live.m3u8", media_playlist("a", 10), MPEGURL);
+    a.put("/a/seg10.ts", vec![0x47u8; 4_000_000], "video/mp2t");
+    b.put("/live.m3u8", media_playlist("b", 10), MPEGURL);
+    let proxy = proxy().await;
+    let (id, _) = register(&proxy, &a.url("/live.m3u8"), &[b.url("/live.m3u8")]).await;
+    let path = format!("/hls/{id}/playlist.m3u8");
+    let (_, text) = get_text(&proxy, &proxy.url(&path)).await;
+    let res = proxy
+        .http
+        .get(resolve(&proxy, &path, &uri_lines(&text)[0]))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = stream_info(&proxy, &id).await;
+    assert_eq!(info["active_connections"], 0);
+    assert_eq!(info["failover_count"], 0);
+    assert_eq!(info["error_count"], 0);
+    assert_eq!(b.hits("/live.m3u8"), 0);
 }
