@@ -242,8 +242,9 @@ impl DirectFeed {
             tokio::select! {
                 switches = &mut self.switched => {
                     self.switched = arm(switches);
-                    if self.stream.current_index() != self.index {
-                        // Someone switched the stream: follow at once, no failure of ours.
+                    // Someone switched the stream: follow at once, no failure of ours. A
+                    // body that cannot be resumed finishes where it is.
+                    if self.stream.current_index() != self.index && self.shape != Shape::Once {
                         self.drop_upstream();
                     }
                 }
@@ -279,7 +280,10 @@ impl DirectFeed {
                 (!bytes.is_empty()).then_some(bytes)
             }
             Shape::Live { ts } => {
-                let is_ts = *ts.get_or_insert_with(|| bytes.first() == Some(&TS_SYNC));
+                let is_ts = *ts.get_or_insert_with(|| {
+                    bytes.first() == Some(&TS_SYNC)
+                        && bytes.get(TS_PACKET).is_none_or(|b| *b == TS_SYNC)
+                });
                 if is_ts {
                     self.packets.push(bytes)
                 } else {
