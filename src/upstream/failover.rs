@@ -245,8 +245,8 @@ pub fn equivalent(old: &Listing, new: &Listing, target: &str) -> Equivalent {
 /// do (two URLs on one host), and `url`'s path below that directory.
 pub fn owner_of<'a>(urls: &[Url], url: &'a Url, prefer: usize) -> Option<(usize, &'a str)> {
     let below = |base: &Url| {
-        let dir = &base.as_str()[..base.as_str().len() - base.query().map_or(0, |q| q.len() + 1)];
-        let dir = &dir[..dir.rfind('/')? + 1];
+        let path = &base[..url::Position::AfterPath];
+        let dir = &path[..path.rfind('/')? + 1];
         url.as_str().strip_prefix(dir)
     };
     if let Some(rest) = urls.get(prefer).and_then(below) {
