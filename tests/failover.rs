@@ -830,3 +830,31 @@ async fn a_viewer_hanging_up_mid_segment_is_not_a_failure() {
     assert_eq!(info["error_count"], 0);
     assert_eq!(b.hits("/live.m3u8"), 0);
 }
+
+#[tokio::test]
+async fn a_live_viewer_is_let_go_when_every_url_is_dead() {
+    let a = Origin::start().await;
+    a.live_ts("/ch.ts", 100_000);
+    let proxy = proxy().await;
+    let backup = refused_url("/ch.ts").await;
+    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[backup]).await;
+    let mut viewer = TsViewer::open(&proxy, &endpoint).await;
+    viewer.read_packets(20, Duration::from_secs(3)).await;
+    a.kill().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match viewer.body.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends instead of spinning");
+    assert!(ended, "cut with an error, not ended as if complete");
+    let info = stream_info(&proxy, &id).await;
+    assert_eq!(info["failover_count"], 1, "one switch, then it gives up");
+    assert_eq!(info["active_connections"], 0);
+    assert!(info["error_count"].as_u64().unwrap() >= 2);
+}
