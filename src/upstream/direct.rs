@@ -3,7 +3,7 @@
 //!
 //! A live stream (no length) that ends, errors, stalls, or whose stream is switched
 //! (`POST /streams/{id}/failover` or another viewer's failure, seen through the stream's
-//! switch generation) is reconnected on the current URL under the [`FailoverPolicy`]; an
+//! switch generation) is reconnected on the current URL under the [`FailoverPolicy`](super::failover::FailoverPolicy); an
 //! MPEG-TS feed is cut and joined on 188-byte packet boundaries, so the player sees whole
 //! packets only: the partial packet at a cut is dropped and the new feed starts at the first
 //! sync byte that repeats one packet later. A file (known length, byte ranges) resumes with
