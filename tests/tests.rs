@@ -7,6 +7,8 @@ mod cli;
 mod direct;
 mod e2e;
 mod events;
+mod failover;
+mod failover_e2e;
 mod hls;
 mod metrics;
 mod origin_selftest;

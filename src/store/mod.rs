@@ -127,6 +127,8 @@ pub struct StreamEntry {
     /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
     /// them (a one-shot flag would reach only the first reader).
     generation: watch::Sender<u64>,
+    /// Failover bookkeeping: recent automatic switches and the variants each URL lists.
+    pub failover: crate::upstream::failover::StreamFailover,
     pub counters: Counters,
     last_access_ms: AtomicU64,
     /// One more than the time of the last viewer request (0: never viewed). Unlike
@@ -191,6 +193,11 @@ impl StreamEntry {
 
     pub fn subscribe_switches(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// How many times the stream has switched URL since it was registered.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -405,6 +412,7 @@ impl Registry {
             settings: RwLock::new(Arc::new(settings)),
             current: AtomicUsize::new(0),
             generation: watch::Sender::new(0),
+            failover: Default::default(),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
             last_viewed_ms_plus_one: AtomicU64::new(0),
