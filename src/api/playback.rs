@@ -66,7 +66,7 @@ pub async fn master_playlist(
         .await;
     report(&viewing, &faults);
     let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
-    let (response, info) = playlist_response(&state, &stream, &viewing, &fetched, "");
+    let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
     stream
         .failover
         .remember(index, Listing::new(stream.generation(), &info));
@@ -112,11 +112,13 @@ pub async fn signed_reference(
                 .await;
             report(&viewing, &faults);
             let (_, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
-            Ok(playlist_response(&state, &stream, &viewing, &fetched, "../").0)
+            Ok(playlist_response(&state, &stream, viewing, &fetched, "../").0)
         }
         kind => {
+            // A HEAD asks about a segment without playing it.
+            let is_segment = kind == UriKind::Media && method == Method::GET;
             let res = fetch_media(&state, &stream, &viewing, kind, method, &url, &headers).await?;
-            relay(res, &url, kind, viewing, kind == UriKind::Media, plain_body)
+            relay(res, &url, kind, viewing, is_segment, plain_body)
         }
     }
 }
@@ -373,7 +375,7 @@ fn with_ll_hls_params(mut url: Url, query: Option<&str>) -> Url {
 fn playlist_response(
     state: &AppState,
     stream: &StreamEntry,
-    viewing: &Viewing,
+    viewing: Viewing,
     fetched: &FetchedPlaylist,
     prefix: &str,
 ) -> (Response, playlist::PlaylistInfo) {
@@ -386,12 +388,14 @@ fn playlist_response(
         };
         format!("{prefix}{}", state.signer.encode(&stream.id, &target))
     });
-    let body = Bytes::from(rewritten.text);
-    viewing.add_bytes(body.len() as u64);
+    let length = rewritten.text.len();
+    let chunk = Chunk::Bytes(Bytes::from(rewritten.text));
+    let body = counted_body(futures_util::stream::iter([Ok(chunk)]).boxed(), viewing);
     let response = (
         [
-            (header::CONTENT_TYPE, PLAYLIST_CONTENT_TYPE),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_TYPE, PLAYLIST_CONTENT_TYPE.to_string()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
         ],
         body,
     )
@@ -444,16 +448,21 @@ fn relay(
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(default_content_type(url, kind)));
     headers.insert(header::CONTENT_TYPE, content_type);
+    Ok(builder
+        .body(counted_body(body(res), viewing))
+        .expect("relayed headers are valid"))
+}
+
+/// A response body that counts its bytes as they are handed to the player: a HEAD answer,
+/// whose body is never sent, counts nothing, and a viewer who hangs up counts what it got.
+fn counted_body(inner: BoxStream<'static, Result<Chunk, UpstreamError>>, viewing: Viewing) -> Body {
     let closed = viewing.stream.closed.clone().cancelled_owned();
-    let body = CountedBody {
-        inner: body(res),
+    Body::from_stream(CountedBody {
+        inner,
         viewing,
         closed: Box::pin(closed),
         done: false,
-    };
-    Ok(builder
-        .body(Body::from_stream(body))
-        .expect("relayed headers are valid"))
+    })
 }
 
 /// A content type for media whose origin did not send one, from the URL's extension.
