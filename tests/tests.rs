@@ -2,6 +2,7 @@
 //! local origins.
 
 mod api;
+mod binary;
 mod cleanup;
 mod cli;
 mod direct;
