@@ -12,6 +12,7 @@
 //! hls/vN/live.m3u8       live media playlist: same segments, no ENDLIST
 //! hls/vN/segNNNNN.ts     --segments segments of --segment-seconds each
 //! small.ts               100 packets (18,800 bytes): the latency probe
+//! small.m3u8             a one-segment VOD playlist of small.ts
 //! big.ts                 --file-mb MB: the direct-stream file
 //! ```
 //!
@@ -94,6 +95,11 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<()> {
         std::fs::write(hls.join(name), text)?;
     }
     std::fs::write(dir.join("small.ts"), ts_packets(100, 7))?;
+    // So the latency probe can go through the proxy's signed segment route.
+    std::fs::write(
+        dir.join("small.m3u8"),
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.000,\nsmall.ts\n#EXT-X-ENDLIST\n",
+    )?;
     // The big file repeats one 1 MiB-ish block: its size is what matters, and writing it
     // must stay quick.
     let block = ts_packets(5577, 11);

@@ -257,10 +257,33 @@ impl Report {
                 "{}",
                 serde_json::to_string(self).expect("report serializes")
             );
+            // A progress line for whoever watches the driver; stdout stays pure JSON.
+            let p99 = |k: &KindReport| k.ttfb_ms.map_or(0.0, |p| p.p99);
+            let kinds: Vec<String> = self
+                .kinds
+                .iter()
+                .map(|(name, k)| format!("{name} p99 {:.2} ms", p99(k)))
+                .collect();
+            eprintln!(
+                "    {:.0} req/s, {:.1} MB/s, {}, {} errors, {} stalls, load generator {:.0}% CPU{}",
+                self.requests_per_s,
+                self.mb_per_s,
+                kinds.join(", "),
+                self.errors,
+                self.stalls,
+                self.loadgen_cpu_percent,
+                self.proxy.as_ref().map_or(String::new(), |p| format!(
+                    ", proxy {:.0}% CPU {:.1} MB peak RSS",
+                    p.cpu_percent, p.rss_peak_mb
+                )),
+            );
+            for sample in &self.error_samples {
+                eprintln!("    error: {sample}");
+            }
             return;
         }
         println!(
-            "{} {} — {} concurrent, {:.1} s",
+            "{} {} — {} concurrent, {:.2} s",
             self.workload, self.url, self.concurrency, self.duration_s
         );
         println!(
