@@ -130,8 +130,18 @@ pub async fn open(
     Some((media_url, playlist))
 }
 
-/// One viewer from `start_at` to `deadline`.
+/// `url` with `client_id=m3u-load-<n>` added: without it every viewer on 127.0.0.1 with
+/// the same user agent would be one client to the proxy. Static origins ignore it.
+pub fn with_client_id(url: &Url, n: u64) -> Url {
+    let mut url = url.clone();
+    url.query_pairs_mut()
+        .append_pair("client_id", &format!("m3u-load-{n}"));
+    url
+}
+
+/// Viewer number `viewer_index`, from `start_at` to `deadline`.
 pub async fn viewer(
+    viewer_index: u64,
     origin: Origin,
     master: Arc<Url>,
     opts: Arc<ViewerOptions>,
@@ -143,6 +153,7 @@ pub async fn viewer(
     let started = Instant::now();
     // Small buffer: thousands of viewers each hold one, and real-time reads are light.
     let mut conn = Conn::new(origin, 16 * 1024);
+    let master = with_client_id(&master, viewer_index);
     let retry = Duration::from_millis(500);
     let (media_url, mut playlist) = loop {
         if let Some(opened) = open(&mut conn, &master, opts.variant, &mut stats).await {

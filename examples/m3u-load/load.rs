@@ -136,10 +136,10 @@ pub async fn direct(
     deadline: Instant,
 ) -> Result<Stats> {
     let origin = Origin::of(&url)?;
-    let url = Arc::new(url);
     let t0 = Instant::now();
     Ok(run_workers(viewers, |i| {
-        let (origin, url) = (origin.clone(), url.clone());
+        let origin = origin.clone();
+        let url = Arc::new(crate::hls::with_client_id(&url, i));
         let start_at = t0 + ramp.mul_f64(i as f64 / viewers.max(1) as f64);
         direct_viewer(origin, url, pace, start_at, deadline)
     })

@@ -281,6 +281,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     Ok(load::run_workers(viewers, |i| {
                         let start_at = t0 + ramp.mul_f64(i as f64 / viewers.max(1) as f64);
                         hls::viewer(
+                            i,
                             origin.clone(),
                             master.clone(),
                             opts.clone(),
