@@ -93,7 +93,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 fn fmt(v: Option<f64>) -> String {
     match v {
         None => "—".to_string(),
-        Some(v) if v == 0.0 => "0".to_string(),
+        Some(0.0) => "0".to_string(),
         Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
         Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
         Some(v) if v.abs() >= 1.0 => format!("{v:.2}"),
