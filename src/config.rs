@@ -1,1 +1,142 @@
-//! (being written)
+//! The validated runtime configuration. Plain data with defaults that run with no
+//! configuration at all; the binary turns flags and environment into a [`Config`], tests
+//! build one directly. Nothing here parses arguments or reads the environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs to know at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (`M3U_PROXY_HOST`).
+    pub host: IpAddr,
+    /// Port to listen on (`M3U_PROXY_PORT`); 0 picks a free port.
+    pub port: u16,
+    /// A client with no open connection and no request for this long is forgotten.
+    pub client_timeout: Duration,
+    /// How often idle clients and streams are swept.
+    pub cleanup_interval: Duration,
+    /// A stream nobody played for this long is removed; `None` keeps streams forever.
+    pub stream_timeout: Option<Duration>,
+    /// When set, management routes require this token. Playback and `/health` never do.
+    pub api_token: Option<String>,
+    /// Secret that signs playlist references and derives stream ids. Instances behind one
+    /// load balancer must share it. When `None`, it is read from (or created in) the data
+    /// directory, or generated for this process only.
+    pub secret: Option<String>,
+    /// Where state that must survive a restart lives (the signing secret).
+    pub data_dir: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` headers are believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Upstream timeouts; see [`UpstreamTimeouts`].
+    pub upstream: UpstreamTimeouts,
+    /// Largest playlist accepted from an origin, in bytes.
+    pub max_playlist_bytes: usize,
+}
+
+/// Timeouts that suit streaming: bounded waits for a connection and for the first byte,
+/// a stall limit between body chunks, and no total deadline on media bodies (a live stream
+/// or a two-hour film must not be cut by a clock).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// From request sent to response headers received.
+    pub first_byte: Duration,
+    /// Longest silence between two body chunks before the upstream counts as stalled.
+    pub read_stall: Duration,
+    /// Whole-body deadline for playlists, which are small and must be fresh.
+    pub playlist_total: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(10),
+            read_stall: Duration::from_secs(10),
+            playlist_total: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8001,
+            client_timeout: Duration::from_secs(300),
+            cleanup_interval: Duration::from_secs(60),
+            stream_timeout: Some(Duration::from_secs(3600)),
+            api_token: None,
+            secret: None,
+            data_dir: None,
+            trusted_proxies: Vec::new(),
+            upstream: UpstreamTimeouts::default(),
+            max_playlist_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("API token must not be empty")]
+    EmptyToken,
+}
+
+impl Config {
+    /// Checks values that would make the server misbehave rather than fail loudly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.upstream;
+        for (name, d) in [
+            ("client timeout", self.client_timeout),
+            ("cleanup interval", self.cleanup_interval),
+            ("upstream connect timeout", t.connect),
+            ("upstream first-byte timeout", t.first_byte),
+            ("upstream read-stall timeout", t.read_stall),
+            ("playlist timeout", t.playlist_total),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.max_playlist_bytes == 0 {
+            return Err(ConfigError::Zero("max playlist size"));
+        }
+        if self.api_token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documentation() {
+        let c = Config::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.port, 8001);
+        assert_eq!(c.client_timeout, Duration::from_secs(300));
+        assert_eq!(c.cleanup_interval, Duration::from_secs(60));
+        assert_eq!(c.stream_timeout, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn zero_durations_and_empty_tokens_are_refused() {
+        let mut c = Config {
+            cleanup_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Zero("cleanup interval")));
+        c.cleanup_interval = Duration::from_secs(1);
+        c.api_token = Some(String::new());
+        assert_eq!(c.validate(), Err(ConfigError::EmptyToken));
+    }
+}

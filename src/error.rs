@@ -1,1 +1,137 @@
-//! (being written)
+//! Errors at each boundary and how they reach a caller.
+//!
+//! [`UpstreamError`] says what went wrong with an origin and whether another attempt (or
+//! another URL) can help; [`ApiError`] is the one error type of the HTTP layer and renders as
+//! `{"detail": "...", "code": "..."}` with the right status. A caller's mistake is never a
+//! 500, and is not logged as an error; upstream failures are 502/504.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::model::ErrorBody;
+
+/// What went wrong talking to an origin.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to upstream: {0}")]
+    Connect(String),
+    #[error("upstream did not answer within {0:?}")]
+    FirstByteTimeout(std::time::Duration),
+    #[error("upstream stopped sending data")]
+    Stalled,
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("upstream answered {0} instead of a playlist")]
+    NotPlaylist(&'static str),
+    #[error("upstream playlist is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("upstream request failed: {0}")]
+    Other(String),
+}
+
+impl UpstreamError {
+    /// Whether trying again (or another URL) may succeed. A 4xx other than 408/429 is the
+    /// origin's considered answer about this resource; everything else is a fault.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Status(s) => *s >= 500 || *s == 408 || *s == 429,
+            UpstreamError::TooLarge(_) => false,
+            _ => true,
+        }
+    }
+
+    /// Classifies a reqwest error from `send()` or from reading a body.
+    pub fn from_reqwest(e: &reqwest::Error) -> Self {
+        if e.is_connect() {
+            UpstreamError::Connect(root_cause(e))
+        } else if e.is_timeout() {
+            UpstreamError::Stalled
+        } else {
+            UpstreamError::Other(root_cause(e))
+        }
+    }
+}
+
+/// The innermost message of an error chain: "connection refused" rather than reqwest's
+/// "error sending request for url (...)", which would also leak the upstream URL.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// An error answer of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    pub fn stream_not_found(id: &str) -> Self {
+        Self::not_found("stream_not_found", format!("stream not found: {id}"))
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        let (status, code) = match &e {
+            UpstreamError::FirstByteTimeout(_) | UpstreamError::Stalled => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            }
+            UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            UpstreamError::Status(_) => (StatusCode::BAD_GATEWAY, "upstream_status"),
+            UpstreamError::NotPlaylist(_) => (StatusCode::BAD_GATEWAY, "upstream_not_playlist"),
+            UpstreamError::TooLarge(_) => (StatusCode::BAD_GATEWAY, "upstream_too_large"),
+            UpstreamError::Other(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, code = self.code, detail = %self.detail, "request failed");
+        } else {
+            tracing::debug!(status = %self.status, code = self.code, detail = %self.detail, "request refused");
+        }
+        let mut res = (
+            self.status,
+            Json(ErrorBody {
+                detail: self.detail,
+                code: self.code.to_string(),
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}

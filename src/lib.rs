@@ -14,6 +14,7 @@
 //! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts.
 //! - [`store`] — the registry of streams and clients with their hot-path counters.
 //! - [`events`] — typed events: the in-process bus, the SSE feed and webhooks.
+//! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.
 //! - [`api`] — axum routers: management (JSON) and playback (HLS, direct).
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod model;
 pub mod playlist;
 pub mod proxy_url;

@@ -1,1 +1,487 @@
-//! (being written)
+//! PURE: the signed references written into rewritten playlists.
+//!
+//! A reference is `{token}/{file}`, relative to the playlist that contains it. The token
+//! carries the absolute upstream URL, its [`UriKind`] and the viewer's client id, followed by a
+//! truncated HMAC-SHA256 tag over the stream id and that payload, so the proxy only ever
+//! fetches URLs it wrote itself, for the stream it wrote them for. `file` is a cosmetic name
+//! that keeps the upstream extension because players (ffmpeg above all) judge a URL by it; it
+//! is not authenticated and the server ignores it.
+//!
+//! This module must stay pure: no I/O, no async, no HTTP-framework types. It neither resolves
+//! nor validates URLs (the rewriter resolves them; the fetcher decides what it may fetch).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::playlist::UriKind;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The payload layout version, the first byte of every token.
+const VERSION: u8 = 1;
+/// Bytes of HMAC-SHA256 kept in a token: 128 bits is beyond forgery and keeps tokens short.
+const TAG_LEN: usize = 16;
+/// Separates these MACs from any other use of the same secret.
+const DOMAIN: &[u8] = b"m3u-proxy/ref/v1\0";
+/// Longest `file` part, extension included.
+pub const MAX_FILE_LEN: usize = 64;
+
+/// Extensions a media reference keeps; anything else becomes `.ts`.
+const MEDIA_EXTENSIONS: &[&str] = &[
+    "ts", "m4s", "mp4", "m4a", "m4v", "aac", "ac3", "ec3", "eac3", "mp3", "mp2", "vtt", "webvtt",
+    "srt", "ttml", "dfxp", "cmfv", "cmfa", "cmft", "mpg", "mpeg", "mpegts", "m2ts", "mts", "mkv",
+    "mov", "webm", "ogg", "oga", "ogv", "opus", "flac", "wav", "3gp", "fmp4", "id3", "jpg", "jpeg",
+    "png", "webp", "avif",
+];
+/// Extensions a key reference keeps; anything else becomes `.key`.
+const KEY_EXTENSIONS: &[&str] = &["key", "bin"];
+/// A playlist reference must end in `.m3u8`, or ffmpeg will not treat it as one.
+const PLAYLIST_EXTENSIONS: &[&str] = &["m3u8"];
+
+/// Why a token was refused. Both mean "not ours"; they are told apart for logs and counters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// Not a token at all: bad base64, too short, or a payload that does not parse.
+    #[error("malformed reference: {0}")]
+    Malformed(&'static str),
+    /// Well-formed, but signed for another stream, with another secret, or altered.
+    #[error("reference signature does not match")]
+    BadSignature,
+}
+
+/// What a reference points at: everything the server needs to serve it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The absolute upstream URL, byte for byte as the rewriter resolved it.
+    pub url: String,
+    /// What the URL is, decided by the rewriter from its position in the playlist.
+    pub kind: UriKind,
+    /// The viewer, so every request of one player counts as one client.
+    pub client_id: Option<String>,
+}
+
+/// Signs and verifies references with one secret. Cheap to clone; share one per process
+/// (or the same secret on every instance behind a load balancer).
+#[derive(Clone)]
+pub struct Signer {
+    /// The keyed HMAC state, cloned per use so the key schedule runs once.
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for Signer {
+    // The secret must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A signer for `secret` (any length; HMAC hashes long keys and pads short ones).
+    pub fn new(secret: &[u8]) -> Signer {
+        let mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+        Signer { mac }
+    }
+
+    /// A signer with 32 random bytes, for a single instance without a configured secret.
+    /// References it writes stop working when the process restarts.
+    pub fn random() -> Signer {
+        Signer::new(&rand::random::<[u8; 32]>())
+    }
+
+    /// The relative reference `{token}/{file}` for `target` inside stream `stream_id`.
+    pub fn encode(&self, stream_id: &str, target: &Target) -> String {
+        let mut out = self.token(stream_id, target);
+        out.push('/');
+        out.push_str(&file_name(&target.url, target.kind));
+        out
+    }
+
+    /// The token alone: base64url (no padding, so never `/`, `.` or `=`) of payload + tag.
+    pub fn token(&self, stream_id: &str, target: &Target) -> String {
+        let mut bytes = payload(target);
+        let tag = self.tag(stream_id, &bytes);
+        bytes.extend_from_slice(&tag[..TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Verifies `token` for `stream_id` (in constant time) and returns what it points at.
+    ///
+    /// Only the token is checked: the `file` segment after it is cosmetic, so the caller
+    /// passes the token segment alone and ignores the file name.
+    pub fn decode(&self, stream_id: &str, token: &str) -> Result<Target, RefError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| RefError::Malformed("not base64url"))?;
+        // Smallest payload: version, kind, client id marker.
+        if bytes.len() < 3 + TAG_LEN {
+            return Err(RefError::Malformed("too short"));
+        }
+        let (payload, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+        let mut mac = self.mac.clone();
+        feed(&mut mac, stream_id, payload);
+        mac.verify_truncated_left(tag)
+            .map_err(|_| RefError::BadSignature)?;
+        // Authentic from here on; a parse failure now means a token from a future version.
+        parse_payload(payload)
+    }
+
+    fn tag(&self, stream_id: &str, payload: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        feed(&mut mac, stream_id, payload);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Feeds the MAC input: domain, length-prefixed stream id, payload. The length prefix keeps
+/// (stream "a", payload "bc") apart from (stream "ab", payload "c").
+fn feed(mac: &mut HmacSha256, stream_id: &str, payload: &[u8]) {
+    mac.update(DOMAIN);
+    mac.update(&(stream_id.len() as u64).to_be_bytes());
+    mac.update(stream_id.as_bytes());
+    mac.update(payload);
+}
+
+/// `version, kind, varint(client id len + 1, 0 = none), client id, url`. The URL is last so
+/// it needs no length.
+fn payload(target: &Target) -> Vec<u8> {
+    let client = target.client_id.as_deref().map(str::as_bytes);
+    let mut out =
+        Vec::with_capacity(4 + client.map_or(0, <[u8]>::len) + target.url.len() + TAG_LEN);
+    out.push(VERSION);
+    out.push(kind_byte(target.kind));
+    match client {
+        None => put_varint(&mut out, 0),
+        Some(id) => {
+            put_varint(&mut out, id.len() as u64 + 1);
+            out.extend_from_slice(id);
+        }
+    }
+    out.extend_from_slice(target.url.as_bytes());
+    out
+}
+
+fn parse_payload(payload: &[u8]) -> Result<Target, RefError> {
+    let [version, kind, rest @ ..] = payload else {
+        return Err(RefError::Malformed("too short"));
+    };
+    if *version != VERSION {
+        return Err(RefError::Malformed("unknown version"));
+    }
+    let kind = match kind {
+        0 => UriKind::Playlist,
+        1 => UriKind::Media,
+        2 => UriKind::Key,
+        _ => return Err(RefError::Malformed("unknown kind")),
+    };
+    let (marker, rest) = take_varint(rest).ok_or(RefError::Malformed("bad client id length"))?;
+    let (client_id, url) = if marker == 0 {
+        (None, rest)
+    } else {
+        let len = usize::try_from(marker - 1)
+            .ok()
+            .filter(|&len| len <= rest.len())
+            .ok_or(RefError::Malformed("bad client id length"))?;
+        let (id, url) = rest.split_at(len);
+        let id = std::str::from_utf8(id).map_err(|_| RefError::Malformed("client id not UTF-8"))?;
+        (Some(id.to_owned()), url)
+    };
+    let url = std::str::from_utf8(url).map_err(|_| RefError::Malformed("URL not UTF-8"))?;
+    Ok(Target {
+        url: url.to_owned(),
+        kind,
+        client_id,
+    })
+}
+
+fn kind_byte(kind: UriKind) -> u8 {
+    match kind {
+        UriKind::Playlist => 0,
+        UriKind::Media => 1,
+        UriKind::Key => 2,
+    }
+}
+
+/// LEB128: client ids are short, so one byte almost always.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// The cosmetic last segment of a reference: the upstream file name reduced to
+/// `[A-Za-z0-9._-]`, at most [`MAX_FILE_LEN`] bytes, ending in an extension fit for `kind`.
+///
+/// The upstream extension is kept when it suits the kind (`.ts`, `.m4s`, `.mp4`, `.aac`,
+/// `.vtt`, ... for media; `.key`, `.bin` for keys; `.m3u8` for playlists); otherwise the
+/// kind's default (`.ts`, `.key`, `.m3u8`) is appended. Query strings and fragments never
+/// reach the name. It is never empty, never starts with `.`, and never contains `/`.
+pub fn file_name(url: &str, kind: UriKind) -> String {
+    let segment = percent_decode(last_path_segment(url));
+    let (allowed, default_ext, default_stem) = match kind {
+        UriKind::Playlist => (PLAYLIST_EXTENSIONS, "m3u8", "index"),
+        UriKind::Media => (MEDIA_EXTENSIONS, "ts", "segment"),
+        UriKind::Key => (KEY_EXTENSIONS, "key", "key"),
+    };
+    let (stem, ext) = match segment.rsplit_once('.') {
+        Some((stem, ext)) if allowed.iter().any(|a| a.eq_ignore_ascii_case(ext)) => (stem, ext),
+        _ => (segment.as_str(), default_ext),
+    };
+    let mut stem = sanitize(stem);
+    if !stem.bytes().any(|b| b.is_ascii_alphanumeric()) {
+        stem = default_stem.to_owned();
+    }
+    // `sanitize` leaves ASCII only, so any byte index is a char boundary.
+    stem.truncate(MAX_FILE_LEN - 1 - ext.len());
+    stem.push('.');
+    stem.push_str(ext);
+    stem
+}
+
+/// The last segment of the URL's path: query and fragment cut first (they may contain `/`),
+/// and the authority skipped so `https://example.com` has no `.com` "extension".
+fn last_path_segment(url: &str) -> &str {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let mut path = &url[..end];
+    if let Some(scheme_end) = path.find("://") {
+        let after = &path[scheme_end + 3..];
+        path = after.find('/').map_or("", |slash| &after[slash..]);
+    }
+    path.rsplit('/').next().unwrap_or("")
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Keeps `[A-Za-z0-9._-]`, turns each run of anything else into one `_`, and drops leading
+/// dots so the name is never `.`, `..` or hidden.
+fn sanitize(stem: &str) -> String {
+    let mut out = String::with_capacity(stem.len().min(MAX_FILE_LEN));
+    for c in stem.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_start_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn target(url: &str, kind: UriKind, client_id: Option<&str>) -> Target {
+        Target {
+            url: url.to_owned(),
+            kind,
+            client_id: client_id.map(str::to_owned),
+        }
+    }
+
+    fn token_of(reference: &str) -> &str {
+        reference
+            .split_once('/')
+            .expect("reference has a file part")
+            .0
+    }
+
+    #[test]
+    fn round_trips_real_urls() {
+        let signer = Signer::new(b"secret");
+        let long = format!(
+            "https://cdn.example/{}?sig={}",
+            "a/".repeat(3000),
+            "x".repeat(6000)
+        );
+        for url in [
+            "https://cdn.example/live/seg-1.ts?token=abc&expires=123",
+            "https://cdn.example/a%20b/%E2%9C%93.m4s?q=%2F%3F#frag",
+            "http://[::1]:8080/канал/видео.ts?имя=значение",
+            "https://cdn.example/master.m3u8#t=10",
+            "",
+            long.as_str(),
+        ] {
+            for kind in [UriKind::Playlist, UriKind::Media, UriKind::Key] {
+                for client in [None, Some(""), Some("viewer-42")] {
+                    let t = target(url, kind, client);
+                    let reference = signer.encode("stream-1", &t);
+                    assert_eq!(signer.decode("stream-1", token_of(&reference)), Ok(t));
+                }
+            }
+        }
+        assert!(long.len() > 10_000);
+    }
+
+    #[test]
+    fn foreign_stream_and_secret_are_refused() {
+        let t = target("https://cdn.example/a.ts", UriKind::Media, Some("c"));
+        let token = Signer::new(b"one").token("stream-a", &t);
+        assert_eq!(
+            Signer::new(b"one").decode("stream-b", &token),
+            Err(RefError::BadSignature)
+        );
+        assert_eq!(
+            Signer::new(b"two").decode("stream-a", &token),
+            Err(RefError::BadSignature)
+        );
+        assert_eq!(
+            Signer::random().decode("stream-a", &token),
+            Err(RefError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let signer = Signer::new(b"k");
+        for token in [
+            "",
+            "!!!!",
+            "abc",
+            "a/b",
+            "AAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
+            assert!(
+                matches!(signer.decode("s", token), Err(RefError::Malformed(_))),
+                "{token:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        assert_eq!(format!("{:?}", Signer::new(b"hunter2")), "Signer { .. }");
+    }
+
+    #[test]
+    fn file_keeps_a_fitting_extension() {
+        use UriKind::{Key, Media, Playlist};
+        let long_name = format!("https://h/{}.ts", "n".repeat(200));
+        let cases: &[(&str, UriKind, &str)] = &[
+            ("https://h/live/seg-1.ts?token=x", Media, "seg-1.ts"),
+            ("https://h/v/init.mp4", Media, "init.mp4"),
+            ("https://h/v/chunk_12.m4s", Media, "chunk_12.m4s"),
+            ("https://h/a/audio.aac", Media, "audio.aac"),
+            ("https://h/s/sub.webvtt", Media, "sub.webvtt"),
+            ("https://h/s/sub_1.vtt#x", Media, "sub_1.vtt"),
+            ("https://h/v/SEG.TS", Media, "SEG.TS"),
+            ("https://h/v/frag.cmfv", Media, "frag.cmfv"),
+            ("https://h/get.php?seg=1", Media, "get.php.ts"),
+            ("https://h/v/seg", Media, "seg.ts"),
+            ("https://h/index?id=7", Playlist, "index.m3u8"),
+            ("https://h/live/chan.m3u8?a=b/c.ts", Playlist, "chan.m3u8"),
+            ("https://h/play.php", Playlist, "play.php.m3u8"),
+            ("https://h/key", Key, "key.key"),
+            ("https://h/keys/k1.bin", Key, "k1.bin"),
+            ("https://h/key.php?id=3", Key, "key.php.key"),
+            ("https://h/path/", Playlist, "index.m3u8"),
+            ("https://h/path/", Media, "segment.ts"),
+            ("https://example.com", Playlist, "index.m3u8"),
+            ("https://example.com?x=a.ts", Media, "segment.ts"),
+            ("https://h/канал/канал 1.ts", Media, "_1.ts"),
+            ("https://h/%D0%BA%D0%B0.ts", Media, "segment.ts"),
+            ("https://h/my%20show.ts", Media, "my_show.ts"),
+            ("https://h/..", Media, "segment.ts"),
+            ("https://h/.hidden.ts", Media, "hidden.ts"),
+            ("relative/seg.ts", Media, "seg.ts"),
+        ];
+        for (url, kind, want) in cases {
+            assert_eq!(&file_name(url, *kind), want, "{url} as {kind:?}");
+        }
+        let capped = file_name(&long_name, Media);
+        assert_eq!(capped.len(), MAX_FILE_LEN);
+        assert!(capped.ends_with("nnn.ts"));
+    }
+
+    fn kind() -> impl Strategy<Value = UriKind> {
+        prop_oneof![
+            Just(UriKind::Playlist),
+            Just(UriKind::Media),
+            Just(UriKind::Key)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            url in any::<String>(),
+            kind in kind(),
+            client_id in proptest::option::of(any::<String>()),
+            stream_id in any::<String>(),
+        ) {
+            let signer = Signer::new(b"prop");
+            let t = Target { url, kind, client_id };
+            let reference = signer.encode(&stream_id, &t);
+            let (token, file) = reference.split_once('/').expect("has a file part");
+            prop_assert!(!file.contains('/') && !file.is_empty() && !file.starts_with('.'));
+            prop_assert!(file.len() <= MAX_FILE_LEN);
+            prop_assert!(file
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+            prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)));
+            prop_assert_eq!(signer.decode(&stream_id, token), Ok(t));
+        }
+
+        #[test]
+        fn any_single_byte_tamper_is_refused(
+            url in any::<String>(),
+            kind in kind(),
+            client_id in proptest::option::of("[a-z0-9-]{0,12}"),
+            position in any::<prop::sample::Index>(),
+            replacement in any::<u8>(),
+        ) {
+            let signer = Signer::new(b"prop");
+            let token = signer.token("s", &Target { url, kind, client_id });
+            let mut bytes = token.into_bytes();
+            let i = position.index(bytes.len());
+            prop_assume!(bytes[i] != replacement);
+            bytes[i] = replacement;
+            let tampered = String::from_utf8_lossy(&bytes);
+            prop_assert!(signer.decode("s", &tampered).is_err());
+        }
+
+        #[test]
+        fn arbitrary_tokens_never_panic(token in any::<String>(), stream_id in any::<String>()) {
+            let _ = Signer::new(b"prop").decode(&stream_id, &token);
+        }
+
+        #[test]
+        fn arbitrary_base64_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let token = URL_SAFE_NO_PAD.encode(&bytes);
+            prop_assert!(Signer::new(b"prop").decode("s", &token).is_err());
+        }
+    }
+}

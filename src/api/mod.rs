@@ -1,1 +1,158 @@
-//! (being written)
+//! The HTTP surface: [`app`] builds the router from an [`AppState`].
+//!
+//! Management routes speak JSON and sit behind the API token when one is set; playback
+//! routes (`/hls/...`, `/stream/...`) never need a token, carry CORS headers for browser
+//! players, and answer HEAD. Handlers here translate HTTP to calls on the registry and the
+//! upstream client; they hold no lock across an `.await`.
+
+mod manage;
+mod playback;
+mod viewer;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::proxy_url::Signer;
+use crate::store::Registry;
+use crate::upstream::Upstream;
+
+pub use viewer::Viewer;
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub upstream: Upstream,
+    pub signer: Arc<Signer>,
+}
+
+/// The whole application: management and playback routes.
+pub fn app(state: AppState) -> Router {
+    let management = Router::new()
+        .route(
+            "/streams",
+            post(manage::create_stream).get(manage::list_streams),
+        )
+        .route(
+            "/streams/{id}",
+            get(manage::get_stream).delete(manage::delete_stream),
+        )
+        .route("/streams/{id}/failover", post(manage::failover))
+        .route("/stats", get(manage::stats))
+        .route("/clients", get(manage::list_clients))
+        .route("/clients/{id}", get(manage::get_client))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+
+    let playback = Router::new()
+        .route("/hls/{id}/playlist.m3u8", get(playback::master_playlist))
+        .route("/hls/{id}/{token}/{file}", get(playback::signed_reference))
+        .route("/stream/{id}", get(playback::direct))
+        .layer(middleware::from_fn(cors));
+
+    Router::new()
+        .route("/health", get(manage::health))
+        .merge(management)
+        .merge(playback)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+/// Refuses management calls without the configured token. The token may come as
+/// `X-API-Token`, `Authorization: Bearer`, or `?api_token=` (for tools that cannot set
+/// headers). Compared in constant time.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.config.api_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let headers = req.headers();
+    let given = headers
+        .get("x-api-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string())
+        })
+        .or_else(|| {
+            req.uri().query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "api_token")
+                    .map(|(_, v)| v.into_owned())
+            })
+        });
+    match given {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "this route needs the API token (X-API-Token or Authorization: Bearer)",
+        )
+        .into_response(),
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_token",
+            "the API token is wrong",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// CORS for browser players (hls.js on another origin): answers preflights (a `Range`
+/// header triggers one) and exposes the headers a player reads.
+async fn cors(req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            req.headers()
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("Range, If-Range, Content-Type")),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        return res;
+    }
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, Content-Type"),
+    );
+    res
+}

@@ -1,1 +1,126 @@
-fn main() {}
+//! The server binary: flags and environment → `Config`, logging, `server::run`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use m3u_proxy::config::{Config, UpstreamTimeouts};
+use tracing_subscriber::EnvFilter;
+
+/// A fast, dependable HTTP proxy for HLS and IPTV streams.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "M3U_PROXY_HOST", default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Port to listen on.
+    #[arg(long, env = "M3U_PROXY_PORT", default_value_t = 8001)]
+    port: u16,
+    /// Log at debug level (same as LOG_LEVEL=debug).
+    #[arg(long)]
+    debug: bool,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Seconds after which a client without requests or open connections is forgotten.
+    #[arg(long, env = "CLIENT_TIMEOUT", default_value_t = 300)]
+    client_timeout: u64,
+    /// Seconds between sweeps of idle clients and streams.
+    #[arg(long, env = "CLEANUP_INTERVAL", default_value_t = 60)]
+    cleanup_interval: u64,
+    /// Seconds after which a stream nobody plays is removed (0 = never).
+    #[arg(long, env = "STREAM_TIMEOUT", default_value_t = 3600)]
+    stream_timeout: u64,
+    /// Token required by the management API (playback and /health never need it).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Secret that signs playlist references and derives stream ids; share it between
+    /// instances behind one load balancer.
+    #[arg(long, env = "M3U_PROXY_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Directory for state that survives restarts (the generated signing secret).
+    #[arg(long, env = "M3U_PROXY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Comma-separated addresses of reverse proxies whose X-Forwarded-For is trusted.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<IpAddr>,
+    /// Seconds to wait for an upstream connection.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Seconds to wait for an upstream's response headers.
+    #[arg(long, env = "UPSTREAM_FIRST_BYTE_TIMEOUT", default_value_t = 10.0)]
+    first_byte_timeout: f64,
+    /// Seconds of upstream silence mid-body before it counts as stalled.
+    #[arg(long, env = "UPSTREAM_READ_TIMEOUT", default_value_t = 10.0)]
+    read_timeout: f64,
+    /// Seconds allowed to fetch a whole playlist.
+    #[arg(long, env = "PLAYLIST_TIMEOUT", default_value_t = 15.0)]
+    playlist_timeout: f64,
+    /// Largest playlist accepted from an origin, in bytes.
+    #[arg(long, env = "MAX_PLAYLIST_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_playlist_bytes: usize,
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{name} must be a number of seconds"))
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        Ok(Config {
+            host: self.host,
+            port: self.port,
+            client_timeout: Duration::from_secs(self.client_timeout),
+            cleanup_interval: Duration::from_secs(self.cleanup_interval),
+            stream_timeout: (self.stream_timeout > 0)
+                .then(|| Duration::from_secs(self.stream_timeout)),
+            api_token: self.api_token.filter(|t| !t.is_empty()),
+            secret: self.secret.filter(|s| !s.is_empty()),
+            data_dir: self.data_dir,
+            trusted_proxies: self.trusted_proxies,
+            upstream: UpstreamTimeouts {
+                connect: seconds("--connect-timeout", self.connect_timeout)?,
+                first_byte: seconds("--first-byte-timeout", self.first_byte_timeout)?,
+                read_stall: seconds("--read-timeout", self.read_timeout)?,
+                playlist_total: seconds("--playlist-timeout", self.playlist_timeout)?,
+            },
+            max_playlist_bytes: self.max_playlist_bytes,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let level = if args.debug {
+        "debug".to_string()
+    } else {
+        args.log_level.to_ascii_lowercase()
+    };
+    let filter = EnvFilter::try_new(&level).with_context(|| format!("bad LOG_LEVEL {level:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let config = args.into_config()?;
+    m3u_proxy::server::run(config, shutdown_signal()).await?;
+    Ok(())
+}

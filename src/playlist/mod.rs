@@ -2,7 +2,11 @@
 //!
 //! No I/O, no async, no HTTP-framework types: text in, text out.
 
+mod attributes;
+pub mod hls;
 pub mod iptv;
+
+pub use hls::{looks_like_playlist, rewrite, PlaylistInfo, PlaylistKind, Rewrite};
 
 /// What an upstream URI points at, decided by its position and tag, never by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,3 +18,6 @@ pub enum UriKind {
     /// A decryption key.
     Key,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,647 @@
-//! (being written)
+//! The registry of streams and clients, with the counters the hot path bumps.
+//!
+//! Bytes flowing to a player never wait on this module: a response body holds an
+//! `Arc<StreamEntry>` and an `Arc<ClientEntry>` and adds to their atomics per chunk. The
+//! maps are behind `std::sync::RwLock`s that are only held for map operations, never
+//! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::model::{ClientInfo, StreamInfo, StreamType};
+
+/// The settings of a stream, replaced as a whole when the stream is posted again.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub original_url: Url,
+    pub failover_urls: Vec<Url>,
+    pub user_agent: Option<String>,
+    /// Extra headers sent upstream; values may be secrets and are never reported.
+    pub headers: HeaderMap,
+    pub metadata: Option<serde_json::Value>,
+    pub stream_type: StreamType,
+}
+
+impl StreamSettings {
+    /// `[original_url, failover_urls...]`, the list failover walks.
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        std::iter::once(&self.original_url).chain(self.failover_urls.iter())
+    }
+
+    pub fn url_count(&self) -> usize {
+        1 + self.failover_urls.len()
+    }
+
+    pub fn url_at(&self, index: usize) -> &Url {
+        match index % self.url_count() {
+            0 => &self.original_url,
+            i => &self.failover_urls[i - 1],
+        }
+    }
+}
+
+/// Monotonic milliseconds since the registry started, on the tokio clock, plus the wall
+/// time of that start for reporting.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    start_utc: DateTime<Utc>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            start_utc: Utc::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn to_utc(&self, ms: u64) -> DateTime<Utc> {
+        self.start_utc + chrono::Duration::milliseconds(ms as i64)
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.start_utc
+    }
+
+    pub fn uptime_seconds(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+}
+
+/// Counters shared by a stream, a client and the proxy as a whole.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes: AtomicU64,
+    pub segments: AtomicU64,
+    pub errors: AtomicU64,
+    pub failovers: AtomicU64,
+    pub active_connections: AtomicU64,
+    /// Bytes per second over the last rate tick, as `f64` bits.
+    rate_bits: AtomicU64,
+    /// `bytes` at the last rate tick.
+    rate_mark: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_per_second(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Recomputes the rate from the bytes sent since the previous tick.
+    fn tick_rate(&self, elapsed_secs: f64) {
+        let now = self.bytes.load(Ordering::Relaxed);
+        let before = self.rate_mark.swap(now, Ordering::Relaxed);
+        let rate = now.saturating_sub(before) as f64 / elapsed_secs.max(1e-3);
+        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// One registered stream.
+#[derive(Debug)]
+pub struct StreamEntry {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    settings: RwLock<Arc<StreamSettings>>,
+    /// Index into [`StreamSettings::urls`] of the URL in use.
+    current: AtomicUsize,
+    /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
+    /// them (a one-shot flag would reach only the first reader).
+    generation: watch::Sender<u64>,
+    pub counters: Counters,
+    last_access_ms: AtomicU64,
+    /// Cancelled when the stream is deleted: open viewer connections end.
+    pub closed: CancellationToken,
+}
+
+impl StreamEntry {
+    pub fn settings(&self) -> Arc<StreamSettings> {
+        self.settings.read().expect("settings lock").clone()
+    }
+
+    pub fn current_index(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// The URL in use and its index.
+    pub fn current_url(&self) -> (usize, Url) {
+        let settings = self.settings();
+        let index = self.current_index() % settings.url_count();
+        (index, settings.url_at(index).clone())
+    }
+
+    /// Moves to the URL after `from` (wrapping), unless another request already moved
+    /// past it. Returns the new index, or `None` when there is only one URL.
+    pub fn switch_from(&self, from: usize) -> Option<usize> {
+        let count = self.settings().url_count();
+        if count < 2 {
+            return None;
+        }
+        let next = (from + 1) % count;
+        match self
+            .current
+            .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                self.generation.send_modify(|g| *g += 1);
+                Some(next)
+            }
+            // Someone else switched first: use their choice rather than switching twice.
+            Err(now) => Some(now),
+        }
+    }
+
+    pub fn subscribe_switches(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub fn touch(&self, now_ms: u64) {
+        self.last_access_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_access_ms(&self) -> u64 {
+        self.last_access_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// One viewer, identified by `?client_id=` or by (ip, user agent, stream).
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub id: String,
+    pub stream_id: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub first_seen_ms: u64,
+    last_seen_ms: AtomicU64,
+    pub counters: Counters,
+}
+
+impl ClientEntry {
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `POST /streams` made a new stream or updated an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Created,
+    Updated,
+}
+
+/// What a cleanup sweep removed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Swept {
+    pub clients: Vec<(String, String)>,
+    pub streams: Vec<String>,
+}
+
+/// All streams and clients of this process.
+#[derive(Debug)]
+pub struct Registry {
+    pub clock: Clock,
+    id_key: Hmac<Sha256>,
+    streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
+    clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
+    /// Proxy-wide totals, including streams since deleted.
+    pub totals: Counters,
+}
+
+impl Registry {
+    /// `secret` derives stream ids, so the same URL gets the same id on every instance
+    /// that shares the secret, and nobody can guess an id without it.
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            clock: Clock::new(),
+            id_key: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
+            streams: RwLock::default(),
+            clients: RwLock::default(),
+            totals: Counters::default(),
+        }
+    }
+
+    /// The id of the stream whose original URL is `url`: 96 bits of HMAC, hex.
+    pub fn stream_id_for(&self, url: &Url) -> String {
+        let mut mac = self.id_key.clone();
+        mac.update(b"stream-id\0");
+        mac.update(url.as_str().as_bytes());
+        hex(&mac.finalize().into_bytes()[..12])
+    }
+
+    /// The id of a viewer that did not name itself: the same player on the same stream
+    /// gets the same id, without the address or user agent being readable from it.
+    pub fn derive_client_id(&self, ip: &str, user_agent: &str, stream_id: &str) -> String {
+        let mut mac = self.id_key.clone();
+        for part in ["client-id", ip, user_agent, stream_id] {
+            mac.update(part.as_bytes());
+            mac.update(b"\0");
+        }
+        format!("c-{}", hex(&mac.finalize().into_bytes()[..8]))
+    }
+
+    /// Registers a stream, or replaces the settings of the stream with the same URL.
+    pub fn upsert(&self, settings: StreamSettings) -> (Arc<StreamEntry>, Upsert) {
+        let id = self.stream_id_for(&settings.original_url);
+        let now = self.clock.now_ms();
+        let mut streams = self.streams.write().expect("streams lock");
+        if let Some(entry) = streams.get(&id) {
+            let count = settings.url_count();
+            *entry.settings.write().expect("settings lock") = Arc::new(settings);
+            // A shorter failover list may leave the index out of range.
+            if entry.current_index() >= count {
+                entry.current.store(0, Ordering::Release);
+            }
+            entry.touch(now);
+            return (entry.clone(), Upsert::Updated);
+        }
+        let entry = Arc::new(StreamEntry {
+            id: id.clone(),
+            created_at: Utc::now(),
+            settings: RwLock::new(Arc::new(settings)),
+            current: AtomicUsize::new(0),
+            generation: watch::Sender::new(0),
+            counters: Counters::default(),
+            last_access_ms: AtomicU64::new(now),
+            closed: CancellationToken::new(),
+        });
+        streams.insert(id, entry.clone());
+        (entry, Upsert::Created)
+    }
+
+    pub fn stream(&self, id: &str) -> Option<Arc<StreamEntry>> {
+        self.streams.read().expect("streams lock").get(id).cloned()
+    }
+
+    pub fn streams(&self) -> Vec<Arc<StreamEntry>> {
+        let mut all: Vec<_> = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.read().expect("streams lock").len()
+    }
+
+    /// Removes a stream and its clients and ends its open connections.
+    pub fn remove_stream(&self, id: &str) -> Option<(Arc<StreamEntry>, Vec<String>)> {
+        let entry = self.streams.write().expect("streams lock").remove(id)?;
+        entry.closed.cancel();
+        let mut clients = self.clients.write().expect("clients lock");
+        let gone: Vec<String> = clients
+            .values()
+            .filter(|c| c.stream_id == id)
+            .map(|c| c.id.clone())
+            .collect();
+        for c in &gone {
+            clients.remove(c);
+        }
+        Some((entry, gone))
+    }
+
+    /// Ends every open viewer connection (shutdown). The streams stay registered.
+    pub fn close_all(&self) {
+        for s in self.streams.read().expect("streams lock").values() {
+            s.closed.cancel();
+        }
+    }
+
+    /// The client with this id, created on first sight. The boolean is true when new.
+    pub fn client(
+        &self,
+        id: &str,
+        stream_id: &str,
+        ip: &str,
+        user_agent: &str,
+    ) -> (Arc<ClientEntry>, bool) {
+        let now = self.clock.now_ms();
+        if let Some(c) = self.clients.read().expect("clients lock").get(id) {
+            if c.stream_id == stream_id {
+                c.touch(now);
+                return (c.clone(), false);
+            }
+        }
+        let mut clients = self.clients.write().expect("clients lock");
+        if let Some(c) = clients.get(id) {
+            if c.stream_id == stream_id {
+                c.touch(now);
+                return (c.clone(), false);
+            }
+        }
+        // A named client that moved to another stream starts a new session there.
+        let entry = Arc::new(ClientEntry {
+            id: id.to_string(),
+            stream_id: stream_id.to_string(),
+            ip: ip.to_string(),
+            user_agent: user_agent.to_string(),
+            first_seen_ms: now,
+            last_seen_ms: AtomicU64::new(now),
+            counters: Counters::default(),
+        });
+        clients.insert(id.to_string(), entry.clone());
+        (entry, true)
+    }
+
+    pub fn client_by_id(&self, id: &str) -> Option<Arc<ClientEntry>> {
+        self.clients.read().expect("clients lock").get(id).cloned()
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all: Vec<_> = self
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.first_seen_ms.cmp(&b.first_seen_ms).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    pub fn clients_of(&self, stream_id: &str) -> Vec<Arc<ClientEntry>> {
+        let mut v: Vec<_> = self
+            .clients()
+            .into_iter()
+            .filter(|c| c.stream_id == stream_id)
+            .collect();
+        v.sort_by_key(|c| c.first_seen_ms);
+        v
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.read().expect("clients lock").len()
+    }
+
+    /// Updates every bytes-per-second figure; called once per rate period.
+    pub fn tick_rates(&self, elapsed_secs: f64) {
+        self.totals.tick_rate(elapsed_secs);
+        for s in self.streams.read().expect("streams lock").values() {
+            s.counters.tick_rate(elapsed_secs);
+        }
+        for c in self.clients.read().expect("clients lock").values() {
+            c.counters.tick_rate(elapsed_secs);
+        }
+    }
+
+    /// Removes clients idle past `client_timeout` and streams idle past `stream_timeout`.
+    /// Anything with an open connection is never idle.
+    pub fn sweep(&self, client_timeout_ms: u64, stream_timeout_ms: Option<u64>) -> Swept {
+        let now = self.clock.now_ms();
+        let mut swept = Swept::default();
+        if let Some(limit) = stream_timeout_ms {
+            let idle: Vec<String> = self
+                .streams
+                .read()
+                .expect("streams lock")
+                .values()
+                .filter(|s| {
+                    Counters::get(&s.counters.active_connections) == 0
+                        && now.saturating_sub(s.last_access_ms()) >= limit
+                })
+                .map(|s| s.id.clone())
+                .collect();
+            for id in idle {
+                if let Some((_, clients)) = self.remove_stream(&id) {
+                    swept
+                        .clients
+                        .extend(clients.into_iter().map(|c| (c, id.clone())));
+                    swept.streams.push(id);
+                }
+            }
+        }
+        let mut clients = self.clients.write().expect("clients lock");
+        clients.retain(|_, c| {
+            let idle = Counters::get(&c.counters.active_connections) == 0
+                && now.saturating_sub(c.last_seen_ms()) >= client_timeout_ms;
+            if idle {
+                swept.clients.push((c.id.clone(), c.stream_id.clone()));
+            }
+            !idle
+        });
+        swept
+    }
+
+    pub fn stream_info(&self, s: &StreamEntry) -> StreamInfo {
+        let settings = s.settings();
+        let index = s.current_index() % settings.url_count();
+        let clients = self.clients_of(&s.id);
+        let active = Counters::get(&s.counters.active_connections);
+        StreamInfo {
+            stream_id: s.id.clone(),
+            stream_type: settings.stream_type,
+            original_url: settings.original_url.to_string(),
+            current_url: settings.url_at(index).to_string(),
+            failover_urls: settings.failover_urls.iter().map(Url::to_string).collect(),
+            failover_index: index,
+            failover_count: Counters::get(&s.counters.failovers),
+            user_agent: settings.user_agent.clone(),
+            header_names: settings
+                .headers
+                .keys()
+                .map(|k| k.as_str().to_string())
+                .collect(),
+            metadata: settings.metadata.clone(),
+            client_count: clients.len(),
+            active_connections: active,
+            total_bytes_served: Counters::get(&s.counters.bytes),
+            total_segments_served: Counters::get(&s.counters.segments),
+            error_count: Counters::get(&s.counters.errors),
+            bytes_per_second: s.counters.bytes_per_second(),
+            is_active: active > 0,
+            created_at: s.created_at,
+            last_access: self.clock.to_utc(s.last_access_ms()),
+        }
+    }
+
+    pub fn client_info(&self, c: &ClientEntry) -> ClientInfo {
+        ClientInfo {
+            client_id: c.id.clone(),
+            stream_id: Some(c.stream_id.clone()),
+            user_agent: c.user_agent.clone(),
+            ip_address: c.ip.clone(),
+            first_seen: self.clock.to_utc(c.first_seen_ms),
+            last_seen: self.clock.to_utc(c.last_seen_ms()),
+            bytes_served: Counters::get(&c.counters.bytes),
+            segments_served: Counters::get(&c.counters.segments),
+            active_connections: Counters::get(&c.counters.active_connections),
+            bytes_per_second: c.counters.bytes_per_second(),
+        }
+    }
+}
+
+/// Lowercase hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Holds a viewer's connection open in the counters: created when a response starts,
+/// dropped when its body ends or the player hangs up. Bytes are counted through it.
+#[derive(Debug)]
+pub struct Viewing {
+    pub registry: Arc<Registry>,
+    pub stream: Arc<StreamEntry>,
+    pub client: Arc<ClientEntry>,
+}
+
+impl Viewing {
+    pub fn new(
+        registry: Arc<Registry>,
+        stream: Arc<StreamEntry>,
+        client: Arc<ClientEntry>,
+    ) -> Self {
+        let now = registry.clock.now_ms();
+        stream.touch(now);
+        client.touch(now);
+        for c in [&registry.totals, &stream.counters, &client.counters] {
+            c.active_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            registry,
+            stream,
+            client,
+        }
+    }
+
+    /// Counts bytes written to the player: three relaxed atomic adds, no lock.
+    pub fn add_bytes(&self, n: u64) {
+        for c in [
+            &self.registry.totals,
+            &self.stream.counters,
+            &self.client.counters,
+        ] {
+            c.bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_segment(&self) {
+        for c in [
+            &self.registry.totals,
+            &self.stream.counters,
+            &self.client.counters,
+        ] {
+            c.segments.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_error(&self) {
+        for c in [&self.registry.totals, &self.stream.counters] {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Viewing {
+    fn drop(&mut self) {
+        let now = self.registry.clock.now_ms();
+        self.stream.touch(now);
+        self.client.touch(now);
+        for c in [
+            &self.registry.totals,
+            &self.stream.counters,
+            &self.client.counters,
+        ] {
+            c.active_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str, failover: &[&str]) -> StreamSettings {
+        StreamSettings {
+            original_url: Url::parse(url).unwrap(),
+            failover_urls: failover.iter().map(|u| Url::parse(u).unwrap()).collect(),
+            user_agent: None,
+            headers: HeaderMap::new(),
+            metadata: None,
+            stream_type: StreamType::Hls,
+        }
+    }
+
+    #[test]
+    fn same_url_same_id_and_ids_depend_on_the_secret() {
+        let a = Registry::new(b"one");
+        let b = Registry::new(b"two");
+        let (s1, k1) = a.upsert(settings("http://o/a.m3u8", &[]));
+        let (s2, k2) = a.upsert(settings("http://o/a.m3u8", &["http://b/a.m3u8"]));
+        assert_eq!((k1, k2), (Upsert::Created, Upsert::Updated));
+        assert_eq!(s1.id, s2.id);
+        assert_eq!(s1.id.len(), 24);
+        assert_eq!(s2.settings().failover_urls.len(), 1);
+        assert_ne!(
+            s1.id,
+            b.stream_id_for(&Url::parse("http://o/a.m3u8").unwrap())
+        );
+    }
+
+    #[tokio::test]
+    async fn switching_wraps_and_concurrent_switches_count_once() {
+        let r = Registry::new(b"k");
+        let (s, _) = r.upsert(settings("http://o/a", &["http://o/b", "http://o/c"]));
+        let watch = s.subscribe_switches();
+        assert_eq!(s.switch_from(0), Some(1));
+        // A second request that also saw index 0 fail follows the first switch.
+        assert_eq!(s.switch_from(0), Some(1));
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(s.switch_from(1), Some(2));
+        assert_eq!(s.switch_from(2), Some(0));
+        assert_eq!(s.current_url().1.as_str(), "http://o/a");
+        assert_eq!(Counters::get(&s.counters.failovers), 3);
+        let (single, _) = r.upsert(settings("http://o/single", &[]));
+        assert_eq!(single.switch_from(0), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_keeps_open_connections_and_removes_idle_ones() {
+        let r = Arc::new(Registry::new(b"k"));
+        let (s, _) = r.upsert(settings("http://o/a", &[]));
+        let (idle, _) = r.client("idle", &s.id, "1.1.1.1", "ua");
+        let (busy, _) = r.client("busy", &s.id, "1.1.1.2", "ua");
+        let viewing = Viewing::new(r.clone(), s.clone(), busy.clone());
+        tokio::time::advance(std::time::Duration::from_secs(301)).await;
+        let swept = r.sweep(300_000, Some(3_600_000));
+        assert_eq!(swept.clients, vec![("idle".to_string(), s.id.clone())]);
+        assert!(r.client_by_id("busy").is_some());
+        drop((viewing, idle));
+        tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+        let swept = r.sweep(300_000, Some(3_600_000));
+        assert_eq!(swept.streams, vec![s.id.clone()]);
+        assert!(s.closed.is_cancelled());
+        assert_eq!(r.client_count(), 0);
+    }
+}

@@ -1,1 +1,124 @@
-//! Shared test helpers.
+//! Shared test helpers: the proxy started for real on 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+pub mod origin;
+pub mod temp_dir;
+
+use std::net::SocketAddr;
+
+use m3u_proxy::config::Config;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running proxy. Dropping it shuts the server down.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A client that never goes through a system proxy and never follows redirects, so tests
+/// see exactly what the proxy answers.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("test client")
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test defaults (loopback, free port, short upstream timeouts) changed
+    /// by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> Proxy {
+        let mut config = Config {
+            host: [127, 0, 0, 1].into(),
+            port: 0,
+            secret: Some("test-secret".into()),
+            ..Config::default()
+        };
+        config.upstream.connect = std::time::Duration::from_secs(2);
+        config.upstream.first_byte = std::time::Duration::from_secs(3);
+        config.upstream.read_stall = std::time::Duration::from_secs(3);
+        config.upstream.playlist_total = std::time::Duration::from_secs(5);
+        f(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            m3u_proxy::server::serve(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("proxy serves");
+        });
+        Proxy {
+            addr,
+            base: format!("http://{addr}"),
+            http: http_client(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `POST /streams` with a JSON body; returns status and JSON answer.
+    pub async fn post_stream(&self, body: Value) -> (reqwest::StatusCode, Value) {
+        let res = self
+            .http
+            .post(self.url("/streams"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /streams");
+        let status = res.status();
+        (status, res.json().await.expect("JSON answer"))
+    }
+
+    /// Registers `url` and returns the proxy's answer (`stream_id`, `stream_endpoint`, ...).
+    pub async fn create_stream(&self, url: &str) -> Value {
+        let (status, body) = self.post_stream(json!({ "url": url })).await;
+        assert!(status.is_success(), "create stream: {status} {body}");
+        body
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let res = self.get(path).await;
+        assert!(res.status().is_success(), "GET {path}: {}", res.status());
+        res.json().await.expect("JSON")
+    }
+
+    /// Shuts the server down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Management routes: streams, failover, statistics, clients, health.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use url::Url;
+
+use crate::error::ApiError;
+use crate::model::{
+    ClientInfo, ClientList, CreateStream, FailoverDone, Health, ProxyStats, Stats, StreamCreated,
+    StreamDeleted, StreamDetail, StreamList, StreamType,
+};
+use crate::store::{Counters, StreamSettings, Upsert};
+
+use super::AppState;
+
+/// Request headers a caller may not set for the upstream: they describe the connection,
+/// which is ours to manage.
+const FORBIDDEN_UPSTREAM_HEADERS: [&str; 7] = [
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "te",
+];
+
+/// Extensions that name a direct (non-HLS) stream.
+const DIRECT_EXTENSIONS: [&str; 16] = [
+    "ts", "mts", "m2ts", "mp4", "m4v", "mkv", "webm", "avi", "mov", "flv", "mpg", "mpeg", "mp3",
+    "aac", "m4a", "ogg",
+];
+
+pub async fn create_stream(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = parse_json::<CreateStream>(&body)?;
+    let original_url = parse_upstream_url("url", &req.url)?;
+    let failover_urls = req
+        .failover_urls
+        .iter()
+        .map(|u| parse_upstream_url("failover_urls", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = upstream_headers(&req)?;
+    let existing = state
+        .registry
+        .stream(&state.registry.stream_id_for(&original_url));
+    let mut settings = StreamSettings {
+        original_url,
+        failover_urls,
+        user_agent: req.user_agent.filter(|ua| !ua.is_empty()),
+        headers,
+        metadata: req.metadata,
+        stream_type: StreamType::Hls,
+    };
+    settings.stream_type = match (req.stream_type, existing) {
+        (Some(t), _) => t,
+        // Posting the same URL again keeps what was learned the first time.
+        (None, Some(s)) => s.settings().stream_type,
+        (None, None) => detect_stream_type(&state, &settings).await,
+    };
+    let (entry, upsert) = state.registry.upsert(settings);
+    let settings = entry.settings();
+    let playlist_url = format!("/hls/{}/playlist.m3u8", entry.id);
+    let direct_url = format!("/stream/{}", entry.id);
+    tracing::info!(stream_id = %entry.id, stream_type = settings.stream_type.as_str(), ?upsert, "stream registered");
+    let body = StreamCreated {
+        stream_id: entry.id.clone(),
+        stream_type: settings.stream_type,
+        stream_endpoint: match settings.stream_type {
+            StreamType::Hls => playlist_url.clone(),
+            StreamType::Direct => direct_url.clone(),
+        },
+        playlist_url,
+        direct_url,
+        original_url: settings.original_url.to_string(),
+        current_url: entry.current_url().1.to_string(),
+        failover_urls: settings.failover_urls.iter().map(Url::to_string).collect(),
+        user_agent: settings.user_agent.clone(),
+        created_at: entry.created_at,
+    };
+    let status = match upsert {
+        Upsert::Created => StatusCode::CREATED,
+        Upsert::Updated => StatusCode::OK,
+    };
+    Ok((status, Json(body)))
+}
+
+/// Decodes a JSON body whatever its content type, telling syntax errors (400) from
+/// well-formed JSON of the wrong shape (422).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable("invalid_body", format!("invalid request body: {e}"))
+        }
+        _ => ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")),
+    })
+}
+
+/// An absolute http(s) URL with a host: the only kind of upstream the proxy will fetch.
+fn parse_upstream_url(field: &str, raw: &str) -> Result<Url, ApiError> {
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        ApiError::unprocessable(
+            "invalid_url",
+            format!("{field}: not a valid URL ({e}): {raw}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::unprocessable(
+            "unsupported_scheme",
+            format!(
+                "{field}: only http and https URLs can be proxied, not {}:",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::unprocessable(
+            "invalid_url",
+            format!("{field}: the URL has no host: {raw}"),
+        ));
+    }
+    Ok(url)
+}
+
+fn upstream_headers(req: &CreateStream) -> Result<HeaderMap, ApiError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in &req.headers {
+        let bad = |what: &str| {
+            ApiError::unprocessable("invalid_header", format!("headers: {what}: {name}"))
+        };
+        let name_h = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| bad("not a valid header name"))?;
+        if FORBIDDEN_UPSTREAM_HEADERS.contains(&name_h.as_str()) {
+            return Err(bad("this header is managed by the proxy"));
+        }
+        let value_h = HeaderValue::from_str(value)
+            .map_err(|_| bad("the value is not a valid header value"))?;
+        map.insert(name_h, value_h);
+    }
+    if let Some(ua) = &req.user_agent {
+        HeaderValue::from_str(ua).map_err(|_| {
+            ApiError::unprocessable("invalid_header", "user_agent: not a valid header value")
+        })?;
+    }
+    Ok(map)
+}
+
+/// The stream type from the URL's extension, else from a short probe of the origin
+/// (content type, then a `#EXTM3U` sniff). An origin that cannot be probed now gets a guess
+/// from the URL, since it may well be up by the time a player asks.
+async fn detect_stream_type(state: &AppState, settings: &StreamSettings) -> StreamType {
+    let url = &settings.original_url;
+    let ext = url
+        .path()
+        .rsplit('/')
+        .next()
+        .and_then(|name| name.rsplit_once('.'))
+        .map(|(_, ext)| ext.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("m3u8") => return StreamType::Hls,
+        Some(e) if DIRECT_EXTENSIONS.contains(&e) => return StreamType::Direct,
+        _ => {}
+    }
+    match state.upstream.probe_is_playlist(url, settings).await {
+        Some(true) => StreamType::Hls,
+        Some(false) => StreamType::Direct,
+        None if url.as_str().contains("m3u8") => StreamType::Hls,
+        None => StreamType::Direct,
+    }
+}
+
+pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
+    let streams: Vec<_> = state
+        .registry
+        .streams()
+        .iter()
+        .map(|s| state.registry.stream_info(s))
+        .collect();
+    Json(StreamList {
+        total: streams.len(),
+        streams,
+    })
+}
+
+pub async fn get_stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StreamDetail>, ApiError> {
+    let stream = state
+        .registry
+        .stream(&id)
+        .ok_or_else(|| ApiError::stream_not_found(&id))?;
+    let clients: Vec<ClientInfo> = state
+        .registry
+        .clients_of(&id)
+        .iter()
+        .map(|c| state.registry.client_info(c))
+        .collect();
+    Ok(Json(StreamDetail {
+        stream: state.registry.stream_info(&stream),
+        client_count: clients.len(),
+        clients,
+    }))
+}
+
+pub async fn delete_stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StreamDeleted>, ApiError> {
+    state
+        .registry
+        .remove_stream(&id)
+        .ok_or_else(|| ApiError::stream_not_found(&id))?;
+    tracing::info!(stream_id = %id, "stream deleted");
+    Ok(Json(StreamDeleted {
+        message: format!("stream {id} deleted"),
+        stream_id: id,
+    }))
+}
+
+pub async fn failover(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FailoverDone>, ApiError> {
+    let stream = state
+        .registry
+        .stream(&id)
+        .ok_or_else(|| ApiError::stream_not_found(&id))?;
+    let (from, previous) = stream.current_url();
+    let index = stream.switch_from(from).ok_or_else(|| {
+        ApiError::bad_request(
+            "no_failover_urls",
+            "this stream has no failover URLs to switch to",
+        )
+    })?;
+    let current = stream.settings().url_at(index).to_string();
+    tracing::info!(stream_id = %id, failover_index = index, "manual failover");
+    Ok(Json(FailoverDone {
+        stream_id: id,
+        previous_url: previous.to_string(),
+        current_url: current,
+        failover_index: index,
+    }))
+}
+
+fn proxy_stats(state: &AppState) -> ProxyStats {
+    let r = &state.registry;
+    let streams = r.streams();
+    let clients = r.clients();
+    ProxyStats {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: r.clock.started_at(),
+        uptime_seconds: r.clock.uptime_seconds(),
+        total_streams: streams.len(),
+        active_streams: streams
+            .iter()
+            .filter(|s| Counters::get(&s.counters.active_connections) > 0)
+            .count(),
+        total_clients: clients.len(),
+        active_clients: clients
+            .iter()
+            .filter(|c| Counters::get(&c.counters.active_connections) > 0)
+            .count(),
+        active_connections: Counters::get(&r.totals.active_connections),
+        total_bytes_served: Counters::get(&r.totals.bytes),
+        total_segments_served: Counters::get(&r.totals.segments),
+        total_errors: Counters::get(&r.totals.errors),
+        total_failovers: Counters::get(&r.totals.failovers),
+        bytes_per_second: r.totals.bytes_per_second(),
+    }
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
+    let r = &state.registry;
+    Json(Stats {
+        proxy: proxy_stats(&state),
+        streams: r.streams().iter().map(|s| r.stream_info(s)).collect(),
+        clients: r.clients().iter().map(|c| r.client_info(c)).collect(),
+    })
+}
+
+pub async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
+    let r = &state.registry;
+    let clients: Vec<_> = r.clients().iter().map(|c| r.client_info(c)).collect();
+    Json(ClientList {
+        total: clients.len(),
+        clients,
+    })
+}
+
+pub async fn get_client(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ClientInfo>, ApiError> {
+    let c = state.registry.client_by_id(&id).ok_or_else(|| {
+        ApiError::not_found("client_not_found", format!("client not found: {id}"))
+    })?;
+    Ok(Json(state.registry.client_info(&c)))
+}
+
+/// Cheap on purpose: counts and atomics only, no per-stream work.
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    let r = &state.registry;
+    Json(Health {
+        status: "healthy".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: r.clock.uptime_seconds(),
+        streams: r.stream_count(),
+        clients: r.client_count(),
+        active_connections: Counters::get(&r.totals.active_connections),
+    })
+}

@@ -1,0 +1,434 @@
+//! Playback routes: rewritten HLS playlists, the media and keys behind signed references,
+//! and direct streams. Bytes are relayed as they arrive and counted as they are handed to
+//! the player; nothing is buffered whole except playlists.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{BoxStream, Stream};
+use futures_util::{FutureExt, StreamExt};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use url::Url;
+
+use crate::error::{ApiError, UpstreamError};
+use crate::model::StreamType;
+use crate::playlist::{self, UriKind};
+use crate::proxy_url::Target;
+use crate::store::{ClientEntry, StreamEntry, Viewing};
+use crate::upstream::{self, FetchedPlaylist};
+
+use super::viewer::query_value;
+use super::{AppState, Viewer};
+
+/// LL-HLS blocking-reload parameters a player adds to a playlist URL; they are relayed to
+/// the origin so a blocking reload blocks there.
+const LL_HLS_PARAMS: [&str; 3] = ["_HLS_msn", "_HLS_part", "_HLS_skip"];
+
+/// Response headers of the origin relayed to the player with media.
+const RELAYED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+];
+
+const PLAYLIST_CONTENT_TYPE: &str = "application/vnd.apple.mpegurl";
+
+/// `GET /hls/{id}/playlist.m3u8`: the stream's playlist, rewritten.
+pub async fn master_playlist(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    viewer: Viewer,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let stream = find_stream(&state, &id)?;
+    let client = identify(&state, &stream, &viewer, None);
+    let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
+    let fetched = fetch_current_playlist(&state, &stream, uri.query(), &viewing).await?;
+    Ok(playlist_response(&state, &stream, &viewing, &fetched, ""))
+}
+
+/// `GET /hls/{id}/{token}/{file}`: whatever a signed reference points at.
+pub async fn signed_reference(
+    State(state): State<AppState>,
+    Path((id, token, _file)): Path<(String, String, String)>,
+    viewer: Viewer,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let stream = find_stream(&state, &id)?;
+    // Verified before anything is fetched: a forged or foreign reference costs one HMAC.
+    let target = state.signer.decode(&id, &token).map_err(|e| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_reference",
+            format!("this reference was not issued by this proxy for this stream: {e}"),
+        )
+    })?;
+    let url = Url::parse(&target.url).map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_reference",
+            "reference holds no URL",
+        )
+    })?;
+    let client = identify(&state, &stream, &viewer, target.client_id.as_deref());
+    let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
+    match target.kind {
+        UriKind::Playlist => {
+            let url = with_ll_hls_params(url, uri.query());
+            let settings = stream.settings();
+            let fetched = state
+                .upstream
+                .fetch_playlist(&url, &settings)
+                .await
+                .inspect_err(|_| viewing.add_error())?;
+            Ok(playlist_response(
+                &state, &stream, &viewing, &fetched, "../",
+            ))
+        }
+        kind => {
+            let settings = stream.settings();
+            let res = state
+                .upstream
+                .send(method, &url, &settings, &headers)
+                .await
+                .inspect_err(|_| viewing.add_error())?;
+            relay(res, &url, kind, viewing, kind == UriKind::Media)
+        }
+    }
+}
+
+/// `GET /stream/{id}`: a direct file or live stream, relayed byte for byte with Range.
+pub async fn direct(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    viewer: Viewer,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let stream = find_stream(&state, &id)?;
+    if stream.settings().stream_type == StreamType::Hls {
+        // A player pointed at the direct route of an HLS stream still gets to play it.
+        let location = format!("../hls/{id}/playlist.m3u8");
+        return Ok((
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response());
+    }
+    let client = identify(&state, &stream, &viewer, None);
+    let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
+    let settings = stream.settings();
+    let mut last_error = None;
+    for _ in 0..settings.url_count() {
+        let (index, url) = stream.current_url();
+        match state
+            .upstream
+            .send(method.clone(), &url, &settings, &headers)
+            .await
+            .and_then(|res| check_media_status(&res).map(|_| res))
+        {
+            Ok(res) => return relay(res, &url, UriKind::Media, viewing, false),
+            Err(e) => {
+                viewing.add_error();
+                tracing::warn!(stream_id = %id, url_index = index, error = %e, "direct upstream failed");
+                if !e.is_retryable() {
+                    return Err(e.into());
+                }
+                stream.switch_from(index);
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error
+        .unwrap_or(UpstreamError::Other("no upstream URL".into()))
+        .into())
+}
+
+fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError> {
+    state
+        .registry
+        .stream(id)
+        .ok_or_else(|| ApiError::stream_not_found(id))
+}
+
+/// The client behind a request: the id carried in a signed reference, else the one the
+/// viewer named, else one derived from (ip, user agent, stream).
+fn identify(
+    state: &AppState,
+    stream: &StreamEntry,
+    viewer: &Viewer,
+    carried: Option<&str>,
+) -> Arc<ClientEntry> {
+    let ip = viewer.ip.to_string();
+    let id = carried
+        .map(str::to_string)
+        .or_else(|| viewer.named.clone())
+        .unwrap_or_else(|| {
+            state
+                .registry
+                .derive_client_id(&ip, &viewer.user_agent, &stream.id)
+        });
+    let (client, _new) = state
+        .registry
+        .client(&id, &stream.id, &ip, &viewer.user_agent);
+    client
+}
+
+/// Fetches the playlist of the stream's current URL, moving down the failover list when
+/// an origin fails in a way another URL may not, so the player gets a good playlist.
+async fn fetch_current_playlist(
+    state: &AppState,
+    stream: &StreamEntry,
+    query: Option<&str>,
+    viewing: &Viewing,
+) -> Result<FetchedPlaylist, ApiError> {
+    let settings = stream.settings();
+    let mut last_error = None;
+    for _ in 0..settings.url_count() {
+        let (index, url) = stream.current_url();
+        let url = with_ll_hls_params(url, query);
+        match state.upstream.fetch_playlist(&url, &settings).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(e) => {
+                viewing.add_error();
+                tracing::warn!(stream_id = %stream.id, url_index = index, error = %e, "playlist fetch failed");
+                if !e.is_retryable() {
+                    return Err(e.into());
+                }
+                stream.switch_from(index);
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error
+        .unwrap_or(UpstreamError::Other("no upstream URL".into()))
+        .into())
+}
+
+/// Adds the player's LL-HLS blocking-reload parameters to an upstream playlist URL.
+fn with_ll_hls_params(mut url: Url, query: Option<&str>) -> Url {
+    let params: Vec<(String, String)> = LL_HLS_PARAMS
+        .iter()
+        .filter_map(|k| query_value(query, k).map(|v| (k.to_string(), v)))
+        .collect();
+    if !params.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in &params {
+            pairs.append_pair(k, v);
+        }
+    }
+    url
+}
+
+/// The rewritten playlist as a response. `prefix` climbs from the requested path back to
+/// `/hls/{id}/`: empty for the stream's playlist, `../` for one behind a reference.
+fn playlist_response(
+    state: &AppState,
+    stream: &StreamEntry,
+    viewing: &Viewing,
+    fetched: &FetchedPlaylist,
+    prefix: &str,
+) -> Response {
+    let client_id = viewing.client.id.clone();
+    let rewritten = playlist::rewrite(&fetched.text, &fetched.final_url, |url, kind| {
+        let target = Target {
+            url: url.to_string(),
+            kind,
+            client_id: Some(client_id.clone()),
+        };
+        format!("{prefix}{}", state.signer.encode(&stream.id, &target))
+    });
+    let body = Bytes::from(rewritten.text);
+    viewing.add_bytes(body.len() as u64);
+    (
+        [
+            (header::CONTENT_TYPE, PLAYLIST_CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Judges an origin's answer to a media request before any byte is relayed.
+fn check_media_status(res: &reqwest::Response) -> Result<(), UpstreamError> {
+    let status = res.status();
+    if status.is_server_error() {
+        return Err(UpstreamError::Status(status.as_u16()));
+    }
+    if status.is_success() && upstream::is_html(res.headers()) {
+        return Err(UpstreamError::NotPlaylist("an HTML page"));
+    }
+    Ok(())
+}
+
+/// Relays an origin's media answer: status, the headers a player needs, and the body as
+/// it arrives. A missing segment stays a 404 (the player skips it); other origin errors
+/// become 502.
+fn relay(
+    res: reqwest::Response,
+    url: &Url,
+    kind: UriKind,
+    viewing: Viewing,
+    is_segment: bool,
+) -> Result<Response, ApiError> {
+    check_media_status(&res).inspect_err(|_| viewing.add_error())?;
+    let status = res.status();
+    let passes = status.is_success()
+        || matches!(
+            status,
+            StatusCode::NOT_MODIFIED
+                | StatusCode::NOT_FOUND
+                | StatusCode::GONE
+                | StatusCode::RANGE_NOT_SATISFIABLE
+        );
+    if !passes {
+        viewing.add_error();
+        return Err(UpstreamError::Status(status.as_u16()).into());
+    }
+    if !status.is_success() {
+        viewing.add_error();
+    } else if is_segment {
+        viewing.add_segment();
+    }
+    let mut builder = Response::builder().status(status);
+    let headers = builder.headers_mut().expect("fresh builder");
+    for name in RELAYED_RESPONSE_HEADERS {
+        if let Some(v) = res.headers().get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(default_content_type(url, kind)));
+    headers.insert(header::CONTENT_TYPE, content_type);
+    let closed = viewing.stream.closed.clone().cancelled_owned();
+    let body = CountedBody {
+        inner: res.bytes_stream().boxed(),
+        viewing,
+        closed: Box::pin(closed),
+        done: false,
+    };
+    Ok(builder
+        .body(Body::from_stream(body))
+        .expect("relayed headers are valid"))
+}
+
+/// A content type for media whose origin did not send one, from the URL's extension.
+pub fn default_content_type(url: &Url, kind: UriKind) -> &'static str {
+    let ext = url
+        .path()
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.rsplit_once('.'))
+        .map(|(_, e)| e.to_ascii_lowercase());
+    match (kind, ext.as_deref()) {
+        (UriKind::Key, _) => "application/octet-stream",
+        (_, Some("ts" | "mts" | "m2ts")) => "video/mp2t",
+        (_, Some("mp4" | "m4s" | "m4v" | "cmfv")) => "video/mp4",
+        (_, Some("m4a" | "cmfa")) => "audio/mp4",
+        (_, Some("aac")) => "audio/aac",
+        (_, Some("mp3")) => "audio/mpeg",
+        (_, Some("vtt" | "webvtt")) => "text/vtt",
+        (_, Some("mkv")) => "video/x-matroska",
+        (_, Some("webm")) => "video/webm",
+        (_, Some("avi")) => "video/x-msvideo",
+        (_, Some("m3u8")) => PLAYLIST_CONTENT_TYPE,
+        _ => "application/octet-stream",
+    }
+}
+
+/// A relayed body that counts bytes as they are handed to the player, ends when the
+/// stream is deleted, and releases the viewer's connection when dropped (the player hung
+/// up or the body ended). Dropping it drops the upstream response, which cancels the
+/// upstream request.
+struct CountedBody {
+    inner: BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    viewing: Viewing,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+impl Stream for CountedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.closed.poll_unpin(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                self.viewing.add_bytes(bytes.len() as u64);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Ending with an error makes the server abort the response, so the player
+                // sees a cut body, never a short one that looks complete.
+                self.done = true;
+                self.viewing.add_error();
+                let e = UpstreamError::from_reqwest(&e);
+                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ll_hls_parameters_are_relayed_and_others_are_not() {
+        let url = Url::parse("http://o/live.m3u8?token=a").unwrap();
+        let out = with_ll_hls_params(url, Some("_HLS_msn=12&_HLS_part=3&client_id=x"));
+        assert_eq!(
+            out.as_str(),
+            "http://o/live.m3u8?token=a&_HLS_msn=12&_HLS_part=3"
+        );
+        let plain = with_ll_hls_params(Url::parse("http://o/a.m3u8").unwrap(), None);
+        assert_eq!(plain.as_str(), "http://o/a.m3u8");
+    }
+
+    #[test]
+    fn content_types_default_by_extension_and_kind() {
+        let u = |s| Url::parse(s).unwrap();
+        assert_eq!(
+            default_content_type(&u("http://o/a/seg1.ts?x=1"), UriKind::Media),
+            "video/mp2t"
+        );
+        assert_eq!(
+            default_content_type(&u("http://o/init.mp4"), UriKind::Media),
+            "video/mp4"
+        );
+        assert_eq!(
+            default_content_type(&u("http://o/k.ts"), UriKind::Key),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            default_content_type(&u("http://o/seg"), UriKind::Media),
+            "application/octet-stream"
+        );
+    }
+}

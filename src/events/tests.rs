@@ -1,0 +1,595 @@
+//! Tests of the bus, the SSE feed and webhook deliveries, over real loopback sockets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::*;
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn ids_are_monotonic_in_delivery_order_across_threads() {
+    let bus = EventBus::new(8192);
+    let mut receiver = bus.subscribe();
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let bus = &bus;
+            scope.spawn(move || {
+                for i in 0..1000 {
+                    bus.emit(
+                        EventType::ClientConnected,
+                        Some("s"),
+                        None,
+                        json!({ "thread": thread, "i": i }),
+                    );
+                }
+            });
+        }
+    });
+    let ids: Vec<u64> = std::iter::from_fn(|| receiver.try_recv().ok())
+        .map(|event| event.id)
+        .collect();
+    assert_eq!(ids, (1..=4000).collect::<Vec<_>>());
+    assert_eq!(bus.last_id(), 4000);
+}
+
+#[test]
+fn emit_returns_the_event_and_works_without_readers() {
+    let bus = EventBus::new(4);
+    let event = bus.emit(
+        EventType::StreamCreated,
+        Some("abc"),
+        Some("c1"),
+        json!({ "url": "http://origin/live.m3u8" }),
+    );
+    assert_eq!(event.id, 1);
+    assert_eq!(event.stream_id.as_deref(), Some("abc"));
+    let json = serde_json::to_value(&event).unwrap();
+    assert_eq!(json["event_type"], "stream_created");
+    assert_eq!(json["client_id"], "c1");
+    assert_eq!(json["data"]["url"], "http://origin/live.m3u8");
+    assert_eq!(bus.emit(EventType::Failover, None, None, Value::Null).id, 2);
+}
+
+#[test]
+fn event_types_parse_from_their_json_names() {
+    for event_type in EventType::ALL {
+        let json = serde_json::to_value(event_type).unwrap();
+        assert_eq!(json, event_type.as_str());
+        assert_eq!(event_type.as_str().parse::<EventType>(), Ok(event_type));
+    }
+    assert_eq!(
+        EventFilter::parse_types(" stream_created, failover ,"),
+        Ok(vec![EventType::StreamCreated, EventType::Failover])
+    );
+    assert_eq!(
+        "StreamCreated".parse::<EventType>(),
+        Err(UnknownEventType("StreamCreated".into()))
+    );
+}
+
+/// One SSE message as a player would read it.
+#[derive(Debug, PartialEq)]
+struct Frame {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+/// Reads an SSE response frame by frame, skipping comment-only frames (keep-alives).
+struct SseReader {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(url: String) -> SseReader {
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "{:?}",
+            response.headers()
+        );
+        SseReader {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Frame {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let raw: String = self.buffer.drain(..end + 2).collect();
+                let mut frame = Frame {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut fields = 0;
+                for line in raw.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "id" => frame.id = Some(value.to_owned()),
+                        "event" => frame.event = Some(value.to_owned()),
+                        "data" => frame.data.push_str(value),
+                        _ => continue,
+                    }
+                    fields += 1;
+                }
+                if fields > 0 {
+                    return frame;
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.body.next())
+                .await
+                .expect("no SSE frame within 5 s")
+                .expect("SSE stream ended")
+                .unwrap();
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_feed_filters_by_stream_and_type() {
+    let bus = EventBus::new(64);
+    let addr = serve(sse_router().with_state(bus.clone())).await;
+    let mut feed = SseReader::open(format!(
+        "http://{addr}/events?stream_id=a&client_id=&types=stream_created&types=failover"
+    ))
+    .await;
+
+    let created = bus.emit(EventType::StreamCreated, Some("a"), None, json!({"n": 1}));
+    bus.emit(EventType::StreamCreated, Some("b"), None, json!({}));
+    bus.emit(EventType::ClientConnected, Some("a"), Some("c"), json!({}));
+    let failover = bus.emit(
+        EventType::Failover,
+        Some("a"),
+        None,
+        json!({"current_url": "http://backup/"}),
+    );
+    bus.emit(EventType::StreamDeleted, Some("a"), None, json!({}));
+    bus.emit(EventType::Failover, None, None, json!({}));
+    let last = bus.emit(EventType::StreamCreated, Some("a"), None, json!({}));
+
+    for expected in [created, failover, last] {
+        let frame = feed.next().await;
+        assert_eq!(frame.id, Some(expected.id.to_string()));
+        assert_eq!(frame.event.as_deref(), Some(expected.event_type.as_str()));
+        let event: Event = serde_json::from_str(&frame.data).unwrap();
+        assert_eq!(event, expected);
+    }
+}
+
+#[tokio::test]
+async fn sse_reader_that_falls_behind_is_told_how_many_events_it_missed() {
+    let bus = EventBus::new(4);
+    let addr = serve(sse_router().with_state(bus.clone())).await;
+    let mut feed = SseReader::open(format!("http://{addr}/events")).await;
+
+    // The test runtime has one thread: the feed cannot read while these are emitted.
+    for i in 0..20 {
+        bus.emit(
+            EventType::ClientConnected,
+            Some("s"),
+            None,
+            json!({ "i": i }),
+        );
+    }
+    let lagged = feed.next().await;
+    assert_eq!(lagged.event.as_deref(), Some("lagged"));
+    assert_eq!(lagged.id, None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&lagged.data).unwrap(),
+        json!({"missed": 16})
+    );
+    for id in 17..=20 {
+        assert_eq!(feed.next().await.id, Some(id.to_string()));
+    }
+    // And it carries on with new events.
+    let next = bus.emit(EventType::Failover, Some("s"), None, json!({}));
+    assert_eq!(feed.next().await.id, Some(next.id.to_string()));
+}
+
+#[tokio::test]
+async fn sse_unknown_type_filter_is_a_json_422() {
+    let bus = EventBus::new(4);
+    let addr = serve(sse_router().with_state(bus)).await;
+    let response = reqwest::get(format!("http://{addr}/events?types=stream_created,nope"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unknown_event_type");
+    assert!(body["detail"].as_str().unwrap().contains("\"nope\""));
+}
+
+#[test]
+fn retry_delays_double_up_to_the_cap() {
+    let base = Duration::from_millis(500);
+    let cap = Duration::from_secs(4);
+    let delays: Vec<u128> = (0..6)
+        .map(|retry| retry_delay(retry, base, cap).as_millis())
+        .collect();
+    assert_eq!(delays, [500, 1000, 2000, 4000, 4000, 4000]);
+    assert_eq!(retry_delay(u32::MAX, base, cap), cap);
+}
+
+/// A webhook receiver on loopback: records every body, answers `fail_first` requests with
+/// 503, then 200s.
+#[derive(Clone, Default)]
+struct Receiver {
+    bodies: Arc<Mutex<Vec<(String, Value)>>>,
+    requests: Arc<AtomicUsize>,
+    fail_first: usize,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> (Receiver, String) {
+        let receiver = Receiver {
+            fail_first,
+            ..Receiver::default()
+        };
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(receiver.clone());
+        let addr = serve(app).await;
+        (receiver, format!("http://{addr}/hook"))
+    }
+
+    fn bodies(&self) -> Vec<(String, Value)> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if receiver.requests.fetch_add(1, Ordering::SeqCst) < receiver.fail_first {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let event_type = headers["x-m3u-proxy-event"].to_str().unwrap().to_owned();
+    let body = serde_json::from_slice(&body).unwrap();
+    receiver.bodies.lock().unwrap().push((event_type, body));
+    StatusCode::NO_CONTENT
+}
+
+fn quick_limits() -> WebhookLimits {
+    WebhookLimits {
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(40),
+        ..WebhookLimits::default()
+    }
+}
+
+fn spec(url: &str, events: &[EventType]) -> WebhookSpec {
+    WebhookSpec {
+        url: url.to_owned(),
+        events: events.to_vec(),
+        ..WebhookSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn webhook_receives_matching_events_as_json() {
+    let (receiver, url) = Receiver::start(0).await;
+    let bus = EventBus::new(64);
+    let webhooks = Arc::new(Webhooks::new(quick_limits()));
+    let failovers = webhooks
+        .register(spec(&url, &[EventType::Failover, EventType::StreamDeleted]))
+        .unwrap();
+    let all_of_b = webhooks
+        .register(WebhookSpec {
+            stream_id: Some("b".into()),
+            ..spec(&url, &[])
+        })
+        .unwrap();
+    spawn_dispatcher(&bus, webhooks.clone(), reqwest::Client::new());
+
+    bus.emit(EventType::StreamCreated, Some("a"), None, json!({}));
+    let failover = bus.emit(EventType::Failover, Some("a"), None, json!({"index": 1}));
+    let joined = bus.emit(EventType::ClientConnected, Some("b"), Some("c"), json!({}));
+    wait_until("two deliveries", || receiver.bodies().len() == 2).await;
+    // Nothing else arrives afterwards.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut bodies = receiver.bodies();
+    bodies.sort_by_key(|(_, body)| body["id"].as_u64());
+    assert_eq!(
+        bodies,
+        vec![
+            (
+                "failover".to_owned(),
+                serde_json::to_value(&failover).unwrap()
+            ),
+            (
+                "client_connected".to_owned(),
+                serde_json::to_value(&joined).unwrap()
+            ),
+        ]
+    );
+    for id in [&failovers.id, &all_of_b.id] {
+        let record = webhooks.get(id).unwrap();
+        assert_eq!((record.delivered, record.failed), (1, 0));
+        assert_eq!(record.last_status, Some(204));
+        assert_eq!(record.last_error, None);
+    }
+}
+
+#[tokio::test]
+async fn webhook_answering_503_is_retried_until_it_accepts() {
+    let (receiver, url) = Receiver::start(2).await;
+    let bus = EventBus::new(64);
+    let webhooks = Arc::new(Webhooks::new(quick_limits()));
+    let hook = webhooks.register(spec(&url, &[])).unwrap();
+    spawn_dispatcher(&bus, webhooks.clone(), reqwest::Client::new());
+
+    bus.emit(EventType::UpstreamError, Some("a"), None, json!({}));
+    wait_until("a delivery", || {
+        webhooks.get(&hook.id).unwrap().delivered == 1
+    })
+    .await;
+    let record = webhooks.get(&hook.id).unwrap();
+    assert_eq!((record.retries, record.failed), (2, 0));
+    assert_eq!(record.last_status, Some(204));
+    assert_eq!(
+        record.last_error.as_deref(),
+        Some("receiver answered 503 Service Unavailable")
+    );
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(receiver.bodies().len(), 1);
+}
+
+#[tokio::test]
+async fn webhook_that_is_down_is_retried_then_failed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bus = EventBus::new(64);
+    let webhooks = Arc::new(Webhooks::new(quick_limits()));
+    let hook = webhooks
+        .register(WebhookSpec {
+            max_retries: Some(3),
+            ..spec(&format!("http://127.0.0.1:{port}/hook?token=secret"), &[])
+        })
+        .unwrap();
+    spawn_dispatcher(&bus, webhooks.clone(), reqwest::Client::new());
+
+    let started = Instant::now();
+    bus.emit(EventType::StreamCreated, Some("a"), None, json!({}));
+    wait_until("a failure", || webhooks.get(&hook.id).unwrap().failed == 1).await;
+    let record = webhooks.get(&hook.id).unwrap();
+    assert_eq!(
+        (record.delivered, record.retries, record.in_flight),
+        (0, 3, 0)
+    );
+    assert_eq!(record.last_status, None);
+    let error = record.last_error.unwrap();
+    assert!(error.starts_with("connection failed"), "{error}");
+    assert!(!error.contains("secret"), "{error}");
+    // Backoff 10 + 20 + 40 ms (capped) between the four attempts.
+    assert!(started.elapsed() >= Duration::from_millis(70));
+}
+
+#[tokio::test]
+async fn webhook_that_hangs_times_out() {
+    let app = Router::new().route("/hook", post(std::future::pending::<()>));
+    let addr = serve(app).await;
+    let bus = EventBus::new(64);
+    let webhooks = Arc::new(Webhooks::new(quick_limits()));
+    let hook = webhooks
+        .register(WebhookSpec {
+            timeout_secs: Some(1),
+            max_retries: Some(0),
+            ..spec(&format!("http://{addr}/hook"), &[])
+        })
+        .unwrap();
+    spawn_dispatcher(&bus, webhooks.clone(), reqwest::Client::new());
+
+    let started = Instant::now();
+    bus.emit(EventType::StreamCreated, Some("a"), None, json!({}));
+    wait_until("a failure", || webhooks.get(&hook.id).unwrap().failed == 1).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let record = webhooks.get(&hook.id).unwrap();
+    assert_eq!(record.last_error.as_deref(), Some("timed out after 1 s"));
+    assert_eq!((record.delivered, record.retries), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_stays_fast_while_a_webhook_hangs_and_every_event_is_accounted_for() {
+    let app = Router::new().route("/hook", post(std::future::pending::<()>));
+    let addr = serve(app).await;
+    let bus = EventBus::new(1024);
+    let webhooks = Arc::new(Webhooks::new(WebhookLimits {
+        max_in_flight: 8,
+        ..quick_limits()
+    }));
+    let hook = webhooks
+        .register(WebhookSpec {
+            timeout_secs: Some(1),
+            max_retries: Some(0),
+            ..spec(&format!("http://{addr}/hook"), &[])
+        })
+        .unwrap();
+    spawn_dispatcher(&bus, webhooks.clone(), reqwest::Client::new());
+
+    let started = Instant::now();
+    for i in 0..10_000 {
+        bus.emit(
+            EventType::ClientConnected,
+            Some("s"),
+            None,
+            json!({ "i": i }),
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "10,000 emits took {elapsed:?}"
+    );
+
+    // Each event is failed (timed out), dropped (too many in flight) or missed by a lagging
+    // dispatcher, and counted as such.
+    wait_until("every event accounted for", || {
+        let record = webhooks.get(&hook.id).unwrap();
+        record.failed + record.dropped + webhooks.missed_events() == 10_000
+    })
+    .await;
+    let record = webhooks.get(&hook.id).unwrap();
+    assert!(record.failed <= 8, "{record:?}");
+    assert!(record.dropped > 0, "{record:?}");
+    assert_eq!((record.delivered, record.in_flight), (0, 0));
+}
+
+async fn webhooks_api() -> (Arc<Webhooks>, String, reqwest::Client) {
+    let webhooks = Arc::new(Webhooks::default());
+    let addr = serve(webhooks_router().with_state(webhooks.clone())).await;
+    (
+        webhooks,
+        format!("http://{addr}/webhooks"),
+        reqwest::Client::new(),
+    )
+}
+
+#[tokio::test]
+async fn webhooks_api_registers_lists_shows_and_removes() {
+    let (webhooks, base, http) = webhooks_api().await;
+    let created = http
+        .post(&base)
+        .json(&json!({
+            "url": "http://127.0.0.1:9/hook",
+            "events": ["failover", "stream_deleted"],
+            "stream_id": "s1",
+            "timeout_secs": 5,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Webhook = created.json().await.unwrap();
+    assert_eq!(created.id.len(), 32);
+    assert_eq!(
+        created.events,
+        [EventType::Failover, EventType::StreamDeleted]
+    );
+    assert_eq!((created.timeout_secs, created.max_retries), (5, 3));
+    assert_eq!(created.stream_id.as_deref(), Some("s1"));
+
+    let second: Webhook = http
+        .post(&base)
+        .json(&json!({ "url": "https://example.invalid/x" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(second.id, created.id);
+    assert!(second.events.is_empty());
+
+    let list: Value = http.get(&base).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["webhooks"][0]["id"], created.id.as_str());
+    assert_eq!(list["webhooks"][1]["id"], second.id.as_str());
+    assert_eq!(list["webhooks"][0]["delivered"], 0);
+
+    let shown = http
+        .get(format!("{base}/{}", created.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), StatusCode::OK);
+    assert_eq!(shown.json::<Webhook>().await.unwrap(), created);
+
+    let deleted = http
+        .delete(format!("{base}/{}", created.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    assert_eq!(webhooks.len(), 1);
+    for response in [
+        http.delete(format!("{base}/{}", created.id))
+            .send()
+            .await
+            .unwrap(),
+        http.get(format!("{base}/{}", created.id))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "webhook_not_found");
+    }
+}
+
+#[tokio::test]
+async fn webhooks_api_refuses_bad_input_with_json_errors() {
+    let (webhooks, base, http) = webhooks_api().await;
+    let cases = [
+        (r#"{"url": "ftp://host/x"}"#, 422, "invalid_url"),
+        (r#"{"url": "not a url"}"#, 422, "invalid_url"),
+        (r#"{"url": "file:///etc/passwd"}"#, 422, "invalid_url"),
+        (
+            r#"{"url": "http://h/", "events": ["failover", "boom"]}"#,
+            422,
+            "unknown_event_type",
+        ),
+        (
+            r#"{"url": "http://h/", "timeout_secs": 0}"#,
+            422,
+            "invalid_setting",
+        ),
+        (
+            r#"{"url": "http://h/", "max_retries": 99}"#,
+            422,
+            "invalid_setting",
+        ),
+        (r#"{"events": []}"#, 422, "invalid_body"),
+        (r#"{"url": 5}"#, 422, "invalid_body"),
+        (r#"{"url": "http://h/""#, 400, "invalid_json"),
+        ("", 400, "invalid_json"),
+    ];
+    for (body, status, code) in cases {
+        let response = http
+            .post(&base)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["code"], code, "{body}: {answer}");
+        assert!(answer["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    assert!(webhooks.is_empty());
+}
