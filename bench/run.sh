@@ -9,7 +9,8 @@
 #                           non-zero if any request failed
 #
 # Knobs (environment): ROUNDS, DURATION (s per flat-out run), HLS_DURATION, HLS_RAMP,
-# HLS_VIEWERS ("100 1000 5000"), DIRECT_VIEWERS, LATENCY_REQUESTS, ORIGIN (auto | nginx |
+# HLS_VIEWERS ("100 1000 5000"), DIRECT_VIEWERS, LIVE_VIEWERS, LIVE_BITRATE,
+# LATENCY_REQUESTS, RANGE_REQUESTS, ORIGIN (auto | nginx |
 # builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy), BENCH_OUT (where the
 # JSON reports and the table are kept; default target/bench).
 #
@@ -28,6 +29,7 @@ if [[ $SMOKE == 1 ]]; then
     ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-2} HLS_DURATION=${HLS_DURATION:-5}
     HLS_RAMP=${HLS_RAMP:-1} HLS_VIEWERS=${HLS_VIEWERS:-20} DIRECT_VIEWERS=${DIRECT_VIEWERS:-4}
     LATENCY_REQUESTS=${LATENCY_REQUESTS:-200} RANGE_REQUESTS=${RANGE_REQUESTS:-500}
+    LIVE_VIEWERS=${LIVE_VIEWERS:-4}
     GEN_ARGS=(--segments 10 --file-mb 8)
     # Shares the CI test build instead of compiling a release.
     cargo build --bin m3u-proxy --example m3u-load
@@ -36,12 +38,13 @@ else
     ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-15} HLS_DURATION=${HLS_DURATION:-20}
     HLS_RAMP=${HLS_RAMP:-5} HLS_VIEWERS=${HLS_VIEWERS:-"100 1000 5000"}
     DIRECT_VIEWERS=${DIRECT_VIEWERS:-50} LATENCY_REQUESTS=${LATENCY_REQUESTS:-2000}
-    RANGE_REQUESTS=${RANGE_REQUESTS:-20000}
+    RANGE_REQUESTS=${RANGE_REQUESTS:-20000} LIVE_VIEWERS=${LIVE_VIEWERS:-50}
     GEN_ARGS=(--segments 150 --file-mb 64)
     cargo build --release --bin m3u-proxy --example m3u-load
     PROFILE=release
 fi
 TARGETS=${TARGETS:-"direct proxy"}
+LIVE_BITRATE=${LIVE_BITRATE:-4000000}
 ORIGIN=${ORIGIN:-auto}
 BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
 LOAD=$BIN/examples/m3u-load
@@ -112,14 +115,22 @@ else
 fi
 ORIGIN_URL=http://127.0.0.1:$OPORT
 wait_http "$ORIGIN_URL/small.ts"
+# nginx cannot make an endless live TS; the built-in origin's /live.ts does, for the
+# live-viewers workload, whichever origin serves the files.
+LPORT=$("$LOAD" free-port)
+"$LOAD" origin --dir "$WORK/media" --port "$LPORT" 2>/dev/null &
+PIDS+=($!)
+LIVE_URL="http://127.0.0.1:$LPORT/live.ts?bitrate=$LIVE_BITRATE"
+wait_http "http://127.0.0.1:$LPORT/small.ts"
 
 # Per target: the URLs each workload requests.
-declare -A MASTER MEDIA SEGMENT SMALL BIG
+declare -A MASTER MEDIA SEGMENT SMALL BIG LIVE
 MASTER[direct]=$ORIGIN_URL/hls/live.m3u8
 MEDIA[direct]=$ORIGIN_URL/hls/v0/live.m3u8
 SEGMENT[direct]=$ORIGIN_URL/hls/v0/seg00000.ts
 SMALL[direct]=$ORIGIN_URL/small.ts
 BIG[direct]=$ORIGIN_URL/big.ts
+LIVE[direct]=$LIVE_URL
 
 PROXY_PID=""
 IDLE_RSS=""
@@ -152,6 +163,7 @@ if [[ " $TARGETS " == *" proxy "* ]]; then
     SEGMENT[proxy]=$("$LOAD" probe --url "${MEDIA[proxy]}")
     SMALL[proxy]=$("$LOAD" probe --url "$(create_stream "$ORIGIN_URL/small.m3u8" playlist_url)")
     BIG[proxy]=$(create_stream "${BIG[direct]}" direct_url)
+    LIVE[proxy]=$(create_stream "${LIVE[direct]}" direct_url)
     sleep 1
     IDLE_RSS=$(rss_kb "$PROXY_PID")
     echo "proxy RSS idle: $((IDLE_RSS / 1024)) MB"
@@ -194,6 +206,8 @@ workload "playlist, 64 connections" get MEDIA --concurrency 64 --duration "$DURA
 workload "segment, 64 connections" get SEGMENT --concurrency 64 --duration "$DURATION"
 workload "direct, $DIRECT_VIEWERS flat out" direct BIG --viewers "$DIRECT_VIEWERS" \
     --duration "$DURATION"
+workload "live TS, $LIVE_VIEWERS viewers at $((LIVE_BITRATE / 1000)) kbit/s" direct LIVE \
+    --viewers "$LIVE_VIEWERS" --duration "$DURATION" --bitrate "$LIVE_BITRATE"
 workload "range, 16 connections" range BIG --concurrency 16 --requests "$RANGE_REQUESTS"
 for n in $HLS_VIEWERS; do
     workload "HLS, $n real-time viewers" hls MASTER --viewers "$n" --duration "$HLS_DURATION" \

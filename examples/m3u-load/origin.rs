@@ -16,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 
+use crate::content::PACKET;
+
 type Files = HashMap<String, Bytes>;
 
 pub async fn serve(dir: &Path, port: u16) -> Result<()> {
@@ -55,6 +57,42 @@ fn load(root: &Path, dir: &Path, files: &mut Files) -> Result<()> {
     Ok(())
 }
 
+/// `GET /live.ts?bitrate=BPS`: an endless MPEG-TS stream paced at BPS (default 4 Mbit/s)
+/// without Content-Length, like an IPTV channel; each request is its own connection to the
+/// "encoder", so a proxy that shares one upstream among viewers shows it here.
+async fn live_ts(uri: &Uri) -> Response {
+    let bitrate: u64 = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("bitrate=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000_000);
+    let block = Bytes::from(crate::content::ts_packets(LIVE_BLOCK_PACKETS, 17));
+    // Ten chunks a second, each a whole number of packets.
+    let packets_per_tick = ((bitrate / 8 / 10) as usize / PACKET).max(1);
+    let chunk = packets_per_tick * PACKET;
+    let tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let stream = futures_util::stream::unfold((0usize, tick), move |(offset, mut tick)| {
+        let block = block.clone();
+        async move {
+            tick.tick().await;
+            let start = offset % block.len();
+            let end = (start + chunk).min(block.len());
+            let bytes = block.slice(start..end);
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes),
+                (end % block.len(), tick),
+            ))
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/mp2t")
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
+
+/// The live stream's repeating payload: about 1 MB of packets.
+const LIVE_BLOCK_PACKETS: usize = 5577;
+
 fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next() {
         Some("m3u8") => "application/vnd.apple.mpegurl",
@@ -72,6 +110,9 @@ async fn handle(
 ) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    if uri.path() == "/live.ts" {
+        return live_ts(&uri).await;
     }
     let Some(data) = files.get(uri.path()) else {
         return StatusCode::NOT_FOUND.into_response();
