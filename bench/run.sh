@@ -11,8 +11,9 @@
 # Knobs (environment): ROUNDS, DURATION (s per flat-out run), HLS_DURATION, HLS_RAMP,
 # HLS_VIEWERS ("100 1000 5000"), DIRECT_VIEWERS, LIVE_VIEWERS, LIVE_BITRATE,
 # LATENCY_REQUESTS, RANGE_REQUESTS, ORIGIN (auto | nginx |
-# builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy), BENCH_OUT (where the
-# JSON reports and the table are kept; default target/bench).
+# builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy), WORKLOADS (a subset
+# of "latency playlist segment direct live range hls"), BENCH_OUT (where the JSON reports
+# and the table are kept; default target/bench).
 #
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
@@ -44,6 +45,7 @@ else
     PROFILE=release
 fi
 TARGETS=${TARGETS:-"direct proxy"}
+WORKLOADS=${WORKLOADS:-"latency playlist segment direct live range hls"}
 LIVE_BITRATE=${LIVE_BITRATE:-4000000}
 ORIGIN=${ORIGIN:-auto}
 BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
@@ -91,7 +93,8 @@ json_field() { sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p"
 
 echo "== machine"
 echo "cpus: $(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
-echo "kernel: $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "kernel: $(uname -r); load average at start: $LOAD_START"
 
 echo "== content"
 "$LOAD" gen --dir "$WORK/media" "${GEN_ARGS[@]}"
@@ -104,14 +107,16 @@ if [[ $ORIGIN != builtin && -x $NGINX ]]; then
         bench/nginx.conf.tmpl >"$WORK/nginx/nginx.conf"
     "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
     PIDS+=($!)
-    echo "origin: $("$NGINX" -v 2>&1) on 127.0.0.1:$OPORT"
+    ORIGIN_NAME=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+    echo "origin: $ORIGIN_NAME on 127.0.0.1:$OPORT"
 elif [[ $ORIGIN == nginx ]]; then
     echo "bench: ORIGIN=nginx but $NGINX is not installed" >&2
     exit 1
 else
     "$LOAD" origin --dir "$WORK/media" --port "$OPORT" &
     PIDS+=($!)
-    echo "origin: built-in (m3u-load origin) on 127.0.0.1:$OPORT"
+    ORIGIN_NAME="built-in (m3u-load origin)"
+    echo "origin: $ORIGIN_NAME on 127.0.0.1:$OPORT"
 fi
 ORIGIN_URL=http://127.0.0.1:$OPORT
 wait_http "$ORIGIN_URL/small.ts"
@@ -187,10 +192,11 @@ run_one() {
 }
 
 # Alternate direct and proxy, flipping the order every round so drift (thermal, other
-# jobs on the machine) does not favour one side.
+# jobs on the machine) does not favour one side. KEY selects it in $WORKLOADS.
 workload() {
-    local label=$1 round targets t
-    shift
+    local key=$1 label=$2 round targets t
+    shift 2
+    [[ " $WORKLOADS " == *" $key "* ]] || return 0
     echo "== $label"
     for round in $(seq "$ROUNDS"); do
         targets=$TARGETS
@@ -201,16 +207,16 @@ workload() {
     done
 }
 
-workload "latency, small segment, concurrency 1" latency SMALL --requests "$LATENCY_REQUESTS"
-workload "playlist, 64 connections" get MEDIA --concurrency 64 --duration "$DURATION"
-workload "segment, 64 connections" get SEGMENT --concurrency 64 --duration "$DURATION"
-workload "direct, $DIRECT_VIEWERS flat out" direct BIG --viewers "$DIRECT_VIEWERS" \
+workload latency "latency, small segment, concurrency 1" latency SMALL --requests "$LATENCY_REQUESTS"
+workload playlist "playlist, 64 connections" get MEDIA --concurrency 64 --duration "$DURATION"
+workload segment "segment, 64 connections" get SEGMENT --concurrency 64 --duration "$DURATION"
+workload direct "direct, $DIRECT_VIEWERS flat out" direct BIG --viewers "$DIRECT_VIEWERS" \
     --duration "$DURATION"
-workload "live TS, $LIVE_VIEWERS viewers at $((LIVE_BITRATE / 1000)) kbit/s" direct LIVE \
+workload live "live TS, $LIVE_VIEWERS viewers at $((LIVE_BITRATE / 1000)) kbit/s" direct LIVE \
     --viewers "$LIVE_VIEWERS" --duration "$DURATION" --bitrate "$LIVE_BITRATE"
-workload "range, 16 connections" range BIG --concurrency 16 --requests "$RANGE_REQUESTS"
+workload range "range, 16 connections" range BIG --concurrency 16 --requests "$RANGE_REQUESTS"
 for n in $HLS_VIEWERS; do
-    workload "HLS, $n real-time viewers" hls MASTER --viewers "$n" --duration "$HLS_DURATION" \
+    workload hls "HLS, $n real-time viewers" hls MASTER --viewers "$n" --duration "$HLS_DURATION" \
         --ramp "$HLS_RAMP"
 done
 
@@ -220,7 +226,8 @@ TABLE=$OUT/results-$STAMP.md
 {
     echo "Command: bench/run.sh${1:+ $1} (ROUNDS=$ROUNDS DURATION=$DURATION HLS_DURATION=$HLS_DURATION HLS_RAMP=$HLS_RAMP)"
     echo "Machine: $(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
-    echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "Proxy: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) ($PROFILE); origin: $ORIGIN_NAME"
+    echo "Load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     "$LOAD" table --input "$RESULTS" ${IDLE_RSS:+--idle-rss-kb "$IDLE_RSS"} \
         ${FINAL_RSS:+--final-rss-kb "$FINAL_RSS"}
