@@ -18,10 +18,12 @@
 //! - [`api`] — axum routers: management (JSON) and playback (HLS, direct).
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI.
+//! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor` screen.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -16,6 +16,7 @@ use tokio::time::{interval, MissedTickBehavior};
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
 use crate::error::UpstreamError;
+use crate::events::{spawn_dispatcher, Webhooks};
 use crate::proxy_url::Signer;
 use crate::store::Registry;
 use crate::upstream::Upstream;
@@ -62,6 +63,11 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let state = build_state(config)?;
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let dispatcher = spawn_dispatcher(
+        &state.registry.events,
+        state.webhooks.clone(),
+        state.upstream.http().clone(),
+    );
     let registry = state.registry.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -79,6 +85,7 @@ pub async fn serve(
         _ = async { let _ = drained_rx.await; tokio::time::sleep(DRAIN_GRACE).await } => Ok(()),
     };
     maintenance.abort();
+    dispatcher.abort();
     result
 }
 
@@ -102,6 +109,8 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         registry: Arc::new(Registry::new(&secret)),
         upstream: Upstream::new(&config)?,
         signer: Arc::new(Signer::new(&secret)),
+        webhooks: Arc::new(Webhooks::default()),
+        requests: Arc::default(),
         config: Arc::new(config),
     })
 }
@@ -166,11 +175,12 @@ async fn maintain(state: AppState) {
                     cfg.client_timeout.as_millis() as u64,
                     cfg.stream_timeout.map(|d| d.as_millis() as u64),
                 );
-                for (client_id, stream_id) in &swept.clients {
-                    tracing::info!(%client_id, %stream_id, "idle client removed");
-                }
-                for stream_id in &swept.streams {
-                    tracing::info!(%stream_id, "idle stream removed");
+                if !swept.clients.is_empty() || !swept.streams.is_empty() {
+                    tracing::debug!(
+                        clients = swept.clients.len(),
+                        streams = swept.streams.len(),
+                        "cleanup sweep"
+                    );
                 }
             }
         }

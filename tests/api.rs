@@ -294,6 +294,8 @@ async fn manual_failover_walks_the_list_and_wraps() {
     let info = proxy.get_json(&format!("/streams/{id}")).await;
     assert_eq!(info["stream"]["failover_count"], 3);
     assert_eq!(info["stream"]["current_url"], "http://127.0.0.1:9/a.m3u8");
+    let stats = proxy.get_json("/stats").await;
+    assert_eq!(stats["proxy"]["total_failovers"], 3);
 }
 
 #[tokio::test]

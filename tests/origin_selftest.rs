@@ -194,6 +194,12 @@ async fn redirects_and_request_records() {
     assert_eq!(origin.hits("/file.bin"), 1);
     assert_eq!(origin.last_request("/file.bin").unwrap().method, "HEAD");
     assert!(origin.last_request("/never").is_none());
+    let paths: Vec<String> = origin
+        .requests()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(paths, ["/old.m3u8", "/old.m3u8", "/file.bin"]);
     assert_eq!(origin.hits("/never"), 0);
 }
 
@@ -372,4 +378,25 @@ async fn streams_bodies_as_they_come() {
         .await
         .expect("no first chunk within a second");
     assert!(first.unwrap().unwrap().len() >= TS_PACKET);
+}
+
+#[tokio::test]
+async fn paced_sends_the_whole_body_at_its_rate() {
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..188 * 100).map(|i| (i % 251) as u8).collect();
+    origin.paced("/channel.ts", body.clone(), 188 * 250);
+    let started = Instant::now();
+    let response = client()
+        .get(origin.url("/channel.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+    assert_eq!(response.bytes().await.unwrap(), body);
+    // 100 packets at 250 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -2,7 +2,9 @@
 //! local origins.
 
 mod api;
+mod cli;
 mod direct;
+mod e2e;
 mod hls;
 mod origin_selftest;
 mod util;

@@ -12,7 +12,7 @@ use crate::model::{
     ClientInfo, ClientList, CreateStream, FailoverDone, Health, ProxyStats, Stats, StreamCreated,
     StreamDeleted, StreamDetail, StreamList, StreamType,
 };
-use crate::store::{Counters, StreamSettings, Upsert};
+use crate::store::{Counters, Removal, StreamSettings, Upsert};
 
 use super::AppState;
 
@@ -214,7 +214,7 @@ pub async fn delete_stream(
 ) -> Result<Json<StreamDeleted>, ApiError> {
     state
         .registry
-        .remove_stream(&id)
+        .remove_stream(&id, Removal::Deleted)
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
     tracing::info!(stream_id = %id, "stream deleted");
     Ok(Json(StreamDeleted {
@@ -232,7 +232,7 @@ pub async fn failover(
         .stream(&id)
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
     let (from, previous) = stream.current_url();
-    let index = stream.switch_from(from).ok_or_else(|| {
+    let index = stream.switch_from(from, "manual").ok_or_else(|| {
         ApiError::bad_request(
             "no_failover_urls",
             "this stream has no failover URLs to switch to",

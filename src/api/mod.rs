@@ -6,12 +6,13 @@
 //! upstream client; they hold no lock across an `.await`.
 
 mod manage;
+mod metrics;
 mod playback;
 mod viewer;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRef, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +21,12 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::events::{self, EventBus, Webhooks};
 use crate::proxy_url::Signer;
 use crate::store::Registry;
 use crate::upstream::Upstream;
 
+pub use metrics::RequestCounts;
 pub use viewer::Viewer;
 
 /// Everything a handler needs, cheap to clone.
@@ -33,6 +36,20 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub upstream: Upstream,
     pub signer: Arc<Signer>,
+    pub webhooks: Arc<Webhooks>,
+    pub requests: Arc<RequestCounts>,
+}
+
+impl FromRef<AppState> for EventBus {
+    fn from_ref(state: &AppState) -> EventBus {
+        state.registry.events.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Webhooks> {
+    fn from_ref(state: &AppState) -> Arc<Webhooks> {
+        state.webhooks.clone()
+    }
 }
 
 /// The whole application: management and playback routes.
@@ -50,6 +67,9 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(manage::stats))
         .route("/clients", get(manage::list_clients))
         .route("/clients/{id}", get(manage::get_client))
+        .route("/metrics", get(metrics::render))
+        .merge(events::sse_router())
+        .merge(events::webhooks_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let playback = Router::new()
@@ -63,6 +83,10 @@ pub fn app(state: AppState) -> Router {
         .merge(management)
         .merge(playback)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .with_state(state)
 }
 

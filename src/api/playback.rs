@@ -20,7 +20,7 @@ use crate::model::StreamType;
 use crate::playlist::{self, UriKind};
 use crate::proxy_url::Target;
 use crate::store::{ClientEntry, StreamEntry, Viewing};
-use crate::upstream::{self, FetchedPlaylist};
+use crate::upstream::{self, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
 use super::{AppState, Viewer};
@@ -90,7 +90,7 @@ pub async fn signed_reference(
                 .upstream
                 .fetch_playlist(&url, &settings)
                 .await
-                .inspect_err(|_| viewing.add_error())?;
+                .inspect_err(|e| viewing.upstream_error(e))?;
             Ok(playlist_response(
                 &state, &stream, &viewing, &fetched, "../",
             ))
@@ -99,9 +99,9 @@ pub async fn signed_reference(
             let settings = stream.settings();
             let res = state
                 .upstream
-                .send(method, &url, &settings, &headers)
+                .send(fetch_of(kind), method, &url, &settings, &headers)
                 .await
-                .inspect_err(|_| viewing.add_error())?;
+                .inspect_err(|e| viewing.upstream_error(e))?;
             relay(res, &url, kind, viewing, kind == UriKind::Media)
         }
     }
@@ -133,18 +133,18 @@ pub async fn direct(
         let (index, url) = stream.current_url();
         match state
             .upstream
-            .send(method.clone(), &url, &settings, &headers)
+            .send(Fetch::Direct, method.clone(), &url, &settings, &headers)
             .await
             .and_then(|res| check_media_status(&res).map(|_| res))
         {
             Ok(res) => return relay(res, &url, UriKind::Media, viewing, false),
             Err(e) => {
-                viewing.add_error();
+                viewing.upstream_error(&e);
                 tracing::warn!(stream_id = %id, url_index = index, error = %e, "direct upstream failed");
                 if !e.is_retryable() {
                     return Err(e.into());
                 }
-                stream.switch_from(index);
+                stream.switch_from(index, &e.to_string());
                 last_error = Some(e);
             }
         }
@@ -152,6 +152,14 @@ pub async fn direct(
     Err(last_error
         .unwrap_or(UpstreamError::Other("no upstream URL".into()))
         .into())
+}
+
+fn fetch_of(kind: UriKind) -> Fetch {
+    match kind {
+        UriKind::Playlist => Fetch::Playlist,
+        UriKind::Media => Fetch::Media,
+        UriKind::Key => Fetch::Key,
+    }
 }
 
 fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError> {
@@ -200,12 +208,12 @@ async fn fetch_current_playlist(
         match state.upstream.fetch_playlist(&url, &settings).await {
             Ok(fetched) => return Ok(fetched),
             Err(e) => {
-                viewing.add_error();
+                viewing.upstream_error(&e);
                 tracing::warn!(stream_id = %stream.id, url_index = index, error = %e, "playlist fetch failed");
                 if !e.is_retryable() {
                     return Err(e.into());
                 }
-                stream.switch_from(index);
+                stream.switch_from(index, &e.to_string());
                 last_error = Some(e);
             }
         }
@@ -282,7 +290,7 @@ fn relay(
     viewing: Viewing,
     is_segment: bool,
 ) -> Result<Response, ApiError> {
-    check_media_status(&res).inspect_err(|_| viewing.add_error())?;
+    check_media_status(&res).inspect_err(|e| viewing.upstream_error(e))?;
     let status = res.status();
     let passes = status.is_success()
         || matches!(
@@ -293,8 +301,9 @@ fn relay(
                 | StatusCode::RANGE_NOT_SATISFIABLE
         );
     if !passes {
-        viewing.add_error();
-        return Err(UpstreamError::Status(status.as_u16()).into());
+        let e = UpstreamError::Status(status.as_u16());
+        viewing.upstream_error(&e);
+        return Err(e.into());
     }
     if !status.is_success() {
         viewing.add_error();
@@ -382,8 +391,8 @@ impl Stream for CountedBody {
                 // Ending with an error makes the server abort the response, so the player
                 // sees a cut body, never a short one that looks complete.
                 self.done = true;
-                self.viewing.add_error();
                 let e = UpstreamError::from_reqwest(&e);
+                self.viewing.upstream_error(&e);
                 Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
             }
             Poll::Ready(None) => {

@@ -100,16 +100,17 @@ pub fn rewrite(text: &str, base: &Url, map: impl FnMut(&Url, UriKind) -> String)
         text,
         base,
         map,
-        // References are usually longer than the URIs they replace; twice the input avoids
-        // regrowing the buffer for typical playlists.
-        out: String::with_capacity(text.len().saturating_mul(2)),
+        // A signed reference is several times longer than the relative URI it replaces, and
+        // URIs are about half of a media playlist: three times the input avoids regrowing
+        // for typical playlists. Pages that are never written are never touched.
+        out: String::with_capacity(text.len().saturating_mul(3)),
         copied: 0,
         after_stream_inf: false,
         master: false,
         variables: Vec::new(),
         info: PlaylistInfo::default(),
     };
-    let mut pos = if text.starts_with('\u{feff}') { 3 } else { 0 };
+    let mut pos = 0;
     while pos < text.len() {
         let (line_len, terminator_len) = next_line(&text.as_bytes()[pos..]);
         rewriter.line(pos, &text[pos..pos + line_len]);
@@ -137,9 +138,11 @@ fn next_line(rest: &[u8]) -> (usize, usize) {
     }
 }
 
-/// Blanks around a URI, as the URL standard strips them: C0 controls and space.
+/// Blanks around a line or a URI: C0 controls and space, as the URL standard strips them,
+/// and the byte-order mark, which starts many playlists (and some spliced-in lines) and
+/// must neither hide a tag nor become part of a URI.
 fn is_blank(c: char) -> bool {
-    c <= ' '
+    c <= ' ' || c == '\u{feff}'
 }
 
 /// What a tag's URI attribute feeds into [`PlaylistInfo`].
@@ -325,7 +328,8 @@ impl<'a, F: FnMut(&Url, UriKind) -> String> Rewriter<'a, F> {
 /// Replaces `{$name}` references by defined values; `None` when one is not defined (the
 /// URI then stays as written, for the player to substitute).
 fn substitute<'u>(uri: &'u str, variables: &[(&str, Cow<'_, str>)]) -> Option<Cow<'u, str>> {
-    if !uri.contains("{$") {
+    // `contains(char)` is a memchr; most URIs have no `{` at all.
+    if !uri.contains('{') || !uri.contains("{$") {
         return Some(Cow::Borrowed(uri));
     }
     let mut out = String::with_capacity(uri.len());

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::events::{EventBus, EventType};
 use crate::model::{ClientInfo, StreamInfo, StreamType};
 
 /// The settings of a stream, replaced as a whole when the stream is posted again.
@@ -128,8 +129,13 @@ pub struct StreamEntry {
     generation: watch::Sender<u64>,
     pub counters: Counters,
     last_access_ms: AtomicU64,
+    /// Clients of this stream, kept here so listing streams never scans every client.
+    client_count: AtomicUsize,
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
+    events: EventBus,
+    /// The proxy-wide totals, where switches are counted too.
+    totals: Arc<Counters>,
 }
 
 impl StreamEntry {
@@ -149,8 +155,9 @@ impl StreamEntry {
     }
 
     /// Moves to the URL after `from` (wrapping), unless another request already moved
-    /// past it. Returns the new index, or `None` when there is only one URL.
-    pub fn switch_from(&self, from: usize) -> Option<usize> {
+    /// past it. Returns the new index, or `None` when there is only one URL. A switch is
+    /// counted and announced as a `failover` event with its reason.
+    pub fn switch_from(&self, from: usize, reason: &str) -> Option<usize> {
         let count = self.settings().url_count();
         if count < 2 {
             return None;
@@ -162,7 +169,14 @@ impl StreamEntry {
         {
             Ok(_) => {
                 self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                self.totals.failovers.fetch_add(1, Ordering::Relaxed);
                 self.generation.send_modify(|g| *g += 1);
+                self.events.emit(
+                    EventType::Failover,
+                    Some(&self.id),
+                    None,
+                    serde_json::json!({"from_index": from, "to_index": next, "reason": reason}),
+                );
                 Some(next)
             }
             // Someone else switched first: use their choice rather than switching twice.
@@ -180,6 +194,10 @@ impl StreamEntry {
 
     pub fn last_access_ms(&self) -> u64 {
         self.last_access_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.client_count.load(Ordering::Relaxed)
     }
 }
 
@@ -212,6 +230,15 @@ pub enum Upsert {
     Updated,
 }
 
+/// Why a stream left the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// `DELETE /streams/{id}`.
+    Deleted,
+    /// Nobody played it for `STREAM_TIMEOUT`.
+    Idle,
+}
+
 /// What a cleanup sweep removed.
 #[derive(Debug, Default, PartialEq)]
 pub struct Swept {
@@ -226,8 +253,11 @@ pub struct Registry {
     id_key: Hmac<Sha256>,
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
     clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
-    /// Proxy-wide totals, including streams since deleted.
-    pub totals: Counters,
+    /// Proxy-wide totals, including streams since deleted. Shared with every stream so a
+    /// switch of URL counts in both.
+    pub totals: Arc<Counters>,
+    /// Every change of streams and clients is announced here.
+    pub events: EventBus,
 }
 
 impl Registry {
@@ -239,7 +269,8 @@ impl Registry {
             id_key: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
             streams: RwLock::default(),
             clients: RwLock::default(),
-            totals: Counters::default(),
+            totals: Arc::default(),
+            events: EventBus::default(),
         }
     }
 
@@ -264,6 +295,25 @@ impl Registry {
 
     /// Registers a stream, or replaces the settings of the stream with the same URL.
     pub fn upsert(&self, settings: StreamSettings) -> (Arc<StreamEntry>, Upsert) {
+        let (entry, upsert) = self.upsert_quietly(settings);
+        let settings = entry.settings();
+        let event = match upsert {
+            Upsert::Created => EventType::StreamCreated,
+            Upsert::Updated => EventType::StreamUpdated,
+        };
+        self.events.emit(
+            event,
+            Some(&entry.id),
+            None,
+            serde_json::json!({
+                "stream_type": settings.stream_type,
+                "failover_urls": settings.failover_urls.len(),
+            }),
+        );
+        (entry, upsert)
+    }
+
+    fn upsert_quietly(&self, settings: StreamSettings) -> (Arc<StreamEntry>, Upsert) {
         let id = self.stream_id_for(&settings.original_url);
         let now = self.clock.now_ms();
         let mut streams = self.streams.write().expect("streams lock");
@@ -285,7 +335,10 @@ impl Registry {
             generation: watch::Sender::new(0),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
+            client_count: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            events: self.events.clone(),
+            totals: self.totals.clone(),
         });
         streams.insert(id, entry.clone());
         (entry, Upsert::Created)
@@ -311,20 +364,53 @@ impl Registry {
         self.streams.read().expect("streams lock").len()
     }
 
-    /// Removes a stream and its clients and ends its open connections.
-    pub fn remove_stream(&self, id: &str) -> Option<(Arc<StreamEntry>, Vec<String>)> {
+    /// Removes a stream and its clients, ends its open connections, and announces it.
+    pub fn remove_stream(&self, id: &str, why: Removal) -> Option<(Arc<StreamEntry>, Vec<String>)> {
         let entry = self.streams.write().expect("streams lock").remove(id)?;
         entry.closed.cancel();
-        let mut clients = self.clients.write().expect("clients lock");
-        let gone: Vec<String> = clients
-            .values()
-            .filter(|c| c.stream_id == id)
-            .map(|c| c.id.clone())
-            .collect();
+        let gone: Vec<String> = {
+            let mut clients = self.clients.write().expect("clients lock");
+            let gone: Vec<String> = clients
+                .values()
+                .filter(|c| c.stream_id == id)
+                .map(|c| c.id.clone())
+                .collect();
+            for c in &gone {
+                clients.remove(c);
+            }
+            gone
+        };
+        entry.client_count.store(0, Ordering::Relaxed);
+        let reason = match why {
+            Removal::Deleted => "stream_deleted",
+            Removal::Idle => "stream_idle",
+        };
         for c in &gone {
-            clients.remove(c);
+            self.client_gone(c, id, reason);
         }
+        let event = match why {
+            Removal::Deleted => EventType::StreamDeleted,
+            Removal::Idle => EventType::StreamIdleRemoved,
+        };
+        self.events.emit(
+            event,
+            Some(id),
+            None,
+            serde_json::json!({
+                "total_bytes_served": Counters::get(&entry.counters.bytes),
+                "clients": gone.len(),
+            }),
+        );
         Some((entry, gone))
+    }
+
+    fn client_gone(&self, client_id: &str, stream_id: &str, reason: &str) {
+        self.events.emit(
+            EventType::ClientDisconnected,
+            Some(stream_id),
+            Some(client_id),
+            serde_json::json!({"reason": reason}),
+        );
     }
 
     /// Ends every open viewer connection (shutdown). The streams stay registered.
@@ -366,8 +452,34 @@ impl Registry {
             last_seen_ms: AtomicU64::new(now),
             counters: Counters::default(),
         });
-        clients.insert(id.to_string(), entry.clone());
+        let moved = clients.insert(id.to_string(), entry.clone());
+        drop(clients);
+        if let Some(old) = moved {
+            self.adjust_client_count(&old.stream_id, false);
+            self.client_gone(&old.id, &old.stream_id, "moved_to_other_stream");
+        }
+        self.adjust_client_count(stream_id, true);
+        self.events.emit(
+            EventType::ClientConnected,
+            Some(stream_id),
+            Some(id),
+            serde_json::json!({"ip_address": ip, "user_agent": user_agent}),
+        );
         (entry, true)
+    }
+
+    fn adjust_client_count(&self, stream_id: &str, up: bool) {
+        if let Some(s) = self.stream(stream_id) {
+            if up {
+                s.client_count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = s
+                    .client_count
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+            }
+        }
     }
 
     pub fn client_by_id(&self, id: &str) -> Option<Arc<ClientEntry>> {
@@ -429,7 +541,7 @@ impl Registry {
                 .map(|s| s.id.clone())
                 .collect();
             for id in idle {
-                if let Some((_, clients)) = self.remove_stream(&id) {
+                if let Some((_, clients)) = self.remove_stream(&id, Removal::Idle) {
                     swept
                         .clients
                         .extend(clients.into_iter().map(|c| (c, id.clone())));
@@ -437,22 +549,26 @@ impl Registry {
                 }
             }
         }
-        let mut clients = self.clients.write().expect("clients lock");
-        clients.retain(|_, c| {
+        let mut idle_clients = Vec::new();
+        self.clients.write().expect("clients lock").retain(|_, c| {
             let idle = Counters::get(&c.counters.active_connections) == 0
                 && now.saturating_sub(c.last_seen_ms()) >= client_timeout_ms;
             if idle {
-                swept.clients.push((c.id.clone(), c.stream_id.clone()));
+                idle_clients.push((c.id.clone(), c.stream_id.clone()));
             }
             !idle
         });
+        for (client_id, stream_id) in &idle_clients {
+            self.adjust_client_count(stream_id, false);
+            self.client_gone(client_id, stream_id, "idle");
+        }
+        swept.clients.extend(idle_clients);
         swept
     }
 
     pub fn stream_info(&self, s: &StreamEntry) -> StreamInfo {
         let settings = s.settings();
         let index = s.current_index() % settings.url_count();
-        let clients = self.clients_of(&s.id);
         let active = Counters::get(&s.counters.active_connections);
         StreamInfo {
             stream_id: s.id.clone(),
@@ -469,7 +585,7 @@ impl Registry {
                 .map(|k| k.as_str().to_string())
                 .collect(),
             metadata: settings.metadata.clone(),
-            client_count: clients.len(),
+            client_count: s.client_count(),
             active_connections: active,
             total_bytes_served: Counters::get(&s.counters.bytes),
             total_segments_served: Counters::get(&s.counters.segments),
@@ -561,6 +677,17 @@ impl Viewing {
             c.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Counts an origin failure and announces it as an `upstream_error` event.
+    pub fn upstream_error(&self, error: &crate::error::UpstreamError) {
+        self.add_error();
+        self.registry.events.emit(
+            EventType::UpstreamError,
+            Some(&self.stream.id),
+            Some(&self.client.id),
+            serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
+        );
+    }
 }
 
 impl Drop for Viewing {
@@ -614,16 +741,21 @@ mod tests {
         let r = Registry::new(b"k");
         let (s, _) = r.upsert(settings("http://o/a", &["http://o/b", "http://o/c"]));
         let watch = s.subscribe_switches();
-        assert_eq!(s.switch_from(0), Some(1));
+        assert_eq!(s.switch_from(0, "test"), Some(1));
         // A second request that also saw index 0 fail follows the first switch.
-        assert_eq!(s.switch_from(0), Some(1));
+        assert_eq!(s.switch_from(0, "test"), Some(1));
         assert!(watch.has_changed().unwrap());
-        assert_eq!(s.switch_from(1), Some(2));
-        assert_eq!(s.switch_from(2), Some(0));
+        assert_eq!(s.switch_from(1, "test"), Some(2));
+        assert_eq!(s.switch_from(2, "test"), Some(0));
         assert_eq!(s.current_url().1.as_str(), "http://o/a");
         assert_eq!(Counters::get(&s.counters.failovers), 3);
+        assert_eq!(
+            Counters::get(&r.totals.failovers),
+            3,
+            "proxy totals count switches"
+        );
         let (single, _) = r.upsert(settings("http://o/single", &[]));
-        assert_eq!(single.switch_from(0), None);
+        assert_eq!(single.switch_from(0, "test"), None);
     }
 
     #[tokio::test(start_paused = true)]

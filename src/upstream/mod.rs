@@ -6,6 +6,7 @@
 //! size limit and a deadline, and must look like playlists. This module knows nothing of
 //! players, counters or routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
@@ -15,6 +16,7 @@ use url::Url;
 
 use crate::config::{Config, UpstreamTimeouts};
 use crate::error::UpstreamError;
+use crate::metrics::Histogram;
 use crate::store::StreamSettings;
 
 /// The user agent sent upstream when a stream does not name one.
@@ -29,12 +31,44 @@ pub const RELAYED_REQUEST_HEADERS: [HeaderName; 4] = [
     header::IF_MODIFIED_SINCE,
 ];
 
+/// What an upstream request is for; upstream latency is measured per purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    Playlist,
+    Media,
+    Key,
+    Direct,
+    /// Learning a new stream's type; not measured.
+    Probe,
+}
+
+impl Fetch {
+    /// The measured purposes, in the order of [`Upstream::latency`].
+    pub const MEASURED: [Fetch; 4] = [Fetch::Playlist, Fetch::Media, Fetch::Key, Fetch::Direct];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fetch::Playlist => "playlist",
+            Fetch::Media => "media",
+            Fetch::Key => "key",
+            Fetch::Direct => "direct",
+            Fetch::Probe => "probe",
+        }
+    }
+
+    fn slot(self) -> Option<usize> {
+        Fetch::MEASURED.iter().position(|f| *f == self)
+    }
+}
+
 /// The shared upstream client.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     http: reqwest::Client,
     timeouts: UpstreamTimeouts,
     max_playlist_bytes: usize,
+    /// Time to response headers, per [`Fetch::MEASURED`] purpose.
+    latency: Arc<[Histogram; 4]>,
 }
 
 /// A playlist as fetched: its text and the URL it came from after redirects, which is the
@@ -61,6 +95,7 @@ impl Upstream {
             http,
             timeouts: t,
             max_playlist_bytes: config.max_playlist_bytes,
+            latency: Arc::new(std::array::from_fn(|_| Histogram::latency())),
         })
     }
 
@@ -69,11 +104,17 @@ impl Upstream {
         &self.http
     }
 
+    /// The latency histogram of a measured purpose.
+    pub fn latency(&self, fetch: Fetch) -> Option<&Histogram> {
+        fetch.slot().map(|i| &self.latency[i])
+    }
+
     /// Sends a request with the stream's user agent and headers plus the relayed player
     /// headers, and waits at most `first_byte` for the response head. The status is not
     /// judged here.
     pub async fn send(
         &self,
+        fetch: Fetch,
         method: Method,
         url: &Url,
         settings: &StreamSettings,
@@ -94,14 +135,19 @@ impl Upstream {
             .request(method, url.clone())
             .headers(headers)
             .send();
-        match tokio::time::timeout(self.timeouts.first_byte, request).await {
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeouts.first_byte, request).await {
             Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
             Ok(Err(e)) if e.is_timeout() => {
                 Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte))
             }
             Ok(Err(e)) => Err(UpstreamError::from_reqwest(&e)),
             Ok(Ok(res)) => Ok(res),
+        };
+        if let (Ok(_), Some(h)) = (&result, self.latency(fetch)) {
+            h.observe_duration(started.elapsed());
         }
+        result
     }
 
     /// Fetches a playlist whole: a success status, at most `max_playlist_bytes`, within the
@@ -115,7 +161,13 @@ impl Upstream {
         let deadline = self.timeouts.playlist_total;
         let fetch = async {
             let res = self
-                .send(Method::GET, url, settings, &HeaderMap::new())
+                .send(
+                    Fetch::Playlist,
+                    Method::GET,
+                    url,
+                    settings,
+                    &HeaderMap::new(),
+                )
                 .await?;
             let status = res.status();
             if !status.is_success() {
@@ -157,7 +209,7 @@ impl Upstream {
     pub async fn probe_is_playlist(&self, url: &Url, settings: &StreamSettings) -> Option<bool> {
         let probe = async {
             let res = self
-                .send(Method::GET, url, settings, &HeaderMap::new())
+                .send(Fetch::Probe, Method::GET, url, settings, &HeaderMap::new())
                 .await
                 .ok()?;
             if !res.status().is_success() {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod media;
 pub mod origin;
 pub mod temp_dir;
 

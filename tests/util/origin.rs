@@ -64,6 +64,8 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
+/// A handle on a running origin; clones share it (e.g. with a task that updates a playlist).
+#[derive(Clone)]
 pub struct Origin {
     pub addr: SocketAddr,
     state: Arc<Shared>,
@@ -77,6 +79,8 @@ struct Shared {
     dirs: Mutex<Vec<(String, PathBuf)>>,
     faults: Mutex<HashMap<String, Fault>>,
     seen: Mutex<HashMap<String, (usize, Seen)>>,
+    /// Every request in arrival order, for assertions across paths.
+    log: Mutex<Vec<(String, Seen)>>,
     /// Parent of every connection's token: cancelling it is `kill`.
     killed: CancellationToken,
     listener_closed: AtomicBool,
@@ -93,6 +97,10 @@ enum Route {
     LiveTs {
         bytes_per_sec: u64,
         started: Instant,
+    },
+    Paced {
+        body: Bytes,
+        bytes_per_sec: u64,
     },
 }
 
@@ -181,6 +189,20 @@ impl Origin {
         );
     }
 
+    /// Sends `body` (real media, e.g. a TS recording) from its start at `bytes_per_sec`,
+    /// without Content-Length, then ends: a live channel as a player sees it, that a test can
+    /// decode. Each request gets its own copy from byte 0.
+    pub fn paced(&self, path: &str, body: impl Into<Bytes>, bytes_per_sec: u64) {
+        let body = body.into();
+        self.set_route(
+            path,
+            Route::Paced {
+                body,
+                bytes_per_sec,
+            },
+        );
+    }
+
     /// Removes what `put`, `redirect` or `live_ts` set at `path` (it becomes 404).
     pub fn remove(&self, path: &str) {
         self.state.routes.lock().unwrap().remove(path);
@@ -203,6 +225,11 @@ impl Origin {
     pub fn hits(&self, path: &str) -> usize {
         let seen = self.state.seen.lock().unwrap();
         seen.get(path).map_or(0, |(hits, _)| *hits)
+    }
+
+    /// Every request so far, in arrival order, as `(path, what was seen)`.
+    pub fn requests(&self) -> Vec<(String, Seen)> {
+        self.state.log.lock().unwrap().clone()
     }
 
     pub fn last_request(&self, path: &str) -> Option<Seen> {
@@ -269,6 +296,7 @@ async fn handle(
         query: request.uri.query().map(str::to_owned),
         headers: request.headers.clone(),
     };
+    state.log.lock().unwrap().push((path.clone(), seen.clone()));
     state
         .seen
         .lock()
@@ -374,6 +402,10 @@ async fn serve(state: &Shared, request: &Parts, token: &CancellationToken) -> Re
             bytes_per_sec,
             started,
         }) => live_body(bytes_per_sec, started, token.clone()),
+        Some(Route::Paced {
+            body,
+            bytes_per_sec,
+        }) => paced_body(body, bytes_per_sec),
         None => match find_in_dirs(state, path).await {
             Some(file) => serve_file(&file, &request.headers),
             None => text(
@@ -522,6 +554,30 @@ fn live_body(bytes_per_sec: u64, started: Instant, token: CancellationToken) -> 
             }
             let chunk = Ok::<_, Infallible>(chunk.freeze());
             Some((chunk, (interval, next + count, token)))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/mp2t")
+        .body(Body::from_stream(chunks))
+        .unwrap()
+}
+
+/// `body` in whole TS packets every 20 ms, at `bytes_per_sec`; the connection's own end or
+/// a failed write (after `kill`) stops it.
+fn paced_body(body: Bytes, bytes_per_sec: u64) -> Response<Body> {
+    let per_tick = (bytes_per_sec / 50)
+        .next_multiple_of(TS_PACKET as u64)
+        .max(TS_PACKET as u64);
+    let interval = tokio::time::interval(Duration::from_millis(20));
+    let chunks = stream::unfold(
+        (interval, body),
+        move |(mut interval, mut rest)| async move {
+            if rest.is_empty() {
+                return None;
+            }
+            interval.tick().await;
+            let chunk = rest.split_to(rest.len().min(per_tick as usize));
+            Some((Ok::<_, Infallible>(chunk), (interval, rest)))
         },
     );
     Response::builder()

@@ -1,0 +1,220 @@
+//! `GET /metrics`: the registry's counters, request counts and upstream latency in the
+//! Prometheus text format, rendered at scrape time from the same atomics `/stats` reads.
+//! Per-stream label sets come from the live registry, so a deleted stream's series are
+//! gone at the next scrape instead of lingering forever.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::metrics::{MetricKind, PromText, CONTENT_TYPE};
+use crate::store::Counters;
+use crate::upstream::Fetch;
+
+use super::AppState;
+
+/// Requests answered, by route template and status class. Route templates are a fixed
+/// set, so the label space is bounded whatever the URLs requested.
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    by_route: RwLock<HashMap<(String, &'static str), AtomicU64>>,
+}
+
+impl RequestCounts {
+    fn add(&self, route: &str, class: &'static str) {
+        if let Some(c) = self
+            .by_route
+            .read()
+            .expect("request counts lock")
+            .get(&(route.to_string(), class))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.by_route
+            .write()
+            .expect("request counts lock")
+            .entry((route.to_string(), class))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Vec<(String, &'static str, u64)> {
+        let mut v: Vec<_> = self
+            .by_route
+            .read()
+            .expect("request counts lock")
+            .iter()
+            .map(|((r, c), n)| (r.clone(), *c, n.load(Ordering::Relaxed)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Counts every request by its route template and status class.
+pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let res = next.run(req).await;
+    let class = match res.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state.requests.add(&route, class);
+    res
+}
+
+pub async fn render(State(state): State<AppState>) -> Response {
+    let r = &state.registry;
+    let mut page = PromText::new();
+    page.gauge(
+        "m3u_proxy_uptime_seconds",
+        "Seconds since the proxy started.",
+        &[],
+        r.clock.uptime_seconds(),
+    );
+    for (route, class, n) in state.requests.snapshot() {
+        page.counter(
+            "m3u_proxy_requests_total",
+            "HTTP requests answered, by route template and status class.",
+            &[("route", &route), ("status", class)],
+            n,
+        );
+    }
+    let t = &r.totals;
+    page.counter(
+        "m3u_proxy_bytes_served_total",
+        "Bytes written to players.",
+        &[],
+        Counters::get(&t.bytes),
+    )
+    .counter(
+        "m3u_proxy_segments_served_total",
+        "Media requests (segments, parts, init sections) served.",
+        &[],
+        Counters::get(&t.segments),
+    )
+    .counter(
+        "m3u_proxy_upstream_errors_total",
+        "Upstream failures seen by viewers' requests.",
+        &[],
+        Counters::get(&t.errors),
+    )
+    .counter(
+        "m3u_proxy_failovers_total",
+        "Switches to another upstream URL.",
+        &[],
+        Counters::get(&t.failovers),
+    )
+    .gauge(
+        "m3u_proxy_active_connections",
+        "Player connections open now.",
+        &[],
+        Counters::get(&t.active_connections),
+    )
+    .gauge(
+        "m3u_proxy_streams",
+        "Registered streams.",
+        &[],
+        r.stream_count(),
+    )
+    .gauge(
+        "m3u_proxy_clients",
+        "Tracked clients.",
+        &[],
+        r.client_count(),
+    )
+    .counter(
+        "m3u_proxy_events_total",
+        "Events emitted on the event bus.",
+        &[],
+        r.events.last_id(),
+    );
+    for fetch in Fetch::MEASURED {
+        if let Some(h) = state.upstream.latency(fetch) {
+            page.histogram(
+                "m3u_proxy_upstream_latency_seconds",
+                "Time from upstream request to response headers.",
+                &[("kind", fetch.as_str())],
+                &h.snapshot(),
+            );
+        }
+    }
+    for name in [
+        "m3u_proxy_stream_bytes_served_total",
+        "m3u_proxy_stream_segments_served_total",
+        "m3u_proxy_stream_errors_total",
+        "m3u_proxy_stream_failovers_total",
+    ] {
+        page.family(
+            name,
+            "Per stream; see the proxy-wide family.",
+            MetricKind::Counter,
+        );
+    }
+    for name in [
+        "m3u_proxy_stream_active_connections",
+        "m3u_proxy_stream_clients",
+        "m3u_proxy_stream_failover_index",
+    ] {
+        page.family(
+            name,
+            "Per stream; see the proxy-wide family.",
+            MetricKind::Gauge,
+        );
+    }
+    for s in r.streams() {
+        let c = &s.counters;
+        let labels = [("stream_id", s.id.as_str())];
+        page.counter(
+            "m3u_proxy_stream_bytes_served_total",
+            "",
+            &labels,
+            Counters::get(&c.bytes),
+        )
+        .counter(
+            "m3u_proxy_stream_segments_served_total",
+            "",
+            &labels,
+            Counters::get(&c.segments),
+        )
+        .counter(
+            "m3u_proxy_stream_errors_total",
+            "",
+            &labels,
+            Counters::get(&c.errors),
+        )
+        .counter(
+            "m3u_proxy_stream_failovers_total",
+            "",
+            &labels,
+            Counters::get(&c.failovers),
+        )
+        .gauge(
+            "m3u_proxy_stream_active_connections",
+            "",
+            &labels,
+            Counters::get(&c.active_connections),
+        )
+        .gauge("m3u_proxy_stream_clients", "", &labels, s.client_count())
+        .gauge(
+            "m3u_proxy_stream_failover_index",
+            "",
+            &labels,
+            s.current_index(),
+        );
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], page.finish()).into_response()
+}

@@ -1,0 +1,396 @@
+//! PURE: the API's answers as text for people. Every function takes `now` so ages are
+//! testable, and returns a string ending in a newline. No I/O, no API calls.
+
+use chrono::{DateTime, Utc};
+
+use super::format::{self, Align, Table};
+use crate::client::Created;
+use crate::model::{
+    ClientInfo, FailoverDone, Health, Stats, StreamDeleted, StreamDetail, StreamInfo, StreamType,
+};
+
+/// URLs in tables are cut to this many characters; `info` shows them whole.
+pub const URL_WIDTH: usize = 48;
+
+/// The path a player opens for a stream (relative to the server's base URL).
+pub fn play_path(stream_type: StreamType, stream_id: &str) -> String {
+    match stream_type {
+        StreamType::Hls => format!("/hls/{stream_id}/playlist.m3u8"),
+        StreamType::Direct => format!("/stream/{stream_id}"),
+    }
+}
+
+/// `create`: what was registered and where to play it. `play_url` is absolute.
+pub fn created(created: &Created, play_url: &str) -> String {
+    let s = &created.stream;
+    let verb = if created.is_new {
+        "Created"
+    } else {
+        "Updated existing"
+    };
+    let mut pairs = vec![
+        ("Play at", play_url.to_owned()),
+        ("Type", s.stream_type.as_str().to_owned()),
+        ("URL", s.original_url.clone()),
+    ];
+    for (i, url) in s.failover_urls.iter().enumerate() {
+        pairs.push((if i == 0 { "Failover" } else { "" }, url.clone()));
+    }
+    if let Some(ua) = &s.user_agent {
+        pairs.push(("User agent", ua.clone()));
+    }
+    format!(
+        "{verb} stream {}\n{}",
+        s.stream_id,
+        indent(&format::fields(&pairs))
+    )
+}
+
+/// `list` (and the streams part of `stats`).
+pub fn stream_table(streams: &[StreamInfo], now: DateTime<Utc>) -> String {
+    if streams.is_empty() {
+        return "No streams.\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("TYPE", Align::Left),
+        ("VIEWERS", Align::Right),
+        ("SERVED", Align::Right),
+        ("RATE", Align::Right),
+        ("ERRORS", Align::Right),
+        ("FAILOVERS", Align::Right),
+        ("LAST ACCESS", Align::Left),
+        ("URL", Align::Left),
+    ]);
+    for s in streams {
+        table.row(vec![
+            s.stream_id.clone(),
+            s.stream_type.as_str().to_owned(),
+            s.client_count.to_string(),
+            format::bytes(s.total_bytes_served),
+            format::rate(s.bytes_per_second),
+            s.error_count.to_string(),
+            s.failover_count.to_string(),
+            format::ago(s.last_access, now),
+            format::truncate_middle(&s.current_url, URL_WIDTH),
+        ]);
+    }
+    format!("{}{}\n", table.render(), count(streams.len(), "stream"))
+}
+
+/// `info ID`: every field of the stream, then its viewers.
+pub fn stream_detail(detail: &StreamDetail, play_url: &str, now: DateTime<Utc>) -> String {
+    let s = &detail.stream;
+    let urls = 1 + s.failover_urls.len();
+    let mut pairs = vec![
+        ("Stream", s.stream_id.clone()),
+        ("Type", s.stream_type.as_str().to_owned()),
+        ("Play at", play_url.to_owned()),
+        ("Status", status(s)),
+        ("Original URL", s.original_url.clone()),
+        (
+            "Current URL",
+            format!("{} (#{} of {urls})", s.current_url, s.failover_index + 1),
+        ),
+    ];
+    for (i, url) in s.failover_urls.iter().enumerate() {
+        pairs.push((if i == 0 { "Failover URLs" } else { "" }, url.clone()));
+    }
+    pairs.extend([
+        (
+            "User agent",
+            s.user_agent.clone().unwrap_or_else(|| "(default)".into()),
+        ),
+        ("Headers", header_names(&s.header_names)),
+        (
+            "Served",
+            format!(
+                "{} in {} segments, {}",
+                format::bytes(s.total_bytes_served),
+                s.total_segments_served,
+                format::rate(s.bytes_per_second)
+            ),
+        ),
+        ("Errors", s.error_count.to_string()),
+        ("Failovers", s.failover_count.to_string()),
+        ("Created", format::timestamp(s.created_at, now)),
+        ("Last access", format::timestamp(s.last_access, now)),
+    ]);
+    if let Some(metadata) = &s.metadata {
+        pairs.push(("Metadata", metadata.to_string()));
+    }
+    format!(
+        "{}\n{}",
+        format::fields(&pairs),
+        client_table(&detail.clients, now)
+    )
+}
+
+/// `clients` (and the viewers of `info` and `stats`).
+pub fn client_table(clients: &[ClientInfo], now: DateTime<Utc>) -> String {
+    if clients.is_empty() {
+        return "No clients.\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("CLIENT", Align::Left),
+        ("STREAM", Align::Left),
+        ("IP", Align::Left),
+        ("SERVED", Align::Right),
+        ("SEGMENTS", Align::Right),
+        ("RATE", Align::Right),
+        ("CONNS", Align::Right),
+        ("LAST SEEN", Align::Left),
+        ("USER AGENT", Align::Left),
+    ]);
+    for c in clients {
+        table.row(vec![
+            c.client_id.clone(),
+            c.stream_id.clone().unwrap_or_else(|| "-".into()),
+            c.ip_address.clone(),
+            format::bytes(c.bytes_served),
+            c.segments_served.to_string(),
+            format::rate(c.bytes_per_second),
+            c.active_connections.to_string(),
+            format::ago(c.last_seen, now),
+            format::truncate_middle(&c.user_agent, 32),
+        ]);
+    }
+    format!("{}{}\n", table.render(), count(clients.len(), "client"))
+}
+
+/// `clients ID`.
+pub fn client_detail(c: &ClientInfo, now: DateTime<Utc>) -> String {
+    format::fields(&[
+        ("Client", c.client_id.clone()),
+        ("Stream", c.stream_id.clone().unwrap_or_else(|| "-".into())),
+        ("IP address", c.ip_address.clone()),
+        ("User agent", c.user_agent.clone()),
+        (
+            "Served",
+            format!(
+                "{} in {} segments, {}",
+                format::bytes(c.bytes_served),
+                c.segments_served,
+                format::rate(c.bytes_per_second)
+            ),
+        ),
+        ("Connections", c.active_connections.to_string()),
+        ("First seen", format::timestamp(c.first_seen, now)),
+        ("Last seen", format::timestamp(c.last_seen, now)),
+    ])
+}
+
+/// `stats`: the proxy's totals, then every stream and every client.
+pub fn stats(stats: &Stats, now: DateTime<Utc>) -> String {
+    let p = &stats.proxy;
+    let totals = format::fields(&[
+        (
+            "Proxy",
+            format!(
+                "m3u-proxy {}, up {}",
+                p.version,
+                format::duration(p.uptime_seconds)
+            ),
+        ),
+        (
+            "Streams",
+            format!("{} ({} active)", p.total_streams, p.active_streams),
+        ),
+        (
+            "Clients",
+            format!("{} ({} active)", p.total_clients, p.active_clients),
+        ),
+        ("Connections", p.active_connections.to_string()),
+        (
+            "Served",
+            format!(
+                "{} in {} segments, {}",
+                format::bytes(p.total_bytes_served),
+                p.total_segments_served,
+                format::rate(p.bytes_per_second)
+            ),
+        ),
+        ("Errors", p.total_errors.to_string()),
+        ("Failovers", p.total_failovers.to_string()),
+    ]);
+    format!(
+        "{totals}\n{}\n{}",
+        stream_table(&stats.streams, now),
+        client_table(&stats.clients, now)
+    )
+}
+
+/// `health`: one line.
+pub fn health(h: &Health) -> String {
+    format!(
+        "{}: m3u-proxy {}, up {}, {}, {}, {}\n",
+        h.status,
+        h.version,
+        format::duration(h.uptime_seconds),
+        count(h.streams, "stream"),
+        count(h.clients, "client"),
+        count(h.active_connections as usize, "connection")
+    )
+}
+
+/// `delete ID`.
+pub fn deleted(d: &StreamDeleted) -> String {
+    format!("Deleted stream {}\n", d.stream_id)
+}
+
+/// `failover ID`.
+pub fn failover(f: &FailoverDone) -> String {
+    format!(
+        "Stream {} switched to URL #{}: {}\n  (was {})\n",
+        f.stream_id,
+        f.failover_index + 1,
+        f.current_url,
+        f.previous_url
+    )
+}
+
+fn status(s: &StreamInfo) -> String {
+    let state = if s.is_active { "active" } else { "idle" };
+    format!(
+        "{state}, {}, {}",
+        count(s.client_count, "viewer"),
+        count(s.active_connections as usize, "connection")
+    )
+}
+
+fn header_names(names: &[String]) -> String {
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        format!("{} (values hidden)", names.join(", "))
+    }
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::fixtures::{now, stream};
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            client_id: "c1".into(),
+            stream_id: Some("s1".into()),
+            user_agent: "VLC/3.0.18".into(),
+            ip_address: "127.0.0.1".into(),
+            first_seen: now() - chrono::Duration::minutes(10),
+            last_seen: now() - chrono::Duration::seconds(30),
+            bytes_served: 1536,
+            segments_served: 2,
+            active_connections: 0,
+            bytes_per_second: 0.0,
+        }
+    }
+
+    #[test]
+    fn stream_table_shows_sizes_rates_and_ages() {
+        let text = stream_table(&[stream("s1", 12_900_000)], now());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("ID  TYPE  VIEWERS"), "{text}");
+        for part in [
+            "s1",
+            "hls",
+            "12.3 MB",
+            "2.0 KB/s",
+            "3m ago",
+            "http://backup/live.m3u8",
+        ] {
+            assert!(lines[1].contains(part), "{part} missing in {text}");
+        }
+        assert_eq!(lines[2], "1 stream");
+        assert_eq!(stream_table(&[], now()), "No streams.\n");
+    }
+
+    #[test]
+    fn detail_shows_failover_position_and_hides_header_values() {
+        let detail = StreamDetail {
+            stream: stream("s1", 100),
+            clients: vec![client()],
+            client_count: 1,
+        };
+        let text = stream_detail(&detail, "http://p/hls/s1/playlist.m3u8", now());
+        assert!(
+            text.contains("Current URL    http://backup/live.m3u8 (#2 of 2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Headers        Referer (values hidden)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Status         active, 2 viewers, 1 connection"),
+            "{text}"
+        );
+        assert!(text.contains("(2h 0m ago)"), "{text}");
+        assert!(text.contains("c1"), "{text}");
+        assert!(text.contains("1.5 KB"), "{text}");
+    }
+
+    #[test]
+    fn created_says_new_or_updated() {
+        let stream = crate::model::StreamCreated {
+            stream_id: "s1".into(),
+            stream_type: StreamType::Direct,
+            stream_endpoint: "/stream/s1".into(),
+            playlist_url: "/hls/s1/playlist.m3u8".into(),
+            direct_url: "/stream/s1".into(),
+            original_url: "http://o/a.ts".into(),
+            current_url: "http://o/a.ts".into(),
+            failover_urls: vec!["http://b/a.ts".into(), "http://c/a.ts".into()],
+            user_agent: Some("VLC".into()),
+            created_at: now(),
+        };
+        let mut c = Created {
+            stream,
+            is_new: true,
+        };
+        let text = created(&c, "http://p/stream/s1");
+        assert_eq!(
+            text,
+            "Created stream s1\n  Play at     http://p/stream/s1\n  Type        direct\n  \
+             URL         http://o/a.ts\n  Failover    http://b/a.ts\n              http://c/a.ts\n  \
+             User agent  VLC\n"
+        );
+        c.is_new = false;
+        assert!(created(&c, "x").starts_with("Updated existing stream s1\n"));
+    }
+
+    #[test]
+    fn health_is_one_line() {
+        let h = Health {
+            status: "healthy".into(),
+            version: "0.1.0".into(),
+            uptime_seconds: 7500,
+            streams: 1,
+            clients: 2,
+            active_connections: 0,
+        };
+        assert_eq!(
+            health(&h),
+            "healthy: m3u-proxy 0.1.0, up 2h 5m, 1 stream, 2 clients, 0 connections\n"
+        );
+    }
+
+    #[test]
+    fn play_paths_follow_the_stream_type() {
+        assert_eq!(play_path(StreamType::Hls, "x"), "/hls/x/playlist.m3u8");
+        assert_eq!(play_path(StreamType::Direct, "x"), "/stream/x");
+    }
+}
