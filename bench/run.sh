@@ -4,7 +4,7 @@
 # the proxy, then run every workload against the origin directly and through the proxy in
 # alternation for a few rounds, and print a table of medians and proxy/direct ratios.
 #
-#   bench/run.sh            full run: release build, ~12 minutes
+#   bench/run.sh            full run: release build, then ~14 minutes
 #   bench/run.sh --smoke    CI: debug build, tiny N, a few seconds per workload; exits
 #                           non-zero if any request failed
 #

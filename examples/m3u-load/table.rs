@@ -127,8 +127,8 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
         }
     }
     let mut out = String::new();
-    out.push_str("| workload | figure | direct | proxy | proxy/direct |\n");
-    out.push_str("| --- | --- | ---: | ---: | ---: |\n");
+    out.push_str("| workload | figure | direct | proxy | proxy/direct | proxy, each round |\n");
+    out.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
     let mut failed = 0;
     for (label, reports) in &groups {
         let of = |target: &str| -> Vec<&Report> {
@@ -157,12 +157,15 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
                 (Some(d), Some(p)) if d != 0.0 => fmt(Some(p / d)),
                 _ => "—".to_string(),
             };
+            // Medians hide a bad round; the spread shows it.
+            let each: Vec<String> = proxy.iter().map(|r| fmt(get(r))).collect();
             let _ = writeln!(
                 out,
-                "| {} | {figure} | {} | {} | {ratio} |",
+                "| {} | {figure} | {} | {} | {ratio} | {} |",
                 name(),
                 fmt(d),
-                fmt(p)
+                fmt(p),
+                each.join(" / ")
             );
         }
         if reports[0].workload == "latency" {
@@ -172,7 +175,7 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
             if let (Some(d), Some(p)) = (d, p) {
                 let _ = writeln!(
                     out,
-                    "| {} | **added latency, median (ms)** | | **{:.3}** | |",
+                    "| {} | **added latency, median (ms)** | | **{:.3}** | | |",
                     name(),
                     p - d
                 );
@@ -183,7 +186,7 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
         failed += de + pe;
         let _ = writeln!(
             out,
-            "| {} | failed requests (sum) | {de} | {pe} | |",
+            "| {} | failed requests (sum) | {de} | {pe} | | |",
             name()
         );
     }
@@ -191,12 +194,12 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
         let mb = |kb: Option<u64>| fmt(kb.map(|kb| kb as f64 / 1024.0));
         let _ = writeln!(
             out,
-            "| proxy RSS | idle, after start and stream creation (MB) | | {} | |",
+            "| proxy RSS | idle, after start and stream creation (MB) | | {} | | |",
             mb(extra.idle_rss_kb)
         );
         let _ = writeln!(
             out,
-            "| proxy RSS | after all workloads (MB) | | {} | |",
+            "| proxy RSS | after all workloads (MB) | | {} | | |",
             mb(extra.final_rss_kb)
         );
     }
