@@ -120,11 +120,17 @@ else
 fi
 ORIGIN_URL=http://127.0.0.1:$OPORT
 wait_http "$ORIGIN_URL/small.ts"
+# The processes that do the origin's work: nginx's workers, or the built-in server.
+ORIGIN_PIDS=("${PIDS[0]}")
+if [[ $ORIGIN_NAME == nginx* ]]; then
+    mapfile -t ORIGIN_PIDS < <(pgrep -P "${PIDS[0]}")
+fi
 # nginx cannot make an endless live TS; the built-in origin's /live.ts does, for the
 # live-viewers workload, whichever origin serves the files.
 LPORT=$("$LOAD" free-port)
 "$LOAD" origin --dir "$WORK/media" --port "$LPORT" 2>/dev/null &
 PIDS+=($!)
+LIVE_ORIGIN_PIDS=($!)
 LIVE_URL="http://127.0.0.1:$LPORT/live.ts?bitrate=$LIVE_BITRATE"
 wait_http "http://127.0.0.1:$LPORT/small.ts"
 
@@ -181,8 +187,13 @@ run_one() {
     local label=$1 round=$2 target=$3 sub=$4 var=$5
     shift 5
     local -n urls=$var
-    local extra=()
+    local extra=() pid
     [[ $target == proxy ]] && extra=(--pid "$PROXY_PID")
+    if [[ $var == LIVE ]]; then
+        for pid in "${LIVE_ORIGIN_PIDS[@]}"; do extra+=(--origin-pid "$pid"); done
+    else
+        for pid in "${ORIGIN_PIDS[@]}"; do extra+=(--origin-pid "$pid"); done
+    fi
     echo "  $label, $target, round $round" >&2
     if ! "$LOAD" "$sub" --url "${urls[$target]}" "$@" --json --label "$label" \
         --target "$target" --round "$round" "${extra[@]}" >>"$RESULTS"; then

@@ -192,6 +192,10 @@ struct Common {
     /// The proxy's pid: its RSS and CPU are sampled from /proc every 100 ms.
     #[arg(long)]
     pid: Option<u32>,
+    /// The origin's processes (e.g. every nginx worker): their CPU is summed and reported,
+    /// so a run shows where a small machine's cores went.
+    #[arg(long = "origin-pid")]
+    origin_pids: Vec<u32>,
     /// Print one line of JSON instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -422,6 +426,11 @@ where
 {
     let sampler = common.pid.map(ProcessSampler::start);
     let own_cpu = CpuClock::start(None);
+    let origin_cpu: Vec<CpuClock> = common
+        .origin_pids
+        .iter()
+        .map(|&pid| CpuClock::start(Some(pid)))
+        .collect();
     let started = Instant::now();
     let deadline = started
         .checked_add(duration)
@@ -429,6 +438,8 @@ where
     let stats = work(deadline).await?;
     let elapsed = started.elapsed();
     let loadgen_cpu = own_cpu.percent();
+    let origin_cpu =
+        (!origin_cpu.is_empty()).then(|| origin_cpu.iter().map(CpuClock::percent).sum::<f64>());
     let proxy = match sampler {
         Some(s) => Some(s.finish().await),
         None => None,
@@ -446,6 +457,7 @@ where
         stats,
         proxy,
         loadgen_cpu,
+        origin_cpu,
     );
     report.print(common.json);
     Ok(if report.errors > 0 {

@@ -183,6 +183,9 @@ pub struct Report {
     pub proxy: Option<ProcessReport>,
     /// The load generator's own CPU, percent of one core.
     pub loadgen_cpu_percent: f64,
+    /// The origin's CPU (sum over `--origin-pid`s), percent of one core.
+    #[serde(default)]
+    pub origin_cpu_percent: Option<f64>,
     pub error_samples: Vec<String>,
 }
 
@@ -204,6 +207,7 @@ impl Report {
         mut stats: Stats,
         proxy: Option<ProcessReport>,
         loadgen_cpu_percent: f64,
+        origin_cpu_percent: Option<f64>,
     ) -> Report {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let mut kinds = BTreeMap::new();
@@ -247,6 +251,7 @@ impl Report {
             kinds,
             proxy,
             loadgen_cpu_percent,
+            origin_cpu_percent,
             error_samples: stats.error_samples,
         }
     }
@@ -265,13 +270,15 @@ impl Report {
                 .map(|(name, k)| format!("{name} p99 {:.2} ms", p99(k)))
                 .collect();
             eprintln!(
-                "    {:.0} req/s, {:.1} MB/s, {}, {} errors, {} stalls, load generator {:.0}% CPU{}",
+                "    {:.0} req/s, {:.1} MB/s, {}, {} errors, {} stalls, load generator {:.0}% CPU{}{}",
                 self.requests_per_s,
                 self.mb_per_s,
                 kinds.join(", "),
                 self.errors,
                 self.stalls,
                 self.loadgen_cpu_percent,
+                self.origin_cpu_percent
+                    .map_or(String::new(), |c| format!(", origin {c:.0}% CPU")),
                 self.proxy.as_ref().map_or(String::new(), |p| format!(
                     ", proxy {:.0}% CPU {:.1} MB peak RSS",
                     p.cpu_percent, p.rss_peak_mb
@@ -325,6 +332,9 @@ impl Report {
             "  load generator CPU {:.0}% of a core",
             self.loadgen_cpu_percent
         );
+        if let Some(cpu) = self.origin_cpu_percent {
+            println!("  origin CPU {cpu:.0}% of a core");
+        }
         for sample in &self.error_samples {
             println!("  error: {sample}");
         }

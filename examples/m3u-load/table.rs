@@ -70,6 +70,7 @@ fn figures(r: &Report) -> Vec<(&'static str, Figure)> {
         _ => vec![("requests/s", |r| Some(r.requests_per_s))],
     };
     rows.push(("load generator CPU %", |r| Some(r.loadgen_cpu_percent)));
+    rows.push(("origin CPU %", |r| r.origin_cpu_percent));
     rows.push(("proxy CPU %", |r| r.proxy.as_ref().map(|p| p.cpu_percent)));
     rows.push(("proxy peak RSS MB", |r| {
         r.proxy.as_ref().map(|p| p.rss_peak_mb)
