@@ -33,6 +33,35 @@ pub struct Config {
     pub upstream: UpstreamTimeouts,
     /// Largest playlist accepted from an origin, in bytes.
     pub max_playlist_bytes: usize,
+    /// When and how fast to retry an origin and move down a stream's URL list.
+    pub failover: FailoverSettings,
+}
+
+/// How failover behaves. The stall limit is [`UpstreamTimeouts::read_stall`]: a body that
+/// sends nothing for that long is a failure like any other.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailoverSettings {
+    /// Extra attempts on the same URL after a quick failure (refused, reset, 5xx, a page
+    /// that is not a playlist) before moving to the next URL. Timeouts move on at once:
+    /// waiting for the same silent origin again would double the gap.
+    pub retries: u32,
+    /// Base pause before a retry on the same URL; each retry waits about `backoff * n`,
+    /// jittered by ±50% so viewers of one dead origin do not retry in lockstep.
+    pub backoff: Duration,
+    /// Most automatic switches of one stream within a minute. Past it, requests fail
+    /// instead of switching, so a set of dead URLs does not spin. Manual switches
+    /// (`POST /streams/{id}/failover`) are never capped.
+    pub max_switches_per_minute: u32,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            backoff: Duration::from_millis(200),
+            max_switches_per_minute: 6,
+        }
+    }
 }
 
 /// Timeouts that suit streaming: bounded waits for a connection and for the first byte,
@@ -75,6 +104,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             upstream: UpstreamTimeouts::default(),
             max_playlist_bytes: 16 * 1024 * 1024,
+            failover: FailoverSettings::default(),
         }
     }
 }
@@ -107,6 +137,9 @@ impl Config {
         if self.max_playlist_bytes == 0 {
             return Err(ConfigError::Zero("max playlist size"));
         }
+        if self.failover.max_switches_per_minute == 0 {
+            return Err(ConfigError::Zero("failover switches per minute"));
+        }
         if self.api_token.as_deref() == Some("") {
             return Err(ConfigError::EmptyToken);
         }
@@ -126,6 +159,9 @@ mod tests {
         assert_eq!(c.client_timeout, Duration::from_secs(300));
         assert_eq!(c.cleanup_interval, Duration::from_secs(60));
         assert_eq!(c.stream_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.failover.retries, 2);
+        assert_eq!(c.failover.backoff, Duration::from_millis(200));
+        assert_eq!(c.failover.max_switches_per_minute, 6);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - [`config`] — the validated runtime configuration and its defaults.
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
 //! - [`error`] — error types at each boundary, and how they become HTTP responses.
-//! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts.
+//! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts, the
+//!   failover policy (`upstream::failover`) and the direct feed that survives a cut
+//!   (`upstream::direct`).
 //! - [`store`] — the registry of streams and clients with their hot-path counters.
 //! - [`events`] — typed events: the in-process bus, the SSE feed and webhooks.
 //! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.

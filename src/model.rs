@@ -80,6 +80,7 @@ pub struct StreamInfo {
     pub total_segments_served: u64,
     pub error_count: u64,
     pub bytes_per_second: f64,
+    /// A connection is open or a viewer made a request within `CLIENT_TIMEOUT`.
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub last_access: DateTime<Utc>,
@@ -98,6 +99,10 @@ pub struct ClientInfo {
     pub segments_served: u64,
     pub active_connections: u64,
     pub bytes_per_second: f64,
+    /// A connection is open or the last request is within `CLIENT_TIMEOUT` (an HLS player
+    /// spends most of its time between requests). Defaulted when reading an older server.
+    #[serde(default)]
+    pub is_active: bool,
 }
 
 /// `GET /streams`.
@@ -169,10 +174,15 @@ pub struct Stats {
 pub struct Health {
     pub status: String,
     pub version: String,
+    /// Defaulted (to the Unix epoch) when reading an older server.
+    #[serde(default)]
+    pub started_at: DateTime<Utc>,
     pub uptime_seconds: u64,
     pub streams: usize,
     pub clients: usize,
     pub active_connections: u64,
+    #[serde(default)]
+    pub total_bytes_served: u64,
 }
 
 /// Every error answer of the API: `{"detail": "...", "code": "..."}`.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
@@ -62,7 +63,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let state = build_state(config)?;
-    let maintenance = tokio::spawn(maintain(state.clone()));
+    let maintenance = spawn_maintenance(state.clone());
     let dispatcher = spawn_dispatcher(
         &state.registry.events,
         state.webhooks.clone(),
@@ -106,7 +107,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         }
     };
     Ok(AppState {
-        registry: Arc::new(Registry::new(&secret)),
+        registry: Arc::new(Registry::new(&secret).with_client_timeout(config.client_timeout)),
         upstream: Upstream::new(&config)?,
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(Webhooks::default()),
@@ -154,7 +155,14 @@ fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// The background task: rates every second, the idle sweep every `cleanup_interval`.
+/// Starts the background task: bytes-per-second figures every second, and the idle sweep
+/// every `cleanup_interval` from now (the first sweep one interval after the start, never
+/// before). It runs on the tokio clock, so tests drive it with paused time. Abort the
+/// handle to stop it.
+pub fn spawn_maintenance(state: AppState) -> JoinHandle<()> {
+    tokio::spawn(maintain(state))
+}
+
 async fn maintain(state: AppState) {
     let cfg = state.config.clone();
     let mut rates = interval(RATE_PERIOD);

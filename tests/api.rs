@@ -319,72 +319,172 @@ async fn delete_removes_the_stream() {
     assert_eq!(proxy.get_json("/stats").await["proxy"]["total_streams"], 0);
 }
 
+/// How a caller presents the token.
+#[derive(Clone, Copy, Debug)]
+enum Presented {
+    Header,
+    Bearer,
+    Query,
+}
+
+fn with_token(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    token: Option<(Presented, &str)>,
+) -> reqwest::RequestBuilder {
+    let url = match token {
+        Some((Presented::Query, t)) => {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            proxy.url(&format!("{path}{sep}api_token={t}"))
+        }
+        _ => proxy.url(path),
+    };
+    let mut req = proxy.http.request(method.parse().unwrap(), url);
+    match token {
+        Some((Presented::Header, t)) => req = req.header("X-API-Token", t),
+        Some((Presented::Bearer, t)) => req = req.bearer_auth(t),
+        _ => {}
+    }
+    req
+}
+
 #[tokio::test]
-async fn the_token_guards_management_but_never_playback_or_health() {
+async fn the_token_guards_every_management_route_but_never_playback_or_health() {
     let origin = Origin::start().await;
     origin.put(
         "/a.m3u8",
-        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-ENDLIST\n",
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns.ts\n#EXT-X-ENDLIST\n",
         "application/vnd.apple.mpegurl",
     );
+    origin.put("/s.ts", vec![0x47u8; 376], "video/mp2t");
+    origin.put("/live.ts", vec![0x47u8; 188 * 3], "video/mp2t");
     let proxy = Proxy::start_with(|c| c.api_token = Some("s3cret".into())).await;
-    let routes = [
-        ("GET", "/streams".to_string()),
-        ("GET", "/stats".to_string()),
-        ("GET", "/clients".to_string()),
-        ("GET", "/clients/x".to_string()),
-        ("GET", "/streams/x".to_string()),
-        ("DELETE", "/streams/x".to_string()),
-        ("POST", "/streams/x/failover".to_string()),
-        ("POST", "/streams".to_string()),
+    let stream_body = json!({"url": origin.url("/a.m3u8")});
+    let hook_body = json!({"url": "http://127.0.0.1:9/hook", "events": ["failover"]});
+    let unknown = "0123456789abcdef01234567";
+    // Every management route, with the body it takes and the status its handler gives
+    // once the token is accepted (unknown ids: the handler's own 404).
+    let routes: [(&str, String, Option<&Value>, u16); 14] = [
+        ("GET", "/streams".into(), None, 200),
+        ("POST", "/streams".into(), Some(&stream_body), 201),
+        ("GET", format!("/streams/{unknown}"), None, 404),
+        ("DELETE", format!("/streams/{unknown}"), None, 404),
+        ("POST", format!("/streams/{unknown}/failover"), None, 404),
+        ("GET", "/stats".into(), None, 200),
+        ("GET", "/clients".into(), None, 200),
+        ("GET", "/clients/nobody".into(), None, 404),
+        ("GET", "/metrics".into(), None, 200),
+        ("GET", "/events".into(), None, 200),
+        ("GET", "/webhooks".into(), None, 200),
+        ("POST", "/webhooks".into(), Some(&hook_body), 201),
+        ("GET", "/webhooks/nohook".into(), None, 404),
+        ("DELETE", "/webhooks/nohook".into(), None, 404),
     ];
-    for (method, path) in &routes {
-        let req = |token: Option<&str>| {
-            let mut r = proxy
-                .http
-                .request(method.parse().unwrap(), proxy.url(path))
-                .json(&json!({"url": origin.url("/a.m3u8")}));
-            if let Some(t) = token {
-                r = r.header("X-API-Token", t);
+    for (method, path, body, accepted) in &routes {
+        let send = |token: Option<(Presented, &str)>| {
+            let mut req = with_token(&proxy, method, path, token);
+            if let Some(b) = body {
+                req = req.json(b);
             }
-            r
+            req.send()
         };
         expect_error(
-            req(None).send().await.unwrap(),
+            send(None).await.unwrap(),
             StatusCode::UNAUTHORIZED,
             "missing_token",
         )
         .await;
-        expect_error(
-            req(Some("wrong")).send().await.unwrap(),
-            StatusCode::FORBIDDEN,
-            "invalid_token",
-        )
-        .await;
-        let ok = req(Some("s3cret")).send().await.unwrap();
-        assert!(
-            ok.status() != StatusCode::UNAUTHORIZED && ok.status() != StatusCode::FORBIDDEN,
-            "{method} {path} with the token: {}",
-            ok.status()
-        );
+        for how in [Presented::Header, Presented::Bearer, Presented::Query] {
+            expect_error(
+                send(Some((how, "wrong"))).await.unwrap(),
+                StatusCode::FORBIDDEN,
+                "invalid_token",
+            )
+            .await;
+            let ok = send(Some((how, "s3cret"))).await.unwrap();
+            let status = ok.status().as_u16();
+            // The same stream posted again is an update.
+            let expected =
+                if *accepted == 201 && path == "/streams" && !matches!(how, Presented::Header) {
+                    200
+                } else {
+                    *accepted
+                };
+            assert_eq!(
+                status, expected,
+                "{method} {path} with the token as {how:?}"
+            );
+        }
     }
-    let bearer = proxy
+    let no_scheme = proxy
         .http
-        .get(proxy.url("/streams"))
-        .bearer_auth("s3cret")
+        .get(proxy.url("/stats"))
+        .header("authorization", "s3cret")
         .send()
         .await
         .unwrap();
-    assert_eq!(bearer.status(), StatusCode::OK);
-    let query = proxy.get("/streams?api_token=s3cret").await;
-    assert_eq!(query.status(), StatusCode::OK);
-    let list: Value = query.json().await.unwrap();
-    let id = list["streams"][0]["stream_id"].as_str().unwrap();
-    assert_eq!(proxy.get("/health").await.status(), StatusCode::OK);
-    let playlist = proxy.get(&format!("/hls/{id}/playlist.m3u8")).await;
-    assert_eq!(
-        playlist.status(),
-        StatusCode::OK,
-        "playback never needs the token"
-    );
+    expect_error(no_scheme, StatusCode::UNAUTHORIZED, "missing_token").await;
+
+    // Health and playback: no token needed, and a wrong one changes nothing.
+    let list: Value = with_token(
+        &proxy,
+        "GET",
+        "/streams",
+        Some((Presented::Header, "s3cret")),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = list["streams"][0]["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, direct) = {
+        let res = with_token(
+            &proxy,
+            "POST",
+            "/streams",
+            Some((Presented::Bearer, "s3cret")),
+        )
+        .json(&json!({"url": origin.url("/live.ts")}))
+        .send()
+        .await
+        .unwrap();
+        (res.status(), res.json::<Value>().await.unwrap())
+    };
+    let direct_id = direct["stream_id"].as_str().unwrap();
+    for token in [
+        None,
+        Some((Presented::Header, "wrong")),
+        Some((Presented::Query, "wrong")),
+    ] {
+        let get = |path: String| with_token(&proxy, "GET", &path, token).send();
+        assert_eq!(
+            get("/health".into()).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let playlist = get(format!("/hls/{id}/playlist.m3u8")).await.unwrap();
+        assert_eq!(
+            playlist.status(),
+            StatusCode::OK,
+            "playback never needs the token"
+        );
+        let text = playlist.text().await.unwrap();
+        let segment = text.lines().find(|l| !l.starts_with('#')).unwrap();
+        let seg = proxy
+            .http
+            .get(format!("{}/hls/{id}/{segment}", proxy.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(seg.status(), StatusCode::OK);
+        assert_eq!(seg.bytes().await.unwrap().len(), 376);
+        let live = get(format!("/stream/{direct_id}")).await.unwrap();
+        assert_eq!(live.status(), StatusCode::OK);
+        assert_eq!(live.bytes().await.unwrap().len(), 188 * 3);
+    }
 }

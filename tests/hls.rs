@@ -241,6 +241,7 @@ async fn media_keys_init_sections_and_byte_ranges_play_through_references() {
         origin.last_request("/vod/low/seg0.m4s").unwrap().method,
         "HEAD"
     );
+    let before = proxy.get_json(&format!("/streams/{id}")).await;
     let head = proxy
         .http
         .head(proxy.url(&master_path))
@@ -249,11 +250,23 @@ async fn media_keys_init_sections_and_byte_ranges_play_through_references() {
         .unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()["content-type"], MPEGURL);
+    let length: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, _, text) = get_text(&proxy, &proxy.url(&master_path)).await;
+    assert_eq!(length, text.len(), "HEAD tells the playlist's length");
 
     let stats = proxy.get_json(&format!("/streams/{id}")).await;
     assert_eq!(
-        stats["stream"]["total_segments_served"], 4,
-        "init + 2 segments + HEAD"
+        stats["stream"]["total_segments_served"], 3,
+        "init + 2 segments; a HEAD plays nothing"
+    );
+    assert_eq!(
+        stats["stream"]["total_bytes_served"].as_u64().unwrap(),
+        before["stream"]["total_bytes_served"].as_u64().unwrap() + text.len() as u64,
+        "only the GET of the playlist counts bytes"
     );
     assert_eq!(
         stats["client_count"], 1,

@@ -2,9 +2,15 @@
 //! local origins.
 
 mod api;
+mod cleanup;
 mod cli;
 mod direct;
 mod e2e;
+mod events;
+mod failover;
+mod failover_e2e;
 mod hls;
+mod metrics;
 mod origin_selftest;
+mod stats;
 mod util;

@@ -248,39 +248,32 @@ pub async fn failover(
     }))
 }
 
-fn proxy_stats(state: &AppState) -> ProxyStats {
+/// Proxy totals, every stream and every client: one pass over each map, no per-stream
+/// scan of the clients.
+pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     let r = &state.registry;
-    let streams = r.streams();
-    let clients = r.clients();
-    ProxyStats {
+    let streams: Vec<_> = r.streams().iter().map(|s| r.stream_info(s)).collect();
+    let clients: Vec<_> = r.clients().iter().map(|c| r.client_info(c)).collect();
+    let t = &r.totals;
+    let proxy = ProxyStats {
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: r.clock.started_at(),
         uptime_seconds: r.clock.uptime_seconds(),
         total_streams: streams.len(),
-        active_streams: streams
-            .iter()
-            .filter(|s| Counters::get(&s.counters.active_connections) > 0)
-            .count(),
+        active_streams: streams.iter().filter(|s| s.is_active).count(),
         total_clients: clients.len(),
-        active_clients: clients
-            .iter()
-            .filter(|c| Counters::get(&c.counters.active_connections) > 0)
-            .count(),
-        active_connections: Counters::get(&r.totals.active_connections),
-        total_bytes_served: Counters::get(&r.totals.bytes),
-        total_segments_served: Counters::get(&r.totals.segments),
-        total_errors: Counters::get(&r.totals.errors),
-        total_failovers: Counters::get(&r.totals.failovers),
-        bytes_per_second: r.totals.bytes_per_second(),
-    }
-}
-
-pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
-    let r = &state.registry;
+        active_clients: clients.iter().filter(|c| c.is_active).count(),
+        active_connections: Counters::get(&t.active_connections),
+        total_bytes_served: Counters::get(&t.bytes),
+        total_segments_served: Counters::get(&t.segments),
+        total_errors: Counters::get(&t.errors),
+        total_failovers: Counters::get(&t.failovers),
+        bytes_per_second: t.bytes_per_second(),
+    };
     Json(Stats {
-        proxy: proxy_stats(&state),
-        streams: r.streams().iter().map(|s| r.stream_info(s)).collect(),
-        clients: r.clients().iter().map(|c| r.client_info(c)).collect(),
+        proxy,
+        streams,
+        clients,
     })
 }
 
@@ -309,9 +302,11 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "healthy".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: r.clock.started_at(),
         uptime_seconds: r.clock.uptime_seconds(),
         streams: r.stream_count(),
         clients: r.client_count(),
         active_connections: Counters::get(&r.totals.active_connections),
+        total_bytes_served: Counters::get(&r.totals.bytes),
     })
 }

@@ -18,6 +18,10 @@ use crate::upstream::Fetch;
 
 use super::AppState;
 
+/// The most streams given their own label set. Each costs seven series; beyond this a
+/// scrape would grow without bound with the number of registered channels.
+pub const MAX_STREAM_SERIES: usize = 1000;
+
 /// Requests answered, by route template and status class. Route templates are a fixed
 /// set, so the label space is bounded whatever the URLs requested.
 #[derive(Debug, Default)]
@@ -62,7 +66,7 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
+        .map(|p| route_label(p.as_str()))
         .unwrap_or_else(|| "unmatched".to_string());
     let res = next.run(req).await;
     let class = match res.status().as_u16() {
@@ -74,6 +78,12 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     };
     state.requests.add(&route, class);
     res
+}
+
+/// A route template as a label value, with `:id` for `{id}`: braces are legal in label
+/// values, but simple scrapers that cut a sample at the first `}` would drop the line.
+fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
 }
 
 pub async fn render(State(state): State<AppState>) -> Response {
@@ -94,6 +104,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
     let t = &r.totals;
+    let (active_streams, active_clients) = r.active_counts();
     page.counter(
         "m3u_proxy_bytes_served_total",
         "Bytes written to players.",
@@ -136,6 +147,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[],
         r.client_count(),
     )
+    .gauge(
+        "m3u_proxy_active_streams",
+        "Streams with an open connection or a viewer request within CLIENT_TIMEOUT.",
+        &[],
+        active_streams,
+    )
+    .gauge(
+        "m3u_proxy_active_clients",
+        "Clients with an open connection or a request within CLIENT_TIMEOUT.",
+        &[],
+        active_clients,
+    )
     .counter(
         "m3u_proxy_events_total",
         "Events emitted on the event bus.",
@@ -175,7 +198,21 @@ pub async fn render(State(state): State<AppState>) -> Response {
             MetricKind::Gauge,
         );
     }
-    for s in r.streams() {
+    let mut streams = r.streams();
+    let omitted = streams.len().saturating_sub(MAX_STREAM_SERIES);
+    if omitted > 0 {
+        // Active streams first; the sort is stable, so the rest keep registration order
+        // and the chosen set does not churn from one scrape to the next.
+        streams.sort_by_key(|s| !r.stream_is_active(s));
+        streams.truncate(MAX_STREAM_SERIES);
+    }
+    page.gauge(
+        "m3u_proxy_stream_series_omitted",
+        "Streams left out of the per-stream families by the cardinality cap; the proxy-wide families count them.",
+        &[],
+        omitted,
+    );
+    for s in streams {
         let c = &s.counters;
         let labels = [("stream_id", s.id.as_str())];
         page.counter(
@@ -217,4 +254,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], page.finish()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn route_labels_carry_no_braces() {
+        assert_eq!(
+            route_label("/hls/{id}/{token}/{file}"),
+            "/hls/:id/:token/:file"
+        );
+        assert_eq!(route_label("/stats"), "/stats");
+    }
 }

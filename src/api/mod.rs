@@ -26,7 +26,7 @@ use crate::proxy_url::Signer;
 use crate::store::Registry;
 use crate::upstream::Upstream;
 
-pub use metrics::RequestCounts;
+pub use metrics::{RequestCounts, MAX_STREAM_SERIES};
 pub use viewer::Viewer;
 
 /// Everything a handler needs, cheap to clone.

@@ -20,7 +20,9 @@ use crate::model::StreamType;
 use crate::playlist::{self, UriKind};
 use crate::proxy_url::Target;
 use crate::store::{ClientEntry, StreamEntry, Viewing};
-use crate::upstream::{self, Fetch, FetchedPlaylist};
+use crate::upstream::direct::{Chunk, DirectFeed};
+use crate::upstream::failover::{self, equivalent, Equivalent, Listing};
+use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
 use super::{AppState, Viewer};
@@ -51,8 +53,24 @@ pub async fn master_playlist(
     let stream = find_stream(&state, &id)?;
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
-    let fetched = fetch_current_playlist(&state, &stream, uri.query(), &viewing).await?;
-    Ok(playlist_response(&state, &stream, &viewing, &fetched, ""))
+    let mut faults = Vec::new();
+    let fetched = state
+        .upstream
+        .failover()
+        .run(&stream, &mut faults, |_, url| {
+            let url = with_ll_hls_params(url, uri.query());
+            let settings = stream.settings();
+            let upstream = state.upstream.clone();
+            async move { upstream.fetch_playlist(&url, &settings).await }
+        })
+        .await;
+    report(&viewing, &faults);
+    let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
+    let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
+    stream
+        .failover
+        .remember(index, Listing::new(stream.generation(), &info));
+    Ok(response)
 }
 
 /// `GET /hls/{id}/{token}/{file}`: whatever a signed reference points at.
@@ -84,26 +102,158 @@ pub async fn signed_reference(
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
     match target.kind {
         UriKind::Playlist => {
-            let url = with_ll_hls_params(url, uri.query());
-            let settings = stream.settings();
+            let mut faults = Vec::new();
             let fetched = state
                 .upstream
-                .fetch_playlist(&url, &settings)
-                .await
-                .inspect_err(|e| viewing.upstream_error(e))?;
-            Ok(playlist_response(
-                &state, &stream, &viewing, &fetched, "../",
-            ))
+                .failover()
+                .run(&stream, &mut faults, |index, _| {
+                    nested_playlist(&state, &stream, &url, index, uri.query())
+                })
+                .await;
+            report(&viewing, &faults);
+            let (_, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
+            Ok(playlist_response(&state, &stream, viewing, &fetched, "../").0)
         }
         kind => {
-            let settings = stream.settings();
-            let res = state
-                .upstream
-                .send(fetch_of(kind), method, &url, &settings, &headers)
-                .await
-                .inspect_err(|e| viewing.upstream_error(e))?;
-            relay(res, &url, kind, viewing, kind == UriKind::Media)
+            // A HEAD asks about a segment without playing it.
+            let is_segment = kind == UriKind::Media && method == Method::GET;
+            let res = fetch_media(&state, &stream, &viewing, kind, method, &url, &headers).await?;
+            relay(res, &url, kind, viewing, is_segment, plain_body)
         }
+    }
+}
+
+/// Fetches a playlist behind a reference for the stream's URL `index`. When the reference
+/// was issued under another URL of the stream (a player re-polling a variant after a
+/// switch), its equivalent under `index` is fetched instead, so the player moves too.
+async fn nested_playlist(
+    state: &AppState,
+    stream: &StreamEntry,
+    target: &Url,
+    index: usize,
+    query: Option<&str>,
+) -> Result<FetchedPlaylist, UpstreamError> {
+    let settings = stream.settings();
+    let mut url = target.clone();
+    if let Some(old) = stream.failover.listed_elsewhere(target.as_str(), index) {
+        let generation = stream.generation();
+        let new = match stream.failover.listing(index, generation) {
+            Some(listing) => listing,
+            None => {
+                let top = state
+                    .upstream
+                    .fetch_playlist(settings.url_at(index), &settings)
+                    .await?;
+                let info = playlist::rewrite(&top.text, &top.final_url, |u, _| u.to_string()).info;
+                let listing = Listing::new(generation, &info);
+                stream.failover.remember(index, listing.clone());
+                listing
+            }
+        };
+        url = match equivalent(&old, &new, target.as_str()) {
+            Equivalent::Same => url,
+            Equivalent::StreamUrl => settings.url_at(index).clone(),
+            Equivalent::Listed(u) => {
+                Url::parse(&u).map_err(|e| UpstreamError::Other(e.to_string()))?
+            }
+        };
+    }
+    let url = with_ll_hls_params(url, query);
+    state.upstream.fetch_playlist(&url, &settings).await
+}
+
+/// Fetches a segment, key or init section, retrying quick failures on the same URL. A 404
+/// is retried once (at the live edge a segment can be listed a moment before it exists) and
+/// then passed on: one missing segment never fails the stream over. When the origin of
+/// the current URL keeps failing, the stream fails over and the same path is asked of the
+/// new URL, so a player holding a playlist from a dead origin need not see an error.
+async fn fetch_media(
+    state: &AppState,
+    stream: &StreamEntry,
+    viewing: &Viewing,
+    kind: UriKind,
+    method: Method,
+    url: &Url,
+    headers: &HeaderMap,
+) -> Result<reqwest::Response, ApiError> {
+    let fetch = |url: Url| {
+        let (method, settings) = (method.clone(), stream.settings());
+        async move {
+            state
+                .upstream
+                .send(fetch_of(kind), method, &url, &settings, headers)
+                .await
+                .and_then(|res| check_media_status(&res).map(|_| res))
+        }
+    };
+    let error = match with_retries(state, viewing, || fetch(url.clone())).await {
+        Ok(res) => return Ok(res),
+        Err(e) if !e.is_retryable() => {
+            viewing.upstream_error(&e);
+            return Err(e.into());
+        }
+        Err(e) => e,
+    };
+    viewing.upstream_error(&error);
+    let settings = stream.settings();
+    let urls: Vec<Url> = settings.urls().cloned().collect();
+    let Some((owner, rest)) = failover::owner_of(&urls, url, stream.current_index()) else {
+        return Err(error.into());
+    };
+    let policy = state.upstream.failover();
+    if owner == stream.current_index() && !policy.switch_after_failure(stream, owner, &error) {
+        return Err(error.into());
+    }
+    let (_, current) = stream.current_url();
+    let Some(mirror) = failover::mirrored(&current, rest) else {
+        return Err(error.into());
+    };
+    tracing::info!(stream_id = %stream.id, "asking the current URL for a segment of a failed one");
+    with_retries(state, viewing, || fetch(mirror.clone()))
+        .await
+        .map_err(|e| {
+            viewing.upstream_error(&e);
+            e.into()
+        })
+}
+
+/// Runs `fetch` with the policy's same-URL retries; a 404 is retried once. Failures that
+/// were retried are counted here; the one returned is left to the caller.
+async fn with_retries<F, Fut>(
+    state: &AppState,
+    viewing: &Viewing,
+    mut fetch: F,
+) -> Result<reqwest::Response, UpstreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<reqwest::Response, UpstreamError>>,
+{
+    let policy = state.upstream.failover();
+    let mut retries = 0;
+    loop {
+        let answer = fetch().await;
+        let retry = match &answer {
+            Ok(res) => res.status() == StatusCode::NOT_FOUND && retries == 0,
+            Err(e) => {
+                e.is_retryable()
+                    && failover::retries_on_same_url(e)
+                    && retries < policy.settings().retries
+            }
+        };
+        if !retry {
+            return answer;
+        }
+        if let Err(e) = &answer {
+            viewing.upstream_error(e);
+        }
+        retries += 1;
+        tokio::time::sleep(policy.backoff(retries)).await;
+    }
+}
+
+fn report(viewing: &Viewing, faults: &[UpstreamError]) {
+    for e in faults {
+        viewing.upstream_error(e);
     }
 }
 
@@ -127,31 +277,44 @@ pub async fn direct(
     }
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
-    let settings = stream.settings();
-    let mut last_error = None;
-    for _ in 0..settings.url_count() {
-        let (index, url) = stream.current_url();
-        match state
-            .upstream
-            .send(Fetch::Direct, method.clone(), &url, &settings, &headers)
-            .await
-            .and_then(|res| check_media_status(&res).map(|_| res))
-        {
-            Ok(res) => return relay(res, &url, UriKind::Media, viewing, false),
-            Err(e) => {
-                viewing.upstream_error(&e);
-                tracing::warn!(stream_id = %id, url_index = index, error = %e, "direct upstream failed");
-                if !e.is_retryable() {
-                    return Err(e.into());
-                }
-                stream.switch_from(index, &e.to_string());
-                last_error = Some(e);
+    let mut faults = Vec::new();
+    let opened = state
+        .upstream
+        .failover()
+        .run(&stream, &mut faults, |_, url| {
+            let (upstream, settings) = (state.upstream.clone(), stream.settings());
+            let (method, headers) = (method.clone(), headers.clone());
+            async move {
+                let res = upstream
+                    .send(Fetch::Direct, method, &url, &settings, &headers)
+                    .await?;
+                check_media_status(&res)?;
+                Ok((url, res))
             }
-        }
+        })
+        .await;
+    report(&viewing, &faults);
+    let (index, (url, res)) = opened.inspect_err(|e| {
+        viewing.upstream_error(e);
+        tracing::warn!(stream_id = %id, error = %e, "direct upstream failed");
+    })?;
+    if method == Method::GET && res.status().is_success() {
+        let upstream = state.upstream.clone();
+        return relay(res, &url, UriKind::Media, viewing, false, move |res| {
+            DirectFeed::new(upstream, stream, index, res).into_stream()
+        });
     }
-    Err(last_error
-        .unwrap_or(UpstreamError::Other("no upstream URL".into()))
-        .into())
+    relay(res, &url, UriKind::Media, viewing, false, plain_body)
+}
+
+/// An upstream body relayed as it is, once.
+fn plain_body(res: reqwest::Response) -> BoxStream<'static, Result<Chunk, UpstreamError>> {
+    res.bytes_stream()
+        .map(|r| {
+            r.map(Chunk::Bytes)
+                .map_err(|e| UpstreamError::from_reqwest(&e))
+        })
+        .boxed()
 }
 
 fn fetch_of(kind: UriKind) -> Fetch {
@@ -192,37 +355,6 @@ fn identify(
     client
 }
 
-/// Fetches the playlist of the stream's current URL, moving down the failover list when
-/// an origin fails in a way another URL may not, so the player gets a good playlist.
-async fn fetch_current_playlist(
-    state: &AppState,
-    stream: &StreamEntry,
-    query: Option<&str>,
-    viewing: &Viewing,
-) -> Result<FetchedPlaylist, ApiError> {
-    let settings = stream.settings();
-    let mut last_error = None;
-    for _ in 0..settings.url_count() {
-        let (index, url) = stream.current_url();
-        let url = with_ll_hls_params(url, query);
-        match state.upstream.fetch_playlist(&url, &settings).await {
-            Ok(fetched) => return Ok(fetched),
-            Err(e) => {
-                viewing.upstream_error(&e);
-                tracing::warn!(stream_id = %stream.id, url_index = index, error = %e, "playlist fetch failed");
-                if !e.is_retryable() {
-                    return Err(e.into());
-                }
-                stream.switch_from(index, &e.to_string());
-                last_error = Some(e);
-            }
-        }
-    }
-    Err(last_error
-        .unwrap_or(UpstreamError::Other("no upstream URL".into()))
-        .into())
-}
-
 /// Adds the player's LL-HLS blocking-reload parameters to an upstream playlist URL.
 fn with_ll_hls_params(mut url: Url, query: Option<&str>) -> Url {
     let params: Vec<(String, String)> = LL_HLS_PARAMS
@@ -243,10 +375,10 @@ fn with_ll_hls_params(mut url: Url, query: Option<&str>) -> Url {
 fn playlist_response(
     state: &AppState,
     stream: &StreamEntry,
-    viewing: &Viewing,
+    viewing: Viewing,
     fetched: &FetchedPlaylist,
     prefix: &str,
-) -> Response {
+) -> (Response, playlist::PlaylistInfo) {
     let client_id = viewing.client.id.clone();
     let rewritten = playlist::rewrite(&fetched.text, &fetched.final_url, |url, kind| {
         let target = Target {
@@ -256,39 +388,31 @@ fn playlist_response(
         };
         format!("{prefix}{}", state.signer.encode(&stream.id, &target))
     });
-    let body = Bytes::from(rewritten.text);
-    viewing.add_bytes(body.len() as u64);
-    (
+    let length = rewritten.text.len();
+    let chunk = Chunk::Bytes(Bytes::from(rewritten.text));
+    let body = counted_body(futures_util::stream::iter([Ok(chunk)]).boxed(), viewing);
+    let response = (
         [
-            (header::CONTENT_TYPE, PLAYLIST_CONTENT_TYPE),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_TYPE, PLAYLIST_CONTENT_TYPE.to_string()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
         ],
         body,
     )
-        .into_response()
-}
-
-/// Judges an origin's answer to a media request before any byte is relayed.
-fn check_media_status(res: &reqwest::Response) -> Result<(), UpstreamError> {
-    let status = res.status();
-    if status.is_server_error() {
-        return Err(UpstreamError::Status(status.as_u16()));
-    }
-    if status.is_success() && upstream::is_html(res.headers()) {
-        return Err(UpstreamError::NotPlaylist("an HTML page"));
-    }
-    Ok(())
+        .into_response();
+    (response, rewritten.info)
 }
 
 /// Relays an origin's media answer: status, the headers a player needs, and the body as
-/// it arrives. A missing segment stays a 404 (the player skips it); other origin errors
-/// become 502.
+/// it arrives through `body`. A missing segment stays a 404 (the player skips it); other
+/// origin errors become 502.
 fn relay(
     res: reqwest::Response,
     url: &Url,
     kind: UriKind,
     viewing: Viewing,
     is_segment: bool,
+    body: impl FnOnce(reqwest::Response) -> BoxStream<'static, Result<Chunk, UpstreamError>>,
 ) -> Result<Response, ApiError> {
     check_media_status(&res).inspect_err(|e| viewing.upstream_error(e))?;
     let status = res.status();
@@ -324,16 +448,21 @@ fn relay(
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(default_content_type(url, kind)));
     headers.insert(header::CONTENT_TYPE, content_type);
+    Ok(builder
+        .body(counted_body(body(res), viewing))
+        .expect("relayed headers are valid"))
+}
+
+/// A response body that counts its bytes as they are handed to the player: a HEAD answer,
+/// whose body is never sent, counts nothing, and a viewer who hangs up counts what it got.
+fn counted_body(inner: BoxStream<'static, Result<Chunk, UpstreamError>>, viewing: Viewing) -> Body {
     let closed = viewing.stream.closed.clone().cancelled_owned();
-    let body = CountedBody {
-        inner: res.bytes_stream().boxed(),
+    Body::from_stream(CountedBody {
+        inner,
         viewing,
         closed: Box::pin(closed),
         done: false,
-    };
-    Ok(builder
-        .body(Body::from_stream(body))
-        .expect("relayed headers are valid"))
+    })
 }
 
 /// A content type for media whose origin did not send one, from the URL's extension.
@@ -360,12 +489,12 @@ pub fn default_content_type(url: &Url, kind: UriKind) -> &'static str {
     }
 }
 
-/// A relayed body that counts bytes as they are handed to the player, ends when the
-/// stream is deleted, and releases the viewer's connection when dropped (the player hung
-/// up or the body ended). Dropping it drops the upstream response, which cancels the
-/// upstream request.
+/// A relayed body that counts bytes as they are handed to the player (and the faults a
+/// failover feed recovered from), ends when the stream is deleted, and releases the
+/// viewer's connection when dropped (the player hung up or the body ended). Dropping it
+/// drops the upstream response, which cancels the upstream request.
 struct CountedBody {
-    inner: BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    inner: BoxStream<'static, Result<Chunk, UpstreamError>>,
     viewing: Viewing,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
@@ -382,24 +511,29 @@ impl Stream for CountedBody {
             self.done = true;
             return Poll::Ready(None);
         }
-        match self.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                self.viewing.add_bytes(bytes.len() as u64);
-                Poll::Ready(Some(Ok(bytes)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                // Ending with an error makes the server abort the response, so the player
-                // sees a cut body, never a short one that looks complete.
-                self.done = true;
-                let e = UpstreamError::from_reqwest(&e);
-                self.viewing.upstream_error(&e);
-                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        loop {
+            return match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Chunk::Bytes(bytes)))) => {
+                    self.viewing.add_bytes(bytes.len() as u64);
+                    Poll::Ready(Some(Ok(bytes)))
+                }
+                Poll::Ready(Some(Ok(Chunk::Fault(e)))) => {
+                    self.viewing.upstream_error(&e);
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // Ending with an error makes the server abort the response, so the
+                    // player sees a cut body, never a short one that looks complete.
+                    self.done = true;
+                    self.viewing.upstream_error(&e);
+                    Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }

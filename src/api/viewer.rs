@@ -4,7 +4,8 @@
 //! names itself, else derived from (ip, user agent, stream) so a player that sends nothing
 //! special still counts once. The ip is the socket peer, or `X-Forwarded-For` /
 //! `X-Real-IP` when the peer is a configured trusted proxy; headers from anyone else are
-//! ignored, since a viewer could otherwise claim any address.
+//! ignored, since a viewer could otherwise claim any address. Even behind a trusted proxy,
+//! only the hops that trusted proxies appended are believed, never what the viewer sent.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -37,8 +38,9 @@ impl FromRequestParts<AppState> for Viewer {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let ip = if state.config.trusted_proxies.contains(&peer) {
-            forwarded_ip(&parts.headers).unwrap_or(peer)
+        let trusted = &state.config.trusted_proxies;
+        let ip = if trusted.contains(&peer) {
+            forwarded_ip(&parts.headers, trusted).unwrap_or(peer)
         } else {
             peer
         };
@@ -66,19 +68,43 @@ impl FromRequestParts<AppState> for Viewer {
     }
 }
 
-/// The first address of `X-Forwarded-For` (the original client), else `X-Real-IP`.
-fn forwarded_ip(headers: &HeaderMap) -> Option<IpAddr> {
-    let xff = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok());
-    xff.or_else(|| {
-        headers
+/// The viewer's address as trusted proxies report it. Each proxy appends the address it
+/// saw to `X-Forwarded-For`, so the list is walked from the right past the trusted proxies
+/// themselves; the first other hop is the viewer. Entries left of it are whatever the viewer
+/// sent and are never believed. An unreadable hop where the viewer should be gives `None`
+/// (the peer is used). Without the header, `X-Real-IP`, which the proxy sets whole.
+fn forwarded_ip(headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hops.is_empty() {
+        return headers
             .get("x-real-ip")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-    })
+            .and_then(|v| parse_hop(v.trim()));
+    }
+    let mut viewer = None;
+    for hop in hops.iter().rev() {
+        let ip = parse_hop(hop)?;
+        viewer = Some(ip);
+        if !trusted.contains(&ip) {
+            break;
+        }
+    }
+    viewer
+}
+
+/// An address as proxies write it: `203.0.113.7`, `2001:db8::1`, or with a port
+/// (`203.0.113.7:5123`, `[2001:db8::1]:5123`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// The decoded value of one query parameter.
@@ -101,17 +127,44 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    #[test]
-    fn forwarded_addresses_take_the_first_hop() {
+    fn xff(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("203.0.113.7, 10.0.0.1"),
+        h.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_addresses_believe_only_what_trusted_proxies_appended() {
+        let lb: IpAddr = "10.0.0.1".parse().unwrap();
+        let cdn: IpAddr = "10.0.0.2".parse().unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // The viewer sent "198.51.100.1" itself; the balancer appended what it saw.
+        assert_eq!(
+            forwarded_ip(&xff("198.51.100.1, 203.0.113.7"), &[lb]),
+            ip("203.0.113.7")
         );
-        assert_eq!(forwarded_ip(&h), Some("203.0.113.7".parse().unwrap()));
-        h.remove("x-forwarded-for");
+        // A chain of trusted proxies is walked past.
+        assert_eq!(
+            forwarded_ip(&xff("203.0.113.7, 10.0.0.2"), &[lb, cdn]),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_ip(&xff("203.0.113.7, 10.0.0.2"), &[lb]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            forwarded_ip(&xff("[2001:db8::1]:443, 203.0.113.9:5123"), &[lb]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(forwarded_ip(&xff("unknown"), &[lb]), None);
+        assert_eq!(forwarded_ip(&xff("10.0.0.2"), &[cdn]), ip("10.0.0.2"));
+        let mut h = HeaderMap::new();
         h.insert("x-real-ip", HeaderValue::from_static("2001:db8::1"));
-        assert_eq!(forwarded_ip(&h), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(forwarded_ip(&h, &[lb]), ip("2001:db8::1"));
+        // Two header lines read as one list, in order.
+        let mut h = xff("198.51.100.1");
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        assert_eq!(forwarded_ip(&h, &[lb]), ip("203.0.113.7"));
     }
 
     #[test]

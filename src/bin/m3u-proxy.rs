@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use m3u_proxy::config::{Config, UpstreamTimeouts};
+use m3u_proxy::config::{Config, FailoverSettings, UpstreamTimeouts};
 use tracing_subscriber::EnvFilter;
 
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
@@ -62,6 +62,15 @@ struct Args {
     /// Largest playlist accepted from an origin, in bytes.
     #[arg(long, env = "MAX_PLAYLIST_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_playlist_bytes: usize,
+    /// Extra attempts on the same upstream URL after a quick failure, before failing over.
+    #[arg(long, env = "FAILOVER_RETRIES", default_value_t = 2)]
+    failover_retries: u32,
+    /// Base pause in milliseconds before retrying the same URL (jittered, growing per try).
+    #[arg(long, env = "FAILOVER_BACKOFF_MS", default_value_t = 200)]
+    failover_backoff_ms: u64,
+    /// Most automatic failovers of one stream per minute.
+    #[arg(long, env = "FAILOVER_MAX_PER_MINUTE", default_value_t = 6)]
+    failover_max_per_minute: u32,
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -88,6 +97,11 @@ impl Args {
                 playlist_total: seconds("--playlist-timeout", self.playlist_timeout)?,
             },
             max_playlist_bytes: self.max_playlist_bytes,
+            failover: FailoverSettings {
+                retries: self.failover_retries,
+                backoff: Duration::from_millis(self.failover_backoff_ms),
+                max_switches_per_minute: self.failover_max_per_minute,
+            },
         })
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::format::{self, Align, Table};
-use super::render::URL_WIDTH;
+use super::format;
+use super::render;
 use crate::client::{ApiClient, ClientError, Endpoint};
 use crate::model::{Stats, StreamInfo};
 
@@ -137,31 +137,9 @@ pub fn frame(
             .then(b.total_bytes_served.cmp(&a.total_bytes_served))
             .then(a.stream_id.cmp(&b.stream_id))
     });
-    let mut table = Table::new(&[
-        ("STREAM", Align::Left),
-        ("TYPE", Align::Left),
-        ("VIEWERS", Align::Right),
-        ("SERVED", Align::Right),
-        ("RATE", Align::Right),
-        ("ERRORS", Align::Right),
-        ("FAILOVERS", Align::Right),
-        ("LAST ACCESS", Align::Left),
-        ("URL", Align::Left),
-    ]);
-    for s in streams {
-        table.row(vec![
-            s.stream_id.clone(),
-            s.stream_type.as_str().to_owned(),
-            s.client_count.to_string(),
-            format::bytes(s.total_bytes_served),
-            rate_cell(rates.streams.get(&s.stream_id).copied()),
-            s.error_count.to_string(),
-            s.failover_count.to_string(),
-            format::ago(s.last_access, now),
-            format::truncate_middle(&s.current_url, URL_WIDTH),
-        ]);
-    }
-    out.push_str(&table.render());
+    out.push_str(&render::stream_rows(&streams, now, "STREAM", |s| {
+        rate_cell(rates.streams.get(&s.stream_id).copied())
+    }));
     out
 }
 

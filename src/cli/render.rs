@@ -51,8 +51,21 @@ pub fn stream_table(streams: &[StreamInfo], now: DateTime<Utc>) -> String {
     if streams.is_empty() {
         return "No streams.\n".to_owned();
     }
+    let rows: Vec<&StreamInfo> = streams.iter().collect();
+    let table = stream_rows(&rows, now, "ID", |s| format::rate(s.bytes_per_second));
+    format!("{table}{}\n", count(streams.len(), "stream"))
+}
+
+/// The stream table shared by `list` and `monitor`, which differ in the first column's
+/// title and in where a stream's rate comes from.
+pub fn stream_rows(
+    streams: &[&StreamInfo],
+    now: DateTime<Utc>,
+    id_title: &'static str,
+    rate: impl Fn(&StreamInfo) -> String,
+) -> String {
     let mut table = Table::new(&[
-        ("ID", Align::Left),
+        (id_title, Align::Left),
         ("TYPE", Align::Left),
         ("VIEWERS", Align::Right),
         ("SERVED", Align::Right),
@@ -68,14 +81,14 @@ pub fn stream_table(streams: &[StreamInfo], now: DateTime<Utc>) -> String {
             s.stream_type.as_str().to_owned(),
             s.client_count.to_string(),
             format::bytes(s.total_bytes_served),
-            format::rate(s.bytes_per_second),
+            rate(s),
             s.error_count.to_string(),
             s.failover_count.to_string(),
             format::ago(s.last_access, now),
             format::truncate_middle(&s.current_url, URL_WIDTH),
         ]);
     }
-    format!("{}{}\n", table.render(), count(streams.len(), "stream"))
+    table.render()
 }
 
 /// `info ID`: every field of the stream, then its viewers.
@@ -295,6 +308,7 @@ mod tests {
             segments_served: 2,
             active_connections: 0,
             bytes_per_second: 0.0,
+            is_active: true,
         }
     }
 
@@ -377,10 +391,12 @@ mod tests {
         let h = Health {
             status: "healthy".into(),
             version: "0.1.0".into(),
+            started_at: now() - chrono::Duration::seconds(7500),
             uptime_seconds: 7500,
             streams: 1,
             clients: 2,
             active_connections: 0,
+            total_bytes_served: 0,
         };
         assert_eq!(
             health(&h),

@@ -127,10 +127,17 @@ pub struct StreamEntry {
     /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
     /// them (a one-shot flag would reach only the first reader).
     generation: watch::Sender<u64>,
+    /// Failover bookkeeping: recent automatic switches and the variants each URL lists.
+    pub failover: crate::upstream::failover::StreamFailover,
     pub counters: Counters,
     last_access_ms: AtomicU64,
-    /// Clients of this stream, kept here so listing streams never scans every client.
-    client_count: AtomicUsize,
+    /// One more than the time of the last viewer request (0: never viewed). Unlike
+    /// `last_access_ms`, registering the stream again does not count as viewing it.
+    last_viewed_ms_plus_one: AtomicU64,
+    /// This stream's clients: an index beside the registry's map so a stream's page, its
+    /// client count and its removal never scan every client. Changed only while the
+    /// registry's clients write lock is held, so the two maps always agree.
+    clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
     events: EventBus,
@@ -188,6 +195,11 @@ impl StreamEntry {
         self.generation.subscribe()
     }
 
+    /// How many times the stream has switched URL since it was registered.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     pub fn touch(&self, now_ms: u64) {
         self.last_access_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
@@ -196,8 +208,35 @@ impl StreamEntry {
         self.last_access_ms.load(Ordering::Relaxed)
     }
 
+    /// A viewer's request started or ended now.
+    fn viewed(&self, now_ms: u64) {
+        self.touch(now_ms);
+        self.last_viewed_ms_plus_one
+            .fetch_max(now_ms + 1, Ordering::Relaxed);
+    }
+
+    /// When a viewer last made a request, if ever.
+    pub fn last_viewed_ms(&self) -> Option<u64> {
+        self.last_viewed_ms_plus_one
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
+    }
+
     pub fn client_count(&self) -> usize {
-        self.client_count.load(Ordering::Relaxed)
+        self.clients.read().expect("stream clients lock").len()
+    }
+
+    /// This stream's clients, oldest first.
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut v: Vec<_> = self
+            .clients
+            .read()
+            .expect("stream clients lock")
+            .values()
+            .cloned()
+            .collect();
+        sort_clients(&mut v);
+        v
     }
 }
 
@@ -258,6 +297,8 @@ pub struct Registry {
     pub totals: Arc<Counters>,
     /// Every change of streams and clients is announced here.
     pub events: EventBus,
+    /// `CLIENT_TIMEOUT`: how long after its last request a viewer still counts as active.
+    client_timeout_ms: u64,
 }
 
 impl Registry {
@@ -271,6 +312,44 @@ impl Registry {
             clients: RwLock::default(),
             totals: Arc::default(),
             events: EventBus::default(),
+            client_timeout_ms: 300_000,
+        }
+    }
+
+    /// Sets how long after its last request a viewer (and its stream) still counts as
+    /// active in reports; an HLS player is between requests most of the time.
+    pub fn with_client_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.client_timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    /// Active at `now_ms`: a connection is open, or the last request is within
+    /// `CLIENT_TIMEOUT`.
+    fn is_active(&self, now_ms: u64, counters: &Counters, last_ms: Option<u64>) -> bool {
+        Counters::get(&counters.active_connections) > 0
+            || last_ms.is_some_and(|last| now_ms.saturating_sub(last) < self.client_timeout_ms)
+    }
+
+    /// A connection is open or a viewer made a request within `CLIENT_TIMEOUT`.
+    pub fn stream_is_active(&self, s: &StreamEntry) -> bool {
+        self.stream_active_at(self.clock.now_ms(), s)
+    }
+
+    fn stream_active_at(&self, now_ms: u64, s: &StreamEntry) -> bool {
+        self.is_active(now_ms, &s.counters, s.last_viewed_ms())
+    }
+
+    fn client_active_at(&self, now_ms: u64, c: &ClientEntry) -> bool {
+        self.is_active(now_ms, &c.counters, Some(c.last_seen_ms()))
+    }
+
+    /// When something was last seen, for reports: now while a connection is open (a live
+    /// viewer makes one request and then watches for hours), else its last request's end.
+    fn last_seen_utc(&self, counters: &Counters, last_ms: u64) -> DateTime<Utc> {
+        if Counters::get(&counters.active_connections) > 0 {
+            self.clock.to_utc(self.clock.now_ms().max(last_ms))
+        } else {
+            self.clock.to_utc(last_ms)
         }
     }
 
@@ -333,9 +412,11 @@ impl Registry {
             settings: RwLock::new(Arc::new(settings)),
             current: AtomicUsize::new(0),
             generation: watch::Sender::new(0),
+            failover: Default::default(),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
-            client_count: AtomicUsize::new(0),
+            last_viewed_ms_plus_one: AtomicU64::new(0),
+            clients: RwLock::default(),
             closed: CancellationToken::new(),
             events: self.events.clone(),
             totals: self.totals.clone(),
@@ -370,17 +451,14 @@ impl Registry {
         entry.closed.cancel();
         let gone: Vec<String> = {
             let mut clients = self.clients.write().expect("clients lock");
-            let gone: Vec<String> = clients
-                .values()
-                .filter(|c| c.stream_id == id)
-                .map(|c| c.id.clone())
-                .collect();
+            let mut own = entry.clients.write().expect("stream clients lock");
+            let mut gone: Vec<_> = own.drain().map(|(_, c)| c).collect();
+            sort_clients(&mut gone);
             for c in &gone {
-                clients.remove(c);
+                clients.remove(&c.id);
             }
-            gone
+            gone.iter().map(|c| c.id.clone()).collect()
         };
-        entry.client_count.store(0, Ordering::Relaxed);
         let reason = match why {
             Removal::Deleted => "stream_deleted",
             Removal::Idle => "stream_idle",
@@ -435,6 +513,7 @@ impl Registry {
                 return (c.clone(), false);
             }
         }
+        let stream = self.stream(stream_id);
         let mut clients = self.clients.write().expect("clients lock");
         if let Some(c) = clients.get(id) {
             if c.stream_id == stream_id {
@@ -442,7 +521,6 @@ impl Registry {
                 return (c.clone(), false);
             }
         }
-        // A named client that moved to another stream starts a new session there.
         let entry = Arc::new(ClientEntry {
             id: id.to_string(),
             stream_id: stream_id.to_string(),
@@ -452,13 +530,31 @@ impl Registry {
             last_seen_ms: AtomicU64::new(now),
             counters: Counters::default(),
         });
+        // A stream deleted while this request was on its way: the request is about to end,
+        // and tracking its viewer would leave a client of nothing behind.
+        let Some(stream) = stream.filter(|s| !s.closed.is_cancelled()) else {
+            return (entry, false);
+        };
+        // A named client that moved to another stream starts a new session there.
         let moved = clients.insert(id.to_string(), entry.clone());
+        if let Some(old) = &moved {
+            if let Some(old_stream) = self.stream(&old.stream_id) {
+                old_stream
+                    .clients
+                    .write()
+                    .expect("stream clients lock")
+                    .remove(id);
+            }
+        }
+        stream
+            .clients
+            .write()
+            .expect("stream clients lock")
+            .insert(id.to_string(), entry.clone());
         drop(clients);
         if let Some(old) = moved {
-            self.adjust_client_count(&old.stream_id, false);
             self.client_gone(&old.id, &old.stream_id, "moved_to_other_stream");
         }
-        self.adjust_client_count(stream_id, true);
         self.events.emit(
             EventType::ClientConnected,
             Some(stream_id),
@@ -466,20 +562,6 @@ impl Registry {
             serde_json::json!({"ip_address": ip, "user_agent": user_agent}),
         );
         (entry, true)
-    }
-
-    fn adjust_client_count(&self, stream_id: &str, up: bool) {
-        if let Some(s) = self.stream(stream_id) {
-            if up {
-                s.client_count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let _ = s
-                    .client_count
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
-            }
-        }
     }
 
     pub fn client_by_id(&self, id: &str) -> Option<Arc<ClientEntry>> {
@@ -494,22 +576,40 @@ impl Registry {
             .values()
             .cloned()
             .collect();
-        all.sort_by(|a, b| a.first_seen_ms.cmp(&b.first_seen_ms).then(a.id.cmp(&b.id)));
+        sort_clients(&mut all);
         all
     }
 
+    /// The clients of one stream, oldest first; empty for an unknown stream.
     pub fn clients_of(&self, stream_id: &str) -> Vec<Arc<ClientEntry>> {
-        let mut v: Vec<_> = self
-            .clients()
-            .into_iter()
-            .filter(|c| c.stream_id == stream_id)
-            .collect();
-        v.sort_by_key(|c| c.first_seen_ms);
-        v
+        self.stream(stream_id)
+            .map(|s| s.clients())
+            .unwrap_or_default()
     }
 
     pub fn client_count(&self) -> usize {
         self.clients.read().expect("clients lock").len()
+    }
+
+    /// Streams and clients active now (see [`Registry::stream_is_active`]): one pass over
+    /// each map with no copies, for `/metrics`.
+    pub fn active_counts(&self) -> (usize, usize) {
+        let now = self.clock.now_ms();
+        let streams = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .filter(|s| self.stream_active_at(now, s))
+            .count();
+        let clients = self
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .filter(|c| self.client_active_at(now, c))
+            .count();
+        (streams, clients)
     }
 
     /// Updates every bytes-per-second figure; called once per rate period.
@@ -550,16 +650,27 @@ impl Registry {
             }
         }
         let mut idle_clients = Vec::new();
-        self.clients.write().expect("clients lock").retain(|_, c| {
-            let idle = Counters::get(&c.counters.active_connections) == 0
-                && now.saturating_sub(c.last_seen_ms()) >= client_timeout_ms;
-            if idle {
-                idle_clients.push((c.id.clone(), c.stream_id.clone()));
+        {
+            let mut clients = self.clients.write().expect("clients lock");
+            clients.retain(|_, c| {
+                let idle = Counters::get(&c.counters.active_connections) == 0
+                    && now.saturating_sub(c.last_seen_ms()) >= client_timeout_ms;
+                if idle {
+                    idle_clients.push((c.id.clone(), c.stream_id.clone()));
+                }
+                !idle
+            });
+            for (client_id, stream_id) in &idle_clients {
+                if let Some(s) = self.stream(stream_id) {
+                    s.clients
+                        .write()
+                        .expect("stream clients lock")
+                        .remove(client_id);
+                }
             }
-            !idle
-        });
+        }
+        idle_clients.sort();
         for (client_id, stream_id) in &idle_clients {
-            self.adjust_client_count(stream_id, false);
             self.client_gone(client_id, stream_id, "idle");
         }
         swept.clients.extend(idle_clients);
@@ -591,9 +702,9 @@ impl Registry {
             total_segments_served: Counters::get(&s.counters.segments),
             error_count: Counters::get(&s.counters.errors),
             bytes_per_second: s.counters.bytes_per_second(),
-            is_active: active > 0,
+            is_active: self.stream_is_active(s),
             created_at: s.created_at,
-            last_access: self.clock.to_utc(s.last_access_ms()),
+            last_access: self.last_seen_utc(&s.counters, s.last_access_ms()),
         }
     }
 
@@ -604,13 +715,19 @@ impl Registry {
             user_agent: c.user_agent.clone(),
             ip_address: c.ip.clone(),
             first_seen: self.clock.to_utc(c.first_seen_ms),
-            last_seen: self.clock.to_utc(c.last_seen_ms()),
+            last_seen: self.last_seen_utc(&c.counters, c.last_seen_ms()),
             bytes_served: Counters::get(&c.counters.bytes),
             segments_served: Counters::get(&c.counters.segments),
             active_connections: Counters::get(&c.counters.active_connections),
             bytes_per_second: c.counters.bytes_per_second(),
+            is_active: self.client_active_at(self.clock.now_ms(), c),
         }
     }
+}
+
+/// Oldest first, then by id, so listings are stable.
+fn sort_clients(clients: &mut [Arc<ClientEntry>]) {
+    clients.sort_unstable_by(|a, b| a.first_seen_ms.cmp(&b.first_seen_ms).then(a.id.cmp(&b.id)));
 }
 
 /// Lowercase hex of some bytes.
@@ -639,7 +756,7 @@ impl Viewing {
         client: Arc<ClientEntry>,
     ) -> Self {
         let now = registry.clock.now_ms();
-        stream.touch(now);
+        stream.viewed(now);
         client.touch(now);
         for c in [&registry.totals, &stream.counters, &client.counters] {
             c.active_connections.fetch_add(1, Ordering::Relaxed);
@@ -693,7 +810,7 @@ impl Viewing {
 impl Drop for Viewing {
     fn drop(&mut self) {
         let now = self.registry.clock.now_ms();
-        self.stream.touch(now);
+        self.stream.viewed(now);
         self.client.touch(now);
         for c in [
             &self.registry.totals,
@@ -775,5 +892,81 @@ mod tests {
         assert_eq!(swept.streams, vec![s.id.clone()]);
         assert!(s.closed.is_cancelled());
         assert_eq!(r.client_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_connections_are_seen_now_and_activity_lasts_the_client_timeout() {
+        use std::time::Duration;
+        let r = Arc::new(Registry::new(b"k").with_client_timeout(Duration::from_secs(300)));
+        let (s, _) = r.upsert(settings("http://o/a", &[]));
+        assert!(!r.stream_info(&s).is_active, "registered, never viewed");
+        let (c, _) = r.client("live", &s.id, "1.1.1.1", "ua");
+        let viewing = Viewing::new(r.clone(), s.clone(), c.clone());
+        tokio::time::advance(Duration::from_secs(1000)).await;
+        let info = r.client_info(&c);
+        assert_eq!(info.last_seen, r.clock.to_utc(1_000_000));
+        assert!(info.is_active);
+        assert_eq!(r.stream_info(&s).last_access, r.clock.to_utc(1_000_000));
+        drop(viewing); // hangs up at 1000 s
+        tokio::time::advance(Duration::from_millis(299_999)).await;
+        assert!(r.client_info(&c).is_active);
+        assert!(r.stream_info(&s).is_active);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let info = r.client_info(&c);
+        assert!(!info.is_active);
+        assert_eq!(info.last_seen, r.clock.to_utc(1_000_000));
+        assert!(!r.stream_info(&s).is_active);
+    }
+
+    #[tokio::test]
+    async fn each_stream_lists_only_its_own_clients_and_a_moving_client_changes_lists() {
+        let r = Registry::new(b"k");
+        let (a, _) = r.upsert(settings("http://o/a", &[]));
+        let (b, _) = r.upsert(settings("http://o/b", &[]));
+        let mut events = r.events.subscribe();
+        assert!(r.client("tv", &a.id, "1.1.1.1", "ua").1);
+        assert!(!r.client("tv", &a.id, "1.1.1.1", "ua").1, "seen before");
+        r.client("phone", &b.id, "1.1.1.2", "ua");
+        assert_eq!(a.client_count(), 1);
+        assert_eq!(r.clients_of(&b.id)[0].id, "phone");
+        // The named client "tv" switches channel: a new session on b.
+        assert!(r.client("tv", &b.id, "1.1.1.1", "ua").1);
+        assert_eq!((a.client_count(), b.client_count()), (0, 2));
+        assert_eq!(r.client_count(), 2);
+        assert!(r.clients_of("unknown").is_empty());
+        let kinds: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| (e.event_type, e.client_id.unwrap(), e.data["reason"].clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    EventType::ClientConnected,
+                    "tv".into(),
+                    serde_json::Value::Null
+                ),
+                (
+                    EventType::ClientConnected,
+                    "phone".into(),
+                    serde_json::Value::Null
+                ),
+                (
+                    EventType::ClientDisconnected,
+                    "tv".into(),
+                    "moved_to_other_stream".into()
+                ),
+                (
+                    EventType::ClientConnected,
+                    "tv".into(),
+                    serde_json::Value::Null
+                ),
+            ]
+        );
+        // A request that arrives as its stream is deleted is served but not tracked.
+        r.remove_stream(&a.id, Removal::Deleted);
+        let (ghost, new) = r.client("late", &a.id, "1.1.1.3", "ua");
+        assert!(!new);
+        assert_eq!(ghost.id, "late");
+        assert!(r.client_by_id("late").is_none());
     }
 }

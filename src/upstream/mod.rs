@@ -5,6 +5,12 @@
 //! `read_stall`, and media bodies have no total deadline. Playlists are read whole, with a
 //! size limit and a deadline, and must look like playlists. This module knows nothing of
 //! players, counters or routes.
+//!
+//! [`failover`] decides when to retry a URL and when to move down a stream's URL list;
+//! [`direct`] keeps a direct stream's bytes flowing across those moves.
+
+pub mod direct;
+pub mod failover;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +24,8 @@ use crate::config::{Config, UpstreamTimeouts};
 use crate::error::UpstreamError;
 use crate::metrics::Histogram;
 use crate::store::StreamSettings;
+
+use self::failover::FailoverPolicy;
 
 /// The user agent sent upstream when a stream does not name one.
 pub const DEFAULT_USER_AGENT: &str = concat!("m3u-proxy/", env!("CARGO_PKG_VERSION"));
@@ -67,6 +75,7 @@ pub struct Upstream {
     http: reqwest::Client,
     timeouts: UpstreamTimeouts,
     max_playlist_bytes: usize,
+    failover: FailoverPolicy,
     /// Time to response headers, per [`Fetch::MEASURED`] purpose.
     latency: Arc<[Histogram; 4]>,
 }
@@ -95,6 +104,7 @@ impl Upstream {
             http,
             timeouts: t,
             max_playlist_bytes: config.max_playlist_bytes,
+            failover: FailoverPolicy::new(config.failover),
             latency: Arc::new(std::array::from_fn(|_| Histogram::latency())),
         })
     }
@@ -102,6 +112,11 @@ impl Upstream {
     /// The underlying client, for callers that need plain HTTP (webhooks, probes).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// When to retry and when to switch URL.
+    pub fn failover(&self) -> &FailoverPolicy {
+        &self.failover
     }
 
     /// The latency histogram of a measured purpose.
@@ -255,6 +270,19 @@ fn describe_non_playlist(text: &str) -> &'static str {
     } else {
         "data that is not a playlist"
     }
+}
+
+/// Judges an origin's answer to a media request before any byte is relayed: a 5xx, or an
+/// HTML page where media was asked for, is a failure another attempt may cure.
+pub fn check_media_status(res: &reqwest::Response) -> Result<(), UpstreamError> {
+    let status = res.status();
+    if status.is_server_error() {
+        return Err(UpstreamError::Status(status.as_u16()));
+    }
+    if status.is_success() && is_html(res.headers()) {
+        return Err(UpstreamError::NotPlaylist("an HTML page"));
+    }
+    Ok(())
 }
 
 /// Whether a response head says its body is an HTML page, which no media request wants.

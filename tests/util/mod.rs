@@ -4,6 +4,7 @@
 
 pub mod media;
 pub mod origin;
+pub mod player;
 pub mod temp_dir;
 
 use std::net::SocketAddr;
@@ -121,5 +122,26 @@ impl Drop for Proxy {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, and panics with `what` after `within`.
+/// For effects that land just after a response ends (a connection released, a webhook
+/// delivered).
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

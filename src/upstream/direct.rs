@@ -1,0 +1,537 @@
+//! A direct stream's bytes across upstream failures: one player connection, as many
+//! upstream connections as it takes.
+//!
+//! A live stream (no length) that ends, errors, stalls, or whose stream is switched
+//! (`POST /streams/{id}/failover` or another viewer's failure, seen through the stream's
+//! switch generation) is reconnected on the current URL under the [`FailoverPolicy`](super::failover::FailoverPolicy); an
+//! MPEG-TS feed is cut and joined on 188-byte packet boundaries, so the player sees whole
+//! packets only: the partial packet at a cut is dropped and the new feed starts at the first
+//! sync byte that repeats one packet later. A file (known length, byte ranges) resumes with
+//! `Range: bytes=N-` from the first byte the player has not had, on the same or the next
+//! URL, and a resumed answer that does not line up (another length, a changed file) is
+//! refused rather than spliced in. Per chunk this does no lock and no await on the registry.
+//! It does not count bytes or answer players; it yields [`Chunk`]s to whoever does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use url::Url;
+
+use super::failover::retries_on_same_url;
+use super::{check_media_status, Fetch, Upstream};
+use crate::error::UpstreamError;
+use crate::store::StreamEntry;
+
+/// Size of an MPEG-TS packet.
+pub const TS_PACKET: usize = 188;
+/// The TS sync byte every packet starts with.
+const TS_SYNC: u8 = 0x47;
+/// How long a connection must last before losing it is a fresh failure rather than one
+/// more in a row.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// What the feed yields besides its end.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes for the player.
+    Bytes(Bytes),
+    /// A failure the feed recovered from (or is recovering from): for counting only.
+    Fault(UpstreamError),
+}
+
+/// How a direct answer can be continued after a cut.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// No length: reconnect and carry on. `ts` is `None` until the first bytes tell.
+    Live { ts: Option<bool> },
+    /// A byte range of a file that accepts ranges: resume from `next`.
+    File {
+        /// Absolute offset of the next byte the player gets.
+        next: u64,
+        /// Absolute offset of the last byte the player asked for.
+        last: u64,
+        /// The file's length, which every resumed answer must repeat.
+        total: u64,
+    },
+    /// A known length without ranges: relayed once, a cut ends it.
+    Once,
+}
+
+impl Shape {
+    /// Reads the shape of an origin's successful answer to a GET.
+    pub fn of(status: StatusCode, headers: &HeaderMap) -> Shape {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        if status == StatusCode::PARTIAL_CONTENT {
+            return match text(header::CONTENT_RANGE).and_then(parse_content_range) {
+                Some((next, last, total)) => Shape::File { next, last, total },
+                None => Shape::Once,
+            };
+        }
+        let length = text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+        let ranges = text(header::ACCEPT_RANGES).is_some_and(|v| v.contains("bytes"));
+        match length {
+            None => Shape::Live {
+                ts: text(header::CONTENT_TYPE)
+                    .filter(|ct| ct.to_ascii_lowercase().contains("mp2t"))
+                    .map(|_| true),
+            },
+            Some(len) if ranges && len > 0 => Shape::File {
+                next: 0,
+                last: len - 1,
+                total: len,
+            },
+            Some(_) => Shape::Once,
+        }
+    }
+}
+
+/// `bytes FIRST-LAST/TOTAL` as numbers (a `*` total is no use for resuming).
+fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let parse = |s: &str| s.trim().parse::<u64>().ok();
+    let (first, last, total) = (parse(first)?, parse(last)?, parse(total)?);
+    (first <= last && last < total).then_some((first, last, total))
+}
+
+/// The position of the first TS sync byte in `buf` that repeats one packet later.
+fn find_sync(buf: &[u8]) -> Option<usize> {
+    (0..buf.len().saturating_sub(TS_PACKET))
+        .find(|&i| buf[i] == TS_SYNC && buf[i + TS_PACKET] == TS_SYNC)
+}
+
+/// Cuts a byte feed into whole TS packets, realigning after every [`Packets::cut`].
+#[derive(Debug, Default)]
+struct Packets {
+    /// Bytes held back: a partial packet, or bytes searched for a sync while aligning.
+    carry: BytesMut,
+    aligned: bool,
+}
+
+impl Packets {
+    /// Whole packets of what has arrived so far, if any.
+    fn push(&mut self, bytes: Bytes) -> Option<Bytes> {
+        if self.aligned && self.carry.is_empty() && bytes.len() % TS_PACKET == 0 {
+            // The usual case for a TS origin: aligned chunks pass without a copy.
+            return Some(bytes);
+        }
+        self.carry.extend_from_slice(&bytes);
+        if !self.aligned {
+            match find_sync(&self.carry) {
+                Some(at) => {
+                    self.carry.advance(at);
+                    self.aligned = true;
+                }
+                None => {
+                    // Only the last packet's worth can still hold the start of a sync.
+                    let keep = self.carry.len().min(TS_PACKET);
+                    self.carry.advance(self.carry.len() - keep);
+                    return None;
+                }
+            }
+        }
+        let whole = self.carry.len() / TS_PACKET * TS_PACKET;
+        (whole > 0).then(|| self.carry.split_to(whole).freeze())
+    }
+
+    /// The upstream was cut: its partial packet is dropped and the next feed realigned.
+    fn cut(&mut self) {
+        self.carry.clear();
+        self.aligned = false;
+    }
+}
+
+/// Everything needed to open (or reopen) the upstream of one direct response.
+pub struct DirectFeed {
+    upstream: Upstream,
+    stream: Arc<StreamEntry>,
+    /// The URL index the current body comes from.
+    index: usize,
+    body: Option<BoxStream<'static, Result<Bytes, reqwest::Error>>>,
+    shape: Shape,
+    packets: Packets,
+    /// The validator of the file on the URL it started on, sent as `If-Range` there.
+    etag: Option<(usize, HeaderValue)>,
+    /// Resolves when the stream switches URL; re-armed after each switch. Held across
+    /// chunks so a chunk costs no registration on the watch channel.
+    switched: Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>,
+    /// When the current upstream connected. A connection lost sooner than [`STABLE`] after
+    /// it opened counts as another failed attempt on its URL, so an origin that keeps
+    /// cutting (or ending) right away is left after the retries, not reconnected forever.
+    connected_at: Instant,
+    /// Consecutive short-lived connections on the current URL.
+    short_runs: u32,
+    /// The last loss was a timeout: move to the next URL rather than wait on this one again.
+    move_on: bool,
+    /// Failures to report before anything else.
+    faults: Vec<UpstreamError>,
+    /// The failure that ends the feed, yielded once the faults before it are out.
+    failed: Option<UpstreamError>,
+    done: bool,
+}
+
+impl DirectFeed {
+    /// Continues `res`, the answer of URL `index` to a GET, across failures.
+    pub fn new(
+        upstream: Upstream,
+        stream: Arc<StreamEntry>,
+        index: usize,
+        res: reqwest::Response,
+    ) -> Self {
+        let shape = Shape::of(res.status(), res.headers());
+        let etag = res.headers().get(header::ETAG).map(|v| (index, v.clone()));
+        let switches = stream.subscribe_switches();
+        Self {
+            upstream,
+            index,
+            body: Some(res.bytes_stream().boxed()),
+            shape,
+            packets: Packets::default(),
+            etag,
+            switched: arm(switches),
+            connected_at: Instant::now(),
+            short_runs: 0,
+            move_on: false,
+            faults: Vec::new(),
+            failed: None,
+            done: false,
+            stream,
+        }
+    }
+
+    /// The feed as a stream of chunks; it ends after an `Err` or at the end of a file.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Chunk, UpstreamError>> {
+        stream::unfold(self, |mut feed| async move {
+            let item = feed.next().await?;
+            Some((item, feed))
+        })
+        .boxed()
+    }
+
+    async fn next(&mut self) -> Option<Result<Chunk, UpstreamError>> {
+        loop {
+            if let Some(fault) = self.faults.pop() {
+                return Some(Ok(Chunk::Fault(fault)));
+            }
+            if let Some(e) = self.failed.take() {
+                self.done = true;
+                return Some(Err(e));
+            }
+            if self.done {
+                return None;
+            }
+            let Some(body) = self.body.as_mut() else {
+                if let Err(e) = self.reconnect().await {
+                    self.failed = Some(e);
+                }
+                continue;
+            };
+            tokio::select! {
+                switches = &mut self.switched => {
+                    self.switched = arm(switches);
+                    // Someone switched the stream: follow at once, no failure of ours. A
+                    // body that cannot be resumed finishes where it is.
+                    if self.stream.current_index() != self.index && self.shape != Shape::Once {
+                        self.drop_upstream();
+                    }
+                }
+                chunk = body.next() => match chunk {
+                    Some(Ok(bytes)) => {
+                        if let Some(out) = self.take(bytes) {
+                            return Some(Ok(Chunk::Bytes(out)));
+                        }
+                    }
+                    Some(Err(e)) => self.lost(UpstreamError::from_reqwest(&e)),
+                    None => match self.shape {
+                        Shape::File { next, last, .. } if next <= last => {
+                            self.lost(UpstreamError::Other("upstream body ended early".into()))
+                        }
+                        Shape::Live { .. } => {
+                            self.lost(UpstreamError::Other("live stream ended".into()))
+                        }
+                        _ => return None,
+                    },
+                },
+            }
+        }
+    }
+
+    /// Turns upstream bytes into player bytes for the shape.
+    fn take(&mut self, bytes: Bytes) -> Option<Bytes> {
+        match &mut self.shape {
+            Shape::Once => Some(bytes),
+            Shape::File { next, last, .. } => {
+                let left = (*last + 1).saturating_sub(*next);
+                let bytes = bytes.slice(..bytes.len().min(left as usize));
+                *next += bytes.len() as u64;
+                (!bytes.is_empty()).then_some(bytes)
+            }
+            Shape::Live { ts } => {
+                let is_ts = *ts.get_or_insert_with(|| {
+                    bytes.first() == Some(&TS_SYNC)
+                        && bytes.get(TS_PACKET).is_none_or(|b| *b == TS_SYNC)
+                });
+                if is_ts {
+                    self.packets.push(bytes)
+                } else {
+                    Some(bytes)
+                }
+            }
+        }
+    }
+
+    fn drop_upstream(&mut self) {
+        self.body = None;
+        self.packets.cut();
+    }
+
+    /// The current upstream failed; the next poll reconnects.
+    fn lost(&mut self, error: UpstreamError) {
+        if self.connected_at.elapsed() < STABLE {
+            self.short_runs += 1;
+        } else {
+            self.short_runs = 0;
+        }
+        self.move_on = !retries_on_same_url(&error);
+        tracing::info!(stream_id = %self.stream.id, url_index = self.index, error = %error, "direct upstream lost");
+        self.faults.push(error);
+        self.drop_upstream();
+    }
+
+    /// Opens the stream's current URL (retrying, then failing over under the policy) and
+    /// continues from where the player is.
+    async fn reconnect(&mut self) -> Result<(), UpstreamError> {
+        let policy = *self.upstream.failover();
+        if self.shape == Shape::Once {
+            return Err(UpstreamError::Other(
+                "upstream cut a body that cannot be resumed".into(),
+            ));
+        }
+        if std::mem::take(&mut self.move_on) && self.stream.current_index() == self.index {
+            // A single-URL stream (or a capped one) stays and reconnects below.
+            let e = UpstreamError::Stalled;
+            if policy.switch_after_failure(&self.stream, self.index, &e) {
+                self.short_runs = 0;
+            }
+        }
+        if self.short_runs > 0 && self.stream.current_index() == self.index {
+            // The last connection failed soon after opening: a retry like any other, then
+            // a switch.
+            if self.short_runs > policy.settings().retries {
+                let e =
+                    UpstreamError::Other("upstream keeps failing right after connecting".into());
+                if !policy.switch_after_failure(&self.stream, self.index, &e) {
+                    return Err(e);
+                }
+                self.short_runs = 0;
+            } else if self.short_runs > 1 {
+                // The first loss reconnects at once; a URL that keeps failing waits.
+                tokio::time::sleep(policy.backoff(self.short_runs - 1)).await;
+            }
+        }
+        let settings = self.stream.settings();
+        let resume = match self.shape {
+            Shape::File { next, last, total } => Some((next, last, total)),
+            _ => None,
+        };
+        let etag = self.etag.clone();
+        let upstream = self.upstream.clone();
+        let mut faults = Vec::new();
+        let opened = policy
+            .run(&self.stream, &mut faults, |index, url| {
+                let upstream = upstream.clone();
+                let settings = settings.clone();
+                let etag = etag
+                    .as_ref()
+                    .filter(|(i, _)| *i == index)
+                    .map(|(_, v)| v.clone());
+                async move { reopen(&upstream, &url, &settings, resume, etag).await }
+            })
+            .await;
+        self.faults.extend(faults);
+        let (index, res) = opened?;
+        tracing::info!(stream_id = %self.stream.id, url_index = index, "direct upstream reconnected");
+        if index != self.index {
+            self.short_runs = 0;
+        }
+        self.index = index;
+        self.connected_at = Instant::now();
+        self.body = Some(res.bytes_stream().boxed());
+        Ok(())
+    }
+}
+
+/// A future that resolves with the receiver when the stream next switches URL.
+fn arm(
+    mut switches: watch::Receiver<u64>,
+) -> Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>> {
+    Box::pin(async move {
+        if switches.changed().await.is_err() {
+            // The stream is gone; its `closed` token ends the response.
+            std::future::pending::<()>().await;
+        }
+        switches
+    })
+}
+
+/// Asks `url` for the rest of a direct stream: a live feed from now, or a file from byte
+/// `resume.0`. An answer that cannot continue what the player has is an error, so the
+/// policy moves on to the next URL.
+async fn reopen(
+    upstream: &Upstream,
+    url: &Url,
+    settings: &crate::store::StreamSettings,
+    resume: Option<(u64, u64, u64)>,
+    etag: Option<HeaderValue>,
+) -> Result<reqwest::Response, UpstreamError> {
+    let mut headers = HeaderMap::new();
+    if let Some((next, last, _)) = resume {
+        let range = HeaderValue::from_str(&format!("bytes={next}-{last}"))
+            .expect("digits are a valid header");
+        headers.insert(header::RANGE, range);
+        if let Some(etag) = etag {
+            // Same URL: a changed file answers 200 instead of splicing another file in.
+            headers.insert(header::IF_RANGE, etag);
+        }
+    }
+    let res = upstream
+        .send(Fetch::Direct, Method::GET, url, settings, &headers)
+        .await?;
+    check_media_status(&res)?;
+    let status = res.status();
+    if !status.is_success() {
+        // Mid-stream, a 404 from the next URL means "not here", not "stop playing".
+        return Err(UpstreamError::Other(format!(
+            "upstream answered {} when reconnecting",
+            status.as_u16()
+        )));
+    }
+    if let Some((next, last, total)) = resume {
+        let lines_up = match Shape::of(status, res.headers()) {
+            Shape::File {
+                next: n,
+                last: l,
+                total: t,
+            } => n == next && l == last && t == total,
+            // A whole file is fine when the player had nothing of it yet.
+            _ => status == StatusCode::OK && next == 0 && res.content_length() == Some(total),
+        };
+        if !lines_up {
+            return Err(UpstreamError::Other(
+                "upstream cannot resume the file at the byte reached".into(),
+            ));
+        }
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(n: u8) -> Vec<u8> {
+        let mut p = vec![n; TS_PACKET];
+        p[0] = TS_SYNC;
+        p
+    }
+
+    #[test]
+    fn aligned_chunks_pass_and_split_ones_are_rejoined() {
+        let mut p = Packets {
+            aligned: true,
+            ..Packets::default()
+        };
+        let two = [packet(1), packet(2)].concat();
+        assert_eq!(p.push(Bytes::from(two.clone())).unwrap(), two);
+        assert_eq!(p.push(Bytes::copy_from_slice(&two[..100])), None);
+        assert_eq!(p.push(Bytes::copy_from_slice(&two[100..])).unwrap(), two);
+    }
+
+    #[test]
+    fn a_cut_drops_the_partial_packet_and_the_next_feed_starts_on_a_sync() {
+        let mut p = Packets {
+            aligned: true,
+            ..Packets::default()
+        };
+        let one = packet(1);
+        assert_eq!(p.push(Bytes::copy_from_slice(&one[..50])), None);
+        p.cut();
+        // The new feed starts mid-packet, with a stray 0x47 that is not a sync.
+        let mut feed = vec![0x00, TS_SYNC, 0x01];
+        feed.extend(packet(7));
+        feed.extend(packet(8));
+        feed.extend(&packet(9)[..10]);
+        let out = p.push(Bytes::from(feed)).unwrap();
+        assert_eq!(out, [packet(7), packet(8)].concat());
+        assert_eq!(
+            p.push(Bytes::copy_from_slice(&packet(9)[10..])).unwrap(),
+            packet(9)
+        );
+    }
+
+    #[test]
+    fn garbage_without_sync_is_dropped_while_aligning() {
+        let mut p = Packets::default();
+        assert_eq!(p.push(Bytes::from(vec![0u8; 1000])), None);
+        assert!(p.carry.len() <= TS_PACKET);
+    }
+
+    #[test]
+    fn shapes_follow_length_ranges_and_content_range() {
+        let h = |pairs: &[(header::HeaderName, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        assert_eq!(
+            Shape::of(StatusCode::OK, &h(&[(header::CONTENT_TYPE, "video/mp2t")])),
+            Shape::Live { ts: Some(true) }
+        );
+        assert_eq!(
+            Shape::of(
+                StatusCode::OK,
+                &h(&[
+                    (header::CONTENT_LENGTH, "100"),
+                    (header::ACCEPT_RANGES, "bytes")
+                ])
+            ),
+            Shape::File {
+                next: 0,
+                last: 99,
+                total: 100
+            }
+        );
+        assert_eq!(
+            Shape::of(StatusCode::OK, &h(&[(header::CONTENT_LENGTH, "100")])),
+            Shape::Once
+        );
+        assert_eq!(
+            Shape::of(
+                StatusCode::PARTIAL_CONTENT,
+                &h(&[(header::CONTENT_RANGE, "bytes 10-19/100")])
+            ),
+            Shape::File {
+                next: 10,
+                last: 19,
+                total: 100
+            }
+        );
+        assert_eq!(parse_content_range("bytes 5-1/10"), None);
+        assert_eq!(parse_content_range("bytes 0-9/*"), None);
+    }
+}

@@ -1,0 +1,339 @@
+//! Events as an operator sees them: the `GET /events` feed (Server-Sent Events) and
+//! webhooks, including a receiver that is down while viewers keep playing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::{Json, Router};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::util::origin::Origin;
+use crate::util::player::Player;
+use crate::util::{eventually, Proxy};
+
+const MPEGURL: &str = "application/vnd.apple.mpegurl";
+
+/// An HLS stream at `/{dir}/master.m3u8` with two 1000-byte segments.
+fn put_stream(origin: &Origin, dir: &str) {
+    origin.put(
+        &format!("/{dir}/master.m3u8"),
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nmedia.m3u8\n",
+        MPEGURL,
+    );
+    origin.put(
+        &format!("/{dir}/media.m3u8"),
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns0.ts\n#EXTINF:2,\ns1.ts\n#EXT-X-ENDLIST\n",
+        MPEGURL,
+    );
+    for s in ["s0", "s1"] {
+        origin.put(&format!("/{dir}/{s}.ts"), vec![0x47u8; 1000], "video/mp2t");
+    }
+}
+
+/// A reader of an SSE response: one `(event, data)` per message, comments skipped.
+struct Feed {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl Feed {
+    async fn open(proxy: &Proxy, query: &str) -> Feed {
+        let res = proxy.get(&format!("/events{query}")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let mut feed = Feed {
+            res,
+            buf: String::new(),
+        };
+        // The opening comment: once it is here, the feed is subscribed.
+        while !feed.buf.contains("\n\n") {
+            feed.read_more().await;
+        }
+        feed
+    }
+
+    async fn read_more(&mut self) {
+        let chunk = self
+            .res
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the feed stays open");
+        self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+
+    /// The next event, or `None` when none comes within `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let message: String = self.buf.drain(..end + 2).collect();
+                let mut event = None;
+                let mut data = String::new();
+                for line in message.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim_start().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let Some(event) = event {
+                    return Some((event, serde_json::from_str(&data).unwrap()));
+                }
+            }
+            tokio::time::timeout_at(deadline, self.read_more())
+                .await
+                .ok()?;
+        }
+    }
+
+    async fn next(&mut self) -> (String, Value) {
+        self.next_within(Duration::from_secs(5))
+            .await
+            .expect("an event within 5 s")
+    }
+}
+
+#[tokio::test]
+async fn the_feed_shows_each_event_once_in_order() {
+    let origin = Origin::start().await;
+    put_stream(&origin, "main");
+    put_stream(&origin, "backup");
+    put_stream(&origin, "other");
+    let proxy = Proxy::start().await;
+    let other = proxy.create_stream(&origin.url("/other/master.m3u8")).await;
+    let other_id = other["stream_id"].as_str().unwrap().to_string();
+    let mut all = Feed::open(&proxy, "").await;
+    let mut only_other = Feed::open(
+        &proxy,
+        &format!("?stream_id={other_id}&types=stream_deleted,failover"),
+    )
+    .await;
+
+    let body = json!({
+        "url": origin.url("/main/master.m3u8"),
+        "failover_urls": [origin.url("/backup/master.m3u8")],
+    });
+    let (status, created) = proxy.post_stream(body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["stream_id"].as_str().unwrap().to_string();
+    let (status, _) = proxy.post_stream(body).await;
+    assert_eq!(status, StatusCode::OK);
+    let viewer = Player::new(Some("mpv"), Some("viewer1"));
+    viewer.play(&proxy, &id).await;
+    let res = proxy
+        .http
+        .post(proxy.url(&format!("/streams/{id}/failover")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Playing on from the backup is the same viewer: no second `client_connected`.
+    viewer.play(&proxy, &id).await;
+    assert_eq!(origin.hits("/backup/s0.ts"), 1);
+    for stream in [&id, &other_id] {
+        let res = proxy
+            .http
+            .delete(proxy.url(&format!("/streams/{stream}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    let expected = [
+        ("stream_created", id.as_str(), None),
+        ("stream_updated", &id, None),
+        ("client_connected", &id, Some("viewer1")),
+        ("failover", &id, None),
+        ("client_disconnected", &id, Some("viewer1")),
+        ("stream_deleted", &id, None),
+        ("stream_deleted", &other_id, None),
+    ];
+    let mut last_id = 0;
+    for (kind, stream, client) in expected {
+        let (event, data) = all.next().await;
+        assert_eq!(event, kind, "{data}");
+        assert_eq!(data["event_type"], kind);
+        assert_eq!(data["stream_id"], stream, "{data}");
+        assert_eq!(data["client_id"].as_str(), client, "{data}");
+        let event_id = data["id"].as_u64().unwrap();
+        assert!(event_id > last_id, "ids increase: {data}");
+        last_id = event_id;
+        match kind {
+            "failover" => {
+                assert_eq!(data["data"]["from_index"], 0);
+                assert_eq!(data["data"]["to_index"], 1);
+                assert_eq!(data["data"]["reason"], "manual");
+            }
+            "client_disconnected" => assert_eq!(data["data"]["reason"], "stream_deleted"),
+            "client_connected" => assert_eq!(data["data"]["user_agent"], "mpv"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        all.next_within(Duration::from_millis(300)).await,
+        None,
+        "each event once"
+    );
+    let (event, data) = only_other.next().await;
+    assert_eq!(
+        (event.as_str(), &data["stream_id"]),
+        ("stream_deleted", &json!(other_id))
+    );
+    assert_eq!(
+        only_other.next_within(Duration::from_millis(100)).await,
+        None
+    );
+}
+
+/// A webhook receiver on 127.0.0.1:0 that records every body it is sent.
+async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let record = seen.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<Value>| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn register(proxy: &Proxy, body: Value) -> String {
+    let res = proxy
+        .http
+        .post(proxy.url("/webhooks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let hook: Value = res.json().await.unwrap();
+    hook["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn webhooks_get_the_events_they_asked_for() {
+    let origin = Origin::start().await;
+    put_stream(&origin, "main");
+    let (url, seen) = receiver().await;
+    let proxy = Proxy::start().await;
+    let hook = register(
+        &proxy,
+        json!({"url": url, "events": ["stream_created", "stream_deleted"]}),
+    )
+    .await;
+    let id = proxy.create_stream(&origin.url("/main/master.m3u8")).await["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Player::new(None, Some("v")).play(&proxy, &id).await;
+    proxy
+        .http
+        .delete(proxy.url(&format!("/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let record = eventually(Duration::from_secs(5), "two deliveries", || async {
+        let h = proxy.get_json(&format!("/webhooks/{hook}")).await;
+        (h["delivered"] == 2).then_some(h)
+    })
+    .await;
+    assert_eq!(record["failed"], 0);
+    assert_eq!(record["retries"], 0);
+    assert_eq!(record["last_status"], 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut bodies = seen.lock().unwrap().clone();
+    bodies.sort_by_key(|b| b["id"].as_u64());
+    let got: Vec<(&str, &str)> = bodies
+        .iter()
+        .map(|b| {
+            (
+                b["event_type"].as_str().unwrap(),
+                b["stream_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("stream_created", id.as_str()), ("stream_deleted", &id)],
+        "only the types asked for, once each"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_is_retried_and_never_slows_playback() {
+    let origin = Origin::start().await;
+    put_stream(&origin, "main");
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start().await;
+    let hook = register(
+        &proxy,
+        json!({
+            "url": format!("http://{closed}/hook"),
+            "events": ["client_connected"],
+            "max_retries": 2,
+            "timeout_secs": 1,
+        }),
+    )
+    .await;
+    let id = proxy.create_stream(&origin.url("/main/master.m3u8")).await["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let viewer = Player::new(Some("vlc"), Some("during-outage"));
+    let started = Instant::now();
+    let (_, segments) = viewer.open(&proxy, &id).await;
+    let mut received = Vec::new();
+    for s in &segments {
+        received.push(viewer.fetch(s).await);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "playback waited: {took:?}");
+    assert_eq!(received.len(), 2);
+    for body in &received {
+        assert_eq!(&body[..], &[0x47u8; 1000][..], "same bytes as the origin");
+    }
+    // Still retrying (the second retry is due ~1.5 s after the event) while playback is done.
+    let during = proxy.get_json(&format!("/webhooks/{hook}")).await;
+    assert_eq!(during["in_flight"], 1, "{during}");
+
+    let record = eventually(
+        Duration::from_secs(10),
+        "the delivery to give up",
+        || async {
+            let h = proxy.get_json(&format!("/webhooks/{hook}")).await;
+            (h["failed"] == 1).then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(record["retries"], 2, "{record}");
+    assert_eq!(record["delivered"], 0);
+    assert_eq!(record["in_flight"], 0);
+    assert!(
+        record["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection failed"),
+        "{record}"
+    );
+    let stats = proxy.get_json("/clients/during-outage").await;
+    assert_eq!(stats["segments_served"], 2);
+}
