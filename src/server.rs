@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::{interval, MissedTickBehavior};
@@ -78,6 +79,11 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
     let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY, Nagle's algorithm holds back the second small write of a
+    // streamed body until the player's delayed ACK: a 40 ms stall on some requests.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     let result = tokio::select! {
         r = server => r.map_err(ServerError::from),
