@@ -35,6 +35,35 @@ pub struct Config {
     pub max_playlist_bytes: usize,
     /// When and how fast to retry an origin and move down a stream's URL list.
     pub failover: FailoverSettings,
+    /// The shared segment and playlist cache; see [`CacheSettings`].
+    pub cache: CacheSettings,
+}
+
+/// The single-flight cache that lets many viewers of one HLS stream share each upstream
+/// fetch. Segments are immutable in HLS, so a short TTL is safe; the byte budget bounds
+/// memory whatever the number of streams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheSettings {
+    /// How long a completed segment stays shared; zero turns segment caching off.
+    pub segment_ttl: Duration,
+    /// Total bytes of segment bodies held; zero turns segment caching off.
+    pub max_bytes: u64,
+    /// Largest single body cached; bigger ones are relayed unshared.
+    pub max_entry_bytes: u64,
+    /// How long a playlist's upstream text is shared (never more than half its target
+    /// duration); zero turns playlist sharing off.
+    pub playlist_ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            segment_ttl: Duration::from_secs(30),
+            max_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 16 * 1024 * 1024,
+            playlist_ttl: Duration::from_secs(1),
+        }
+    }
 }
 
 /// How failover behaves. The stall limit is [`UpstreamTimeouts::read_stall`]: a body that
@@ -105,6 +134,7 @@ impl Default for Config {
             upstream: UpstreamTimeouts::default(),
             max_playlist_bytes: 16 * 1024 * 1024,
             failover: FailoverSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }
@@ -162,6 +192,9 @@ mod tests {
         assert_eq!(c.failover.retries, 2);
         assert_eq!(c.failover.backoff, Duration::from_millis(200));
         assert_eq!(c.failover.max_switches_per_minute, 6);
+        assert_eq!(c.cache.segment_ttl, Duration::from_secs(30));
+        assert_eq!(c.cache.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.cache.playlist_ttl, Duration::from_secs(1));
     }
 
     #[test]

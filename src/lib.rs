@@ -14,6 +14,8 @@
 //! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts, the
 //!   failover policy (`upstream::failover`) and the direct feed that survives a cut
 //!   (`upstream::direct`).
+//! - [`cache`] — single-flight, short-TTL, size-bounded sharing of segments and playlist
+//!   fetches among viewers; followers get bytes as they arrive.
 //! - [`store`] — the registry of streams and clients with their hot-path counters.
 //! - [`events`] — typed events: the in-process bus, the SSE feed and webhooks.
 //! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.
@@ -25,6 +27,7 @@
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;

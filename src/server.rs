@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
+use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
@@ -118,6 +119,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(Webhooks::default()),
         requests: Arc::default(),
+        cache: Arc::new(Cache::new(config.cache)),
         config: Arc::new(config),
     })
 }

@@ -635,8 +635,9 @@ async fn manual_failover_reaches_every_hls_viewer_within_one_refresh() {
         let old_segment = resolve(&proxy, &variant, &uri_lines(&media)[0]);
         players.push((variant, old_segment, i % 2));
     }
+    // tv and laptop poll the same variant, and share its upstream fetch (the playlist cache).
     let a_variant_hits = a.hits("/lo/index.m3u8") + a.hits("/hi/index.m3u8");
-    assert_eq!(a_variant_hits, 3);
+    assert_eq!(a_variant_hits, 2);
 
     switch_now(&proxy, &id).await;
 
@@ -657,7 +658,7 @@ async fn manual_failover_reaches_every_hls_viewer_within_one_refresh() {
             assert_eq!(body, ["alo/seg100", "ahi/seg100"][*which]);
         });
     futures_util::future::join_all(refreshes).await;
-    assert_eq!(b.hits("/lo/index.m3u8") + b.hits("/hi/index.m3u8"), 3);
+    assert_eq!(b.hits("/lo/index.m3u8") + b.hits("/hi/index.m3u8"), 2);
     assert_eq!(
         a.hits("/lo/index.m3u8") + a.hits("/hi/index.m3u8"),
         a_variant_hits,
@@ -684,6 +685,9 @@ async fn a_failing_variant_refresh_switches_to_the_backups_variant_within_the_re
     assert_eq!(status, StatusCode::OK);
 
     a.fault("/hi/index.m3u8", Fault::Status(503));
+    // The player refreshes a target duration (2 s) later; by then the shared copy of the
+    // playlist (kept at most half a target duration) is gone, so the refresh asks the origin.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, media) = get_text(&proxy, &hi).await;
     assert_eq!(status, StatusCode::OK);
     let segment = resolve(&proxy, &hi, &uri_lines(&media)[0]);

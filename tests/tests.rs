@@ -3,6 +3,7 @@
 
 mod api;
 mod binary;
+mod cache;
 mod cleanup;
 mod cli;
 mod direct;

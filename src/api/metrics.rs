@@ -165,6 +165,25 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[],
         r.events.last_id(),
     );
+    let cache = &state.cache;
+    page.counter(
+        "m3u_proxy_cache_hits_total",
+        "Segment and playlist requests answered from a shared upstream fetch.",
+        &[],
+        cache.hits(),
+    )
+    .counter(
+        "m3u_proxy_cache_misses_total",
+        "Segment and playlist requests that fetched upstream for the shared cache.",
+        &[],
+        cache.misses(),
+    )
+    .gauge(
+        "m3u_proxy_cache_bytes",
+        "Bytes of segments held in the shared cache (fills under way included).",
+        &[],
+        cache.bytes(),
+    );
     for fetch in Fetch::MEASURED {
         if let Some(h) = state.upstream.latency(fetch) {
             page.histogram(

@@ -38,6 +38,7 @@ pub struct AppState {
     pub signer: Arc<Signer>,
     pub webhooks: Arc<Webhooks>,
     pub requests: Arc<RequestCounts>,
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl FromRef<AppState> for EventBus {

@@ -15,6 +15,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use url::Url;
 
+use crate::cache::{Entry, Filled, Head, Lookup};
 use crate::error::{ApiError, UpstreamError};
 use crate::model::StreamType;
 use crate::playlist::{self, UriKind};
@@ -60,8 +61,15 @@ pub async fn master_playlist(
         .run(&stream, &mut faults, |_, url| {
             let url = with_ll_hls_params(url, uri.query());
             let settings = stream.settings();
-            let upstream = state.upstream.clone();
-            async move { upstream.fetch_playlist(&url, &settings).await }
+            let (upstream, cache) = (state.upstream.clone(), state.cache.clone());
+            let stream_id = stream.id.clone();
+            async move {
+                cache
+                    .playlist(&stream_id, &url, || {
+                        upstream.fetch_playlist(&url, &settings)
+                    })
+                    .await
+            }
         })
         .await;
     report(&viewing, &faults);
@@ -117,7 +125,39 @@ pub async fn signed_reference(
         kind => {
             // A HEAD asks about a segment without playing it.
             let is_segment = kind == UriKind::Media && method == Method::GET;
+            // A byte range is one player's business: it goes upstream as asked.
+            let shareable = method == Method::GET && !headers.contains_key(header::RANGE);
+            let lookup = shareable
+                .then(|| state.cache.segment(&stream.id, &url))
+                .flatten();
+            let leader = match lookup {
+                Some(Lookup::Join(entry)) => {
+                    if let Some(head) = state.cache.join(&entry).await {
+                        return Ok(shared_response(head, entry, viewing, is_segment, "HIT"));
+                    }
+                    // Its leader gave up (an error or an answer not worth sharing).
+                    None
+                }
+                Some(Lookup::Lead(leader)) => Some(leader),
+                None => None,
+            };
             let res = fetch_media(&state, &stream, &viewing, kind, method, &url, &headers).await?;
+            let res = match leader {
+                Some(leader) if res.status() == StatusCode::OK => {
+                    let headers = relayed_headers(&res, &url, kind);
+                    match leader.fill(res, headers.clone()) {
+                        Filled::Shared(entry) => {
+                            let head = Head {
+                                status: StatusCode::OK,
+                                headers,
+                            };
+                            return Ok(shared_response(head, entry, viewing, is_segment, "MISS"));
+                        }
+                        Filled::Unshared(res) => res,
+                    }
+                }
+                _ => res,
+            };
             relay(res, &url, kind, viewing, is_segment, plain_body)
         }
     }
@@ -132,7 +172,7 @@ async fn nested_playlist(
     target: &Url,
     index: usize,
     query: Option<&str>,
-) -> Result<FetchedPlaylist, UpstreamError> {
+) -> Result<Arc<FetchedPlaylist>, UpstreamError> {
     let settings = stream.settings();
     let mut url = target.clone();
     if let Some(old) = stream.failover.listed_elsewhere(target.as_str(), index) {
@@ -159,7 +199,12 @@ async fn nested_playlist(
         };
     }
     let url = with_ll_hls_params(url, query);
-    state.upstream.fetch_playlist(&url, &settings).await
+    state
+        .cache
+        .playlist(&stream.id, &url, || {
+            state.upstream.fetch_playlist(&url, &settings)
+        })
+        .await
 }
 
 /// Fetches a segment, key or init section, retrying quick failures on the same URL. A 404
@@ -435,7 +480,15 @@ fn relay(
         viewing.add_segment();
     }
     let mut builder = Response::builder().status(status);
-    let headers = builder.headers_mut().expect("fresh builder");
+    *builder.headers_mut().expect("fresh builder") = relayed_headers(&res, url, kind);
+    Ok(builder
+        .body(counted_body(body(res), viewing))
+        .expect("relayed headers are valid"))
+}
+
+/// The origin's headers a player needs, with a content type even when the origin sent none.
+fn relayed_headers(res: &reqwest::Response, url: &Url, kind: UriKind) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     for name in RELAYED_RESPONSE_HEADERS {
         if let Some(v) = res.headers().get(&name) {
             headers.insert(name, v.clone());
@@ -448,9 +501,28 @@ fn relay(
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(default_content_type(url, kind)));
     headers.insert(header::CONTENT_TYPE, content_type);
-    Ok(builder
-        .body(counted_body(body(res), viewing))
-        .expect("relayed headers are valid"))
+    headers
+}
+
+/// A response read from a shared cache entry, counted for this viewer like any other.
+fn shared_response(
+    head: Head,
+    entry: Arc<Entry>,
+    viewing: Viewing,
+    is_segment: bool,
+    cache: &'static str,
+) -> Response {
+    if is_segment {
+        viewing.add_segment();
+    }
+    let body = entry.body().map(|r| r.map(Chunk::Bytes)).boxed();
+    let mut builder = Response::builder().status(head.status);
+    let headers = builder.headers_mut().expect("fresh builder");
+    *headers = head.headers;
+    headers.insert("x-cache", HeaderValue::from_static(cache));
+    builder
+        .body(counted_body(body, viewing))
+        .expect("relayed headers are valid")
 }
 
 /// A response body that counts its bytes as they are handed to the player: a HEAD answer,

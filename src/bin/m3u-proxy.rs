@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use m3u_proxy::config::{Config, FailoverSettings, UpstreamTimeouts};
+use m3u_proxy::config::{CacheSettings, Config, FailoverSettings, UpstreamTimeouts};
 use tracing_subscriber::EnvFilter;
 
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
@@ -71,6 +71,18 @@ struct Args {
     /// Most automatic failovers of one stream per minute.
     #[arg(long, env = "FAILOVER_MAX_PER_MINUTE", default_value_t = 6)]
     failover_max_per_minute: u32,
+    /// Seconds a fetched segment is shared with other viewers (0 = no segment cache).
+    #[arg(long, env = "CACHE_SEGMENT_TTL", default_value_t = 30.0)]
+    cache_segment_ttl: f64,
+    /// Megabytes of segments the shared cache may hold (0 = no segment cache).
+    #[arg(long, env = "CACHE_MAX_MB", default_value_t = 256)]
+    cache_max_mb: u64,
+    /// Largest single segment cached, in megabytes; bigger ones are relayed unshared.
+    #[arg(long, env = "CACHE_MAX_ENTRY_MB", default_value_t = 16)]
+    cache_max_entry_mb: u64,
+    /// Seconds a fetched playlist is shared (capped at half its target duration; 0 = off).
+    #[arg(long, env = "CACHE_PLAYLIST_TTL", default_value_t = 1.0)]
+    cache_playlist_ttl: f64,
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -101,6 +113,12 @@ impl Args {
                 retries: self.failover_retries,
                 backoff: Duration::from_millis(self.failover_backoff_ms),
                 max_switches_per_minute: self.failover_max_per_minute,
+            },
+            cache: CacheSettings {
+                segment_ttl: seconds("--cache-segment-ttl", self.cache_segment_ttl)?,
+                max_bytes: self.cache_max_mb.saturating_mul(1024 * 1024),
+                max_entry_bytes: self.cache_max_entry_mb.saturating_mul(1024 * 1024),
+                playlist_ttl: seconds("--cache-playlist-ttl", self.cache_playlist_ttl)?,
             },
         })
     }
