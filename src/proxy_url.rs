@@ -280,21 +280,19 @@ fn last_path_segment(url: &str) -> &str {
     path.rsplit('/').next().unwrap_or("")
 }
 
+/// `%XX` to bytes, leniently: a stray `%` stays as it is.
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
+        let digit = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+        if let (b'%', Some(high), Some(low)) = (bytes[i], digit(i + 1), digit(i + 2)) {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -433,6 +431,8 @@ mod tests {
             ("https://h/%D0%BA%D0%B0.ts", Media, "segment.ts"),
             ("https://h/my%20show.ts", Media, "my_show.ts"),
             ("https://h/..", Media, "segment.ts"),
+            ("https://h/100%.ts", Media, "100_.ts"),
+            ("https://h/a%2Eb%2", Media, "a.b_2.ts"),
             ("https://h/.hidden.ts", Media, "hidden.ts"),
             ("relative/seg.ts", Media, "seg.ts"),
         ];
