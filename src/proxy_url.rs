@@ -92,7 +92,8 @@ impl Signer {
 
     /// The relative reference `{token}/{file}` for `target` inside stream `stream_id`.
     pub fn encode(&self, stream_id: &str, target: &Target) -> String {
-        let mut out = self.token(stream_id, target);
+        let mut out = String::new();
+        self.write_token(stream_id, target, &mut out);
         out.push('/');
         out.push_str(&file_name(&target.url, target.kind));
         out
@@ -100,10 +101,18 @@ impl Signer {
 
     /// The token alone: base64url (no padding, so never `/`, `.` or `=`) of payload + tag.
     pub fn token(&self, stream_id: &str, target: &Target) -> String {
+        let mut out = String::new();
+        self.write_token(stream_id, target, &mut out);
+        out
+    }
+
+    fn write_token(&self, stream_id: &str, target: &Target, out: &mut String) {
         let mut bytes = payload(target);
         let tag = self.tag(stream_id, &bytes);
         bytes.extend_from_slice(&tag[..TAG_LEN]);
-        URL_SAFE_NO_PAD.encode(bytes)
+        // Room for the token, the slash and the longest file name in one allocation.
+        out.reserve(bytes.len().div_ceil(3) * 4 + 1 + MAX_FILE_LEN);
+        URL_SAFE_NO_PAD.encode_string(bytes, out);
     }
 
     /// Verifies `token` for `stream_id` (in constant time) and returns what it points at.
@@ -231,7 +240,14 @@ fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 /// kind's default (`.ts`, `.key`, `.m3u8`) is appended. Query strings and fragments never
 /// reach the name. It is never empty, never starts with `.`, and never contains `/`.
 pub fn file_name(url: &str, kind: UriKind) -> String {
-    let segment = percent_decode(last_path_segment(url));
+    let raw = last_path_segment(url);
+    let decoded;
+    let segment = if raw.contains('%') {
+        decoded = percent_decode(raw);
+        decoded.as_str()
+    } else {
+        raw
+    };
     let (allowed, default_ext, default_stem) = match kind {
         UriKind::Playlist => (PLAYLIST_EXTENSIONS, "m3u8", "index"),
         UriKind::Media => (MEDIA_EXTENSIONS, "ts", "segment"),
@@ -239,17 +255,17 @@ pub fn file_name(url: &str, kind: UriKind) -> String {
     };
     let (stem, ext) = match segment.rsplit_once('.') {
         Some((stem, ext)) if allowed.iter().any(|a| a.eq_ignore_ascii_case(ext)) => (stem, ext),
-        _ => (segment.as_str(), default_ext),
+        _ => (segment, default_ext),
     };
-    let mut stem = sanitize(stem);
-    if !stem.bytes().any(|b| b.is_ascii_alphanumeric()) {
-        stem = default_stem.to_owned();
+    let mut name = String::with_capacity(MAX_FILE_LEN);
+    push_sanitized(&mut name, stem, MAX_FILE_LEN - 1 - ext.len());
+    if !name.bytes().any(|b| b.is_ascii_alphanumeric()) {
+        name.clear();
+        name.push_str(default_stem);
     }
-    // `sanitize` leaves ASCII only, so any byte index is a char boundary.
-    stem.truncate(MAX_FILE_LEN - 1 - ext.len());
-    stem.push('.');
-    stem.push_str(ext);
-    stem
+    name.push('.');
+    name.push_str(ext);
+    name
 }
 
 /// The last segment of the URL's path: query and fragment cut first (they may contain `/`),
@@ -264,38 +280,38 @@ fn last_path_segment(url: &str) -> &str {
     path.rsplit('/').next().unwrap_or("")
 }
 
+/// `%XX` to bytes, leniently: a stray `%` stays as it is.
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
+        let digit = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+        if let (b'%', Some(high), Some(low)) = (bytes[i], digit(i + 1), digit(i + 2)) {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
     }
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Keeps `[A-Za-z0-9._-]`, turns each run of anything else into one `_`, and drops leading
-/// dots so the name is never `.`, `..` or hidden.
-fn sanitize(stem: &str) -> String {
-    let mut out = String::with_capacity(stem.len().min(MAX_FILE_LEN));
+/// Appends at most `limit` bytes of `stem`: keeps `[A-Za-z0-9._-]`, turns each run of
+/// anything else into one `_`, and drops leading dots so the name is never `.`, `..` or
+/// hidden.
+fn push_sanitized(out: &mut String, stem: &str, limit: usize) {
     for c in stem.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+        if out.len() == limit {
+            break;
+        }
+        if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') || (c == '.' && !out.is_empty()) {
             out.push(c);
-        } else if !out.ends_with('_') {
+        } else if c != '.' && !out.ends_with('_') {
             out.push('_');
         }
     }
-    out.trim_start_matches('.').to_owned()
 }
 
 #[cfg(test)]
@@ -415,6 +431,8 @@ mod tests {
             ("https://h/%D0%BA%D0%B0.ts", Media, "segment.ts"),
             ("https://h/my%20show.ts", Media, "my_show.ts"),
             ("https://h/..", Media, "segment.ts"),
+            ("https://h/100%.ts", Media, "100_.ts"),
+            ("https://h/a%2Eb%2", Media, "a.b_2.ts"),
             ("https://h/.hidden.ts", Media, "hidden.ts"),
             ("relative/seg.ts", Media, "seg.ts"),
         ];

@@ -72,14 +72,19 @@ fn find_attr<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Duration, attributes, name and line number of an `#EXTINF`.
-type ExtInf = (f64, Vec<(String, String)>, String, usize);
+/// One `#EXTINF` line, read.
+struct Extinf {
+    duration: f64,
+    attrs: Vec<(String, String)>,
+    name: String,
+    line: usize,
+}
 
 /// What has been read since the last URL line.
 #[derive(Default)]
 struct Pending {
-    /// Duration, attributes, name and line number of the latest `#EXTINF`.
-    extinf: Option<ExtInf>,
+    /// The latest `#EXTINF`.
+    extinf: Option<Extinf>,
     extgrp: Option<String>,
     vlc_opts: Vec<(String, String)>,
     extra_lines: Vec<String>,
@@ -106,8 +111,7 @@ pub fn parse(text: &str) -> ChannelList {
             }
         } else if let Some(rest) = directive(line, "#EXTINF:") {
             // A second #EXTINF before any URL replaces the first, which had no channel.
-            let (duration, attrs, name) = parse_extinf(rest);
-            pending.extinf = Some((duration, attrs, name, index + 1));
+            pending.extinf = Some(parse_extinf(rest, index + 1));
         } else if let Some(rest) = directive(line, "#EXTVLCOPT:") {
             let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
             pending.vlc_opts.push((key.to_owned(), value.to_owned()));
@@ -122,9 +126,17 @@ pub fn parse(text: &str) -> ChannelList {
 }
 
 fn finish(pending: Pending, url: &str, url_line: usize) -> Channel {
-    let (duration, attrs, name, line) = pending
-        .extinf
-        .unwrap_or_else(|| (-1.0, Vec::new(), String::new(), url_line));
+    let Extinf {
+        duration,
+        attrs,
+        name,
+        line,
+    } = pending.extinf.unwrap_or(Extinf {
+        duration: -1.0,
+        attrs: Vec::new(),
+        name: String::new(),
+        line: url_line,
+    });
     let group = find_attr(&attrs, "group-title")
         .filter(|g| !g.is_empty())
         .map(str::to_owned)
@@ -148,7 +160,7 @@ fn directive<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Splits `-1 key="v" ...,Name` into duration, attributes and display name.
-fn parse_extinf(rest: &str) -> (f64, Vec<(String, String)>, String) {
+fn parse_extinf(rest: &str, line: usize) -> Extinf {
     let number_len = rest
         .find(|c: char| !matches!(c, '0'..='9' | '-' | '+' | '.'))
         .unwrap_or(rest.len());
@@ -158,7 +170,12 @@ fn parse_extinf(rest: &str) -> (f64, Vec<(String, String)>, String) {
         .filter(|d| d.is_finite())
         .unwrap_or(-1.0);
     let (attrs, name) = parse_attrs(&rest[number_len..], true);
-    (duration, attrs, name.unwrap_or("").trim().to_owned())
+    Extinf {
+        duration,
+        attrs,
+        name: name.unwrap_or("").trim().to_owned(),
+        line,
+    }
 }
 
 /// Reads `key="value" key=value 'single' bare` attributes. With `stop_at_comma`, a comma
