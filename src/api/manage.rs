@@ -155,13 +155,7 @@ fn upstream_headers(req: &CreateStream) -> Result<HeaderMap, ApiError> {
 /// from the URL, since it may well be up by the time a player asks.
 async fn detect_stream_type(state: &AppState, settings: &StreamSettings) -> StreamType {
     let url = &settings.original_url;
-    let ext = url
-        .path()
-        .rsplit('/')
-        .next()
-        .and_then(|name| name.rsplit_once('.'))
-        .map(|(_, ext)| ext.to_ascii_lowercase());
-    match ext.as_deref() {
+    match crate::upstream::extension_of(url).as_deref() {
         Some("m3u8") => return StreamType::Hls,
         Some(e) if DIRECT_EXTENSIONS.contains(&e) => return StreamType::Direct,
         _ => {}

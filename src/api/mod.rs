@@ -114,13 +114,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(|t| t.trim().to_string())
         })
-        .or_else(|| {
-            req.uri().query().and_then(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "api_token")
-                    .map(|(_, v)| v.into_owned())
-            })
-        });
+        .or_else(|| viewer::query_value(req.uri().query(), "api_token"));
     match given {
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -23,7 +23,7 @@ use crate::proxy_url::Target;
 use crate::store::{ClientEntry, StreamEntry, Viewing};
 use crate::upstream::direct::{Chunk, DirectFeed};
 use crate::upstream::failover::{self, equivalent, Equivalent, Listing};
-use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
+use crate::upstream::{check_media_status, extension_of, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
 use super::{AppState, Viewer};
@@ -539,13 +539,7 @@ fn counted_body(inner: BoxStream<'static, Result<Chunk, UpstreamError>>, viewing
 
 /// A content type for media whose origin did not send one, from the URL's extension.
 pub fn default_content_type(url: &Url, kind: UriKind) -> &'static str {
-    let ext = url
-        .path()
-        .rsplit('/')
-        .next()
-        .and_then(|n| n.rsplit_once('.'))
-        .map(|(_, e)| e.to_ascii_lowercase());
-    match (kind, ext.as_deref()) {
+    match (kind, extension_of(url).as_deref()) {
         (UriKind::Key, _) => "application/octet-stream",
         (_, Some("ts" | "mts" | "m2ts")) => "video/mp2t",
         (_, Some("mp4" | "m4s" | "m4v" | "cmfv")) => "video/mp4",

@@ -285,6 +285,16 @@ pub fn check_media_status(res: &reqwest::Response) -> Result<(), UpstreamError> 
     Ok(())
 }
 
+/// The lowercased extension of a URL's last path segment (`seg1.TS?x=1` → `ts`), which
+/// names a stream's type and a media default content type.
+pub fn extension_of(url: &Url) -> Option<String> {
+    url.path()
+        .rsplit('/')
+        .next()
+        .and_then(|name| name.rsplit_once('.'))
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+}
+
 /// Whether a response head says its body is an HTML page, which no media request wants.
 pub fn is_html(headers: &HeaderMap) -> bool {
     headers
