@@ -506,11 +506,14 @@ fn size(cell: &str) -> f64 {
 }
 
 /// Starts `m3u-client monitor` inside `script`, which gives it a pseudo-terminal.
+/// `script` runs the command with `$SHELL -c`; `exec` replaces that shell, so Ctrl-C
+/// reaches only the monitor whatever the shell is (dash, CI's default, would otherwise
+/// die of the SIGINT itself and report 130).
 fn spawn_monitor_in_pty(server: &str, screen: &Screen) -> tokio::process::Child {
     let mut child = Command::new("script")
         .args([
             "-qfec",
-            &format!("{BIN} --server {server} monitor --interval 1"),
+            &format!("exec {BIN} --server {server} monitor --interval 1"),
             "/dev/null",
         ])
         .env_remove("M3U_PROXY_URL")
