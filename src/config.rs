@@ -37,6 +37,38 @@ pub struct Config {
     pub failover: FailoverSettings,
     /// The shared segment and playlist cache; see [`CacheSettings`].
     pub cache: CacheSettings,
+    /// How viewers of one live TS stream share its upstream; see [`FanoutSettings`].
+    pub fanout: FanoutSettings,
+}
+
+/// Live TS fan-out: all viewers of a live stream read one upstream connection through a
+/// buffer of recent chunks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FanoutSettings {
+    /// Upstream chunks (reads, typically 4 to 16 KB of whole TS packets) held for viewers
+    /// that fall behind; zero turns sharing off, so each viewer opens its own upstream.
+    pub buffer: usize,
+    /// What happens to a viewer that falls further behind than the buffer.
+    pub slow_viewer: SlowViewer,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        Self {
+            buffer: 256,
+            slow_viewer: SlowViewer::Drop,
+        }
+    }
+}
+
+/// The fate of a live viewer that cannot keep up with its shared upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowViewer {
+    /// Disconnect it; players reconnect and start again from the live edge.
+    #[default]
+    Drop,
+    /// Skip it ahead to the oldest chunk still buffered: a jump in the picture, no reconnect.
+    Skip,
 }
 
 /// The single-flight cache that lets many viewers of one HLS stream share each upstream
@@ -135,6 +167,7 @@ impl Default for Config {
             max_playlist_bytes: 16 * 1024 * 1024,
             failover: FailoverSettings::default(),
             cache: CacheSettings::default(),
+            fanout: FanoutSettings::default(),
         }
     }
 }
@@ -195,6 +228,8 @@ mod tests {
         assert_eq!(c.cache.segment_ttl, Duration::from_secs(30));
         assert_eq!(c.cache.max_bytes, 256 * 1024 * 1024);
         assert_eq!(c.cache.playlist_ttl, Duration::from_secs(1));
+        assert_eq!(c.fanout.buffer, 256);
+        assert_eq!(c.fanout.slow_viewer, SlowViewer::Drop);
     }
 
     #[test]

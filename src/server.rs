@@ -22,6 +22,7 @@ use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
 use crate::proxy_url::Signer;
 use crate::store::Registry;
+use crate::upstream::fanout::Fanout;
 use crate::upstream::Upstream;
 
 /// How long in-flight requests may run after a shutdown signal.
@@ -120,6 +121,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         webhooks: Arc::new(Webhooks::default()),
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
+        fanout: Arc::new(Fanout::new(config.fanout)),
         config: Arc::new(config),
     })
 }

@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::util::media::{
-    self, decode, decode_first, ffprobe, sha256_hex, Probe, CLIP_SECONDS, PLAYER_MARK,
+    self, decode, decode_first, decode_joining, ffprobe, sha256_hex, Probe, CLIP_SECONDS,
+    PLAYER_MARK,
 };
 use crate::util::origin::{Origin, Seen};
 use crate::util::Proxy;
@@ -352,5 +353,46 @@ async fn live_ts_is_relayed_as_it_arrives_and_decodes() {
         "2 s of live media decoded in {:?}: not paced like a live stream",
         started.elapsed()
     );
+    assert_no_bypass(&origin, 0);
+}
+
+#[tokio::test]
+async fn two_players_share_one_live_upstream_and_both_decode() {
+    if !media::require_ffmpeg() {
+        return;
+    }
+    let origin = Origin::start().await;
+    let recording = media::media().read("direct/clip.ts");
+    let rate = (recording.len() as f64 / CLIP_SECONDS) as u64;
+    origin.paced("/channel/shared.ts", recording, rate);
+    let proxy = Proxy::start().await;
+    let url = play_url(&proxy, &origin.url("/channel/shared.ts"), false).await;
+    let id = url.rsplit('/').next().unwrap().to_owned();
+
+    // The first player opens the channel from its start; the second tunes in half a
+    // second later, mid-stream, on the same upstream connection.
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        decode_joining(&url, 1.5).await
+    };
+    // While both play (the recording lasts 4 s; at its end the proxy reconnects, as for
+    // any live stream that ends), the origin has been asked once.
+    let while_both_play = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let info = proxy.get_json(&format!("/streams/{id}")).await;
+        (
+            origin.hits("/channel/shared.ts"),
+            info["stream"]["active_connections"].clone(),
+        )
+    };
+    let (first, second, (hits, connections)) =
+        tokio::join!(decode_first(&url, 2.0), second, while_both_play);
+    assert_eq!(connections, 2, "both players connected");
+    assert_eq!(hits, 1, "both players on one upstream");
+    assert_seconds("first player", first.seconds, 2.0);
+    assert_seconds("player who joined", second.seconds, 1.5);
+    // Its picture starts at the first keyframe after it joined (one a second): at least
+    // half a second of 25 fps video within its 1.5 s.
+    assert!(second.frames >= 12, "{} frames decoded", second.frames);
     assert_no_bypass(&origin, 0);
 }

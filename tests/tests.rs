@@ -11,6 +11,7 @@ mod e2e;
 mod events;
 mod failover;
 mod failover_e2e;
+mod fanout;
 mod hls;
 mod metrics;
 mod origin_selftest;

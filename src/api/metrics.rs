@@ -184,6 +184,27 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[],
         cache.bytes(),
     );
+    let fanout = &state.fanout;
+    page.gauge(
+        "m3u_proxy_live_upstreams",
+        "Shared live TS upstream connections open now (one per watched live stream).",
+        &[],
+        fanout.live_upstreams(),
+    )
+    .counter(
+        "m3u_proxy_live_joins_total",
+        "Live TS viewers who joined a running shared upstream instead of opening one.",
+        &[],
+        fanout.joins(),
+    );
+    for (action, n) in [("dropped", fanout.dropped()), ("skipped", fanout.skipped())] {
+        page.counter(
+            "m3u_proxy_live_slow_viewers_total",
+            "Live TS viewers who fell behind the shared buffer, by what was done to them.",
+            &[("action", action)],
+            n,
+        );
+    }
     for fetch in Fetch::MEASURED {
         if let Some(h) = state.upstream.latency(fetch) {
             page.histogram(

@@ -39,6 +39,8 @@ pub struct AppState {
     pub webhooks: Arc<Webhooks>,
     pub requests: Arc<RequestCounts>,
     pub cache: Arc<crate::cache::Cache>,
+    /// Live TS sharing: settings and counters.
+    pub fanout: Arc<crate::upstream::fanout::Fanout>,
 }
 
 impl FromRef<AppState> for EventBus {

@@ -21,8 +21,9 @@ use crate::model::StreamType;
 use crate::playlist::{self, UriKind};
 use crate::proxy_url::Target;
 use crate::store::{ClientEntry, StreamEntry, Viewing};
-use crate::upstream::direct::{Chunk, DirectFeed};
+use crate::upstream::direct::{Chunk, DirectFeed, Shape};
 use crate::upstream::failover::{self, equivalent, Equivalent, Listing};
+use crate::upstream::fanout::{LiveHub, ViewerBody};
 use crate::upstream::{check_media_status, extension_of, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
@@ -322,11 +323,76 @@ pub async fn direct(
     }
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
+    let shareable = method == Method::GET
+        && state.fanout.enabled()
+        && stream.live.may_share()
+        && asks_from_the_start(&headers);
+    if shareable {
+        return direct_shared(&state, stream, viewing, &headers).await;
+    }
+    let (index, url, res) = open_direct(&state, &stream, &viewing, &method, &headers).await?;
+    relay_direct(&state, stream, &method, index, &url, res, viewing)
+}
+
+/// A GET for a whole direct stream. A live TS stream is read once for all its viewers:
+/// join the shared upstream that runs, or open one while holding the stream's slot, so
+/// viewers arriving together open it once. Anything else is this viewer's own upstream.
+async fn direct_shared(
+    state: &AppState,
+    stream: Arc<StreamEntry>,
+    viewing: Viewing,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut slot = stream.live.lock().await;
+    let running = slot
+        .as_ref()
+        .and_then(|hub| Some((hub.clone(), hub.join(&state.fanout)?)));
+    if let Some((hub, body)) = running {
+        drop(slot);
+        return Ok(shared_live_response(&hub, body, viewing));
+    }
+    let (index, url, res) = open_direct(state, &stream, &viewing, &Method::GET, headers).await?;
+    if slot.is_none() && LiveHub::can_share(res.status(), res.headers()) {
+        let headers = relayed_headers(&res, &url, UriKind::Media);
+        let ts = Shape::of(res.status(), res.headers()) == (Shape::Live { ts: Some(true) });
+        let status = res.status();
+        let feed = DirectFeed::new(state.upstream.clone(), stream.clone(), index, res);
+        let (hub, body) = LiveHub::start(
+            state.fanout.clone(),
+            state.registry.clone(),
+            stream.clone(),
+            status,
+            headers,
+            ts,
+            feed,
+        );
+        *slot = Some(hub.clone());
+        drop(slot);
+        return Ok(shared_live_response(&hub, body, viewing));
+    }
+    if res.status().is_success()
+        && !matches!(Shape::of(res.status(), res.headers()), Shape::Live { .. })
+    {
+        // A file: its later viewers go straight to the origin, never through the slot.
+        stream.live.mark_file();
+    }
+    drop(slot);
+    relay_direct(state, stream, &Method::GET, index, &url, res, viewing)
+}
+
+/// Opens a direct stream's upstream under the failover policy, counting the failures met.
+async fn open_direct(
+    state: &AppState,
+    stream: &Arc<StreamEntry>,
+    viewing: &Viewing,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(usize, Url, reqwest::Response), ApiError> {
     let mut faults = Vec::new();
     let opened = state
         .upstream
         .failover()
-        .run(&stream, &mut faults, |_, url| {
+        .run(stream, &mut faults, |_, url| {
             let (upstream, settings) = (state.upstream.clone(), stream.settings());
             let (method, headers) = (method.clone(), headers.clone());
             async move {
@@ -338,18 +404,50 @@ pub async fn direct(
             }
         })
         .await;
-    report(&viewing, &faults);
+    report(viewing, &faults);
     let (index, (url, res)) = opened.inspect_err(|e| {
         viewing.upstream_error(e);
-        tracing::warn!(stream_id = %id, error = %e, "direct upstream failed");
+        tracing::warn!(stream_id = %stream.id, error = %e, "direct upstream failed");
     })?;
+    Ok((index, url, res))
+}
+
+/// One viewer's own direct upstream: a GET's body continues across failures.
+fn relay_direct(
+    state: &AppState,
+    stream: Arc<StreamEntry>,
+    method: &Method,
+    index: usize,
+    url: &Url,
+    res: reqwest::Response,
+    viewing: Viewing,
+) -> Result<Response, ApiError> {
     if method == Method::GET && res.status().is_success() {
         let upstream = state.upstream.clone();
-        return relay(res, &url, UriKind::Media, viewing, false, move |res| {
+        return relay(res, url, UriKind::Media, viewing, false, move |res| {
             DirectFeed::new(upstream, stream, index, res).into_stream()
         });
     }
-    relay(res, &url, UriKind::Media, viewing, false, plain_body)
+    relay(res, url, UriKind::Media, viewing, false, plain_body)
+}
+
+/// Whether a direct request wants the stream from its start, as every live viewer does
+/// (ffmpeg sends `Range: bytes=0-` even for live streams); other ranges are never shared.
+fn asks_from_the_start(headers: &HeaderMap) -> bool {
+    match headers.get(header::RANGE) {
+        None => true,
+        Some(v) => v.as_bytes().eq_ignore_ascii_case(b"bytes=0-"),
+    }
+}
+
+/// A viewer's answer from a shared live upstream: the head the origin gave its first
+/// viewer, and the broadcast bytes, counted for this viewer.
+fn shared_live_response(hub: &LiveHub, body: ViewerBody, viewing: Viewing) -> Response {
+    let mut builder = Response::builder().status(hub.status);
+    *builder.headers_mut().expect("fresh builder") = hub.headers.clone();
+    builder
+        .body(counted_body(body, viewing))
+        .expect("relayed headers are valid")
 }
 
 /// An upstream body relayed as it is, once.
@@ -586,6 +684,10 @@ impl Stream for CountedBody {
                 Poll::Ready(Some(Ok(Chunk::Fault(e)))) => {
                     self.viewing.upstream_error(&e);
                     continue;
+                }
+                Poll::Ready(Some(Ok(Chunk::Abort(why)))) => {
+                    self.done = true;
+                    Poll::Ready(Some(Err(std::io::Error::other(why))))
                 }
                 Poll::Ready(Some(Err(e))) => {
                     // Ending with an error makes the server abort the response, so the

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use m3u_proxy::config::{CacheSettings, Config, FailoverSettings, UpstreamTimeouts};
+use m3u_proxy::config::{
+    CacheSettings, Config, FailoverSettings, FanoutSettings, SlowViewer, UpstreamTimeouts,
+};
 use tracing_subscriber::EnvFilter;
 
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
@@ -83,6 +85,19 @@ struct Args {
     /// Seconds a fetched playlist is shared (capped at half its target duration; 0 = off).
     #[arg(long, env = "CACHE_PLAYLIST_TTL", default_value_t = 1.0)]
     cache_playlist_ttl: f64,
+    /// Upstream chunks buffered for the viewers sharing a live TS stream (0 = no sharing:
+    /// one upstream connection per viewer).
+    #[arg(long, env = "FANOUT_BUFFER", default_value_t = 256)]
+    fanout_buffer: usize,
+    /// What to do with a live viewer that falls behind the buffer: drop it, or skip it ahead.
+    #[arg(long, env = "SLOW_VIEWER", value_enum, default_value = "drop")]
+    slow_viewer: SlowViewerArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SlowViewerArg {
+    Drop,
+    Skip,
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -119,6 +134,13 @@ impl Args {
                 max_bytes: self.cache_max_mb.saturating_mul(1024 * 1024),
                 max_entry_bytes: self.cache_max_entry_mb.saturating_mul(1024 * 1024),
                 playlist_ttl: seconds("--cache-playlist-ttl", self.cache_playlist_ttl)?,
+            },
+            fanout: FanoutSettings {
+                buffer: self.fanout_buffer,
+                slow_viewer: match self.slow_viewer {
+                    SlowViewerArg::Drop => SlowViewer::Drop,
+                    SlowViewerArg::Skip => SlowViewer::Skip,
+                },
             },
         })
     }

@@ -140,6 +140,8 @@ pub struct StreamEntry {
     clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
+    /// The shared upstream of a live TS stream, while one runs.
+    pub live: crate::upstream::fanout::LiveSlot,
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
@@ -418,11 +420,31 @@ impl Registry {
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
             closed: CancellationToken::new(),
+            live: Default::default(),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
         streams.insert(id, entry.clone());
         (entry, Upsert::Created)
+    }
+
+    /// Counts an origin failure of `stream` (in its errors and the totals) and announces it
+    /// as an `upstream_error` event, naming the client whose request met it, if one did.
+    pub fn stream_upstream_error(
+        &self,
+        stream: &StreamEntry,
+        error: &crate::error::UpstreamError,
+        client_id: Option<&str>,
+    ) {
+        for c in [&self.totals, &stream.counters] {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.events.emit(
+            EventType::UpstreamError,
+            Some(&stream.id),
+            client_id,
+            serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
+        );
     }
 
     pub fn stream(&self, id: &str) -> Option<Arc<StreamEntry>> {
@@ -797,13 +819,8 @@ impl Viewing {
 
     /// Counts an origin failure and announces it as an `upstream_error` event.
     pub fn upstream_error(&self, error: &crate::error::UpstreamError) {
-        self.add_error();
-        self.registry.events.emit(
-            EventType::UpstreamError,
-            Some(&self.stream.id),
-            Some(&self.client.id),
-            serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
-        );
+        self.registry
+            .stream_upstream_error(&self.stream, error, Some(&self.client.id));
     }
 }
 

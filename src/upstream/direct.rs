@@ -45,6 +45,9 @@ pub enum Chunk {
     Bytes(Bytes),
     /// A failure the feed recovered from (or is recovering from): for counting only.
     Fault(UpstreamError),
+    /// The player's connection must end now for a reason that is not the origin's (a
+    /// viewer too slow for a shared live stream): cut, and not counted as an origin error.
+    Abort(&'static str),
 }
 
 /// How a direct answer can be continued after a cut.
@@ -111,6 +114,13 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 fn find_sync(buf: &[u8]) -> Option<usize> {
     (0..buf.len().saturating_sub(TS_PACKET))
         .find(|&i| buf[i] == TS_SYNC && buf[i + TS_PACKET] == TS_SYNC)
+}
+
+/// Whether `bytes` are whole TS packets, as a feed of TS yields them.
+pub fn looks_like_ts(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.len() % TS_PACKET == 0
+        && bytes.chunks(TS_PACKET).all(|p| p[0] == TS_SYNC)
 }
 
 /// Cuts a byte feed into whole TS packets, realigning after every [`Packets::cut`].
@@ -480,6 +490,17 @@ mod tests {
             p.push(Bytes::copy_from_slice(&packet(9)[10..])).unwrap(),
             packet(9)
         );
+    }
+
+    #[test]
+    fn only_whole_packets_look_like_ts() {
+        let two = [packet(1), packet(2)].concat();
+        assert!(looks_like_ts(&two));
+        assert!(!looks_like_ts(&two[..200]));
+        assert!(!looks_like_ts(&[]));
+        let mut off = two.clone();
+        off[TS_PACKET] = 0;
+        assert!(!looks_like_ts(&off));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod direct;
 pub mod failover;
+pub mod fanout;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -347,8 +347,20 @@ pub async fn decode_first(url: &str, seconds: f64) -> Decoded {
     decode_with(url, &["-t", &seconds.to_string()]).await
 }
 
+/// Like [`decode_first`], for a player that joins a live channel mid-stream: until its
+/// first keyframe the decoder meets frames that refer to pictures it never saw, which a
+/// player shrugs off, so only fatal errors fail the test (`-v fatal`, no `-xerror`).
+pub async fn decode_joining(url: &str, seconds: f64) -> Decoded {
+    decode_args(url, &["-v", "fatal"], &["-t", &seconds.to_string()]).await
+}
+
 async fn decode_with(url: &str, output_options: &[&str]) -> Decoded {
-    let mut arguments = vec!["-xerror", "-i", url, "-map", "0"];
+    decode_args(url, &["-xerror"], output_options).await
+}
+
+async fn decode_args(url: &str, input_options: &[&str], output_options: &[&str]) -> Decoded {
+    let mut arguments = input_options.to_vec();
+    arguments.extend_from_slice(&["-i", url, "-map", "0"]);
     arguments.extend_from_slice(output_options);
     arguments.extend_from_slice(&["-f", "null", "-", "-progress", "pipe:1"]);
     let progress = player("ffmpeg", &arguments).await;

@@ -6,6 +6,7 @@ pub mod media;
 pub mod origin;
 pub mod player;
 pub mod temp_dir;
+pub mod ts_viewer;
 
 use std::net::SocketAddr;
 

@@ -232,6 +232,11 @@ impl Origin {
         self.state.log.lock().unwrap().clone()
     }
 
+    /// TCP connections open to this origin now.
+    pub fn open_connections(&self) -> usize {
+        self.state.open_connections.load(Ordering::SeqCst)
+    }
+
     pub fn last_request(&self, path: &str) -> Option<Seen> {
         let seen = self.state.seen.lock().unwrap();
         seen.get(path).map(|(_, last)| last.clone())

@@ -1,0 +1,270 @@
+//! Live TS fan-out: every viewer of a live MPEG-TS stream shares one upstream connection.
+//!
+//! IPTV providers often allow one or two connections per account, and a channel watched in
+//! five rooms should not cost five upstream streams. The first viewer of a live stream
+//! opens the upstream as usual; its [`DirectFeed`] (reconnects, failover, packet alignment)
+//! then runs in a task of its own that broadcasts each chunk of whole TS packets. Viewers
+//! who arrive while it runs join at the next chunk, so every viewer starts on a packet
+//! boundary. A viewer too slow to keep up with the buffer is dropped (or skipped ahead to
+//! the oldest chunk still held, by setting) and counted; it never slows the others. The
+//! upstream closes as soon as the last viewer has gone.
+//!
+//! Only live answers (no length) whose bytes are TS are shared: a file, a byte range or a
+//! live stream in another container (whose headers a late joiner would miss) keeps one
+//! upstream per viewer. This module counts no player bytes; each viewer's response does.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::direct::{looks_like_ts, Chunk, DirectFeed, Shape};
+use crate::config::{FanoutSettings, SlowViewer};
+use crate::error::UpstreamError;
+use crate::store::{Registry, StreamEntry};
+
+/// How often a hub whose upstream sends nothing checks whether anyone still watches.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The settings and proxy-wide counters of fan-out, shared by every hub.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    pub settings: FanoutSettings,
+    /// Shared live upstreams open now.
+    live_upstreams: AtomicU64,
+    /// Viewers who joined a running shared upstream instead of opening their own.
+    joins: AtomicU64,
+    /// Viewers who fell behind the buffer and were disconnected.
+    dropped: AtomicU64,
+    /// Viewers who fell behind the buffer and skipped ahead.
+    skipped: AtomicU64,
+}
+
+impl Fanout {
+    pub fn new(settings: FanoutSettings) -> Self {
+        Self {
+            settings,
+            ..Self::default()
+        }
+    }
+
+    /// Whether sharing is on at all (`FANOUT_BUFFER` above zero).
+    pub fn enabled(&self) -> bool {
+        self.settings.buffer > 0
+    }
+
+    pub fn live_upstreams(&self) -> u64 {
+        self.live_upstreams.load(Ordering::Relaxed)
+    }
+
+    pub fn joins(&self) -> u64 {
+        self.joins.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream's place for its shared live upstream. The async lock makes "is one running?"
+/// and "open one" a single step, so viewers arriving together open the upstream once: the
+/// others wait for its answer and join.
+#[derive(Default)]
+pub struct LiveSlot {
+    hub: tokio::sync::Mutex<Option<Arc<LiveHub>>>,
+    /// Set once the stream answered as a file: its viewers never wait on the lock again.
+    is_file: AtomicBool,
+}
+
+impl std::fmt::Debug for LiveSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSlot")
+            .field("is_file", &self.is_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveSlot {
+    /// Whether a viewer asking for the whole stream should go through the slot: false
+    /// once the stream is known to be a file, where sharing never applies.
+    pub fn may_share(&self) -> bool {
+        !self.is_file.load(Ordering::Relaxed)
+    }
+
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<Arc<LiveHub>>> {
+        self.hub.lock().await
+    }
+
+    /// Remembers that this stream answers with files, not live streams.
+    pub fn mark_file(&self) {
+        self.is_file.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One running shared upstream and what a joining viewer needs: the answer's head and the
+/// broadcast of its bytes.
+pub struct LiveHub {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    tx: broadcast::Sender<Bytes>,
+    /// Whether late joiners are welcome: the bytes are known to be TS packets.
+    joinable: AtomicBool,
+    /// Why the upstream ended for good, for viewers still reading. Viewers hold this, not
+    /// the hub, so the sender goes with the hub and its end reaches them.
+    failure: Arc<OnceLock<String>>,
+}
+
+/// What a viewer reads: the shared chunks, as the chunks of its own response.
+pub type ViewerBody = BoxStream<'static, Result<Chunk, UpstreamError>>;
+
+impl LiveHub {
+    /// Whether a live answer can be shared at all: no length, and not known to be
+    /// something other than TS.
+    pub fn can_share(status: StatusCode, headers: &HeaderMap) -> bool {
+        status == StatusCode::OK
+            && matches!(Shape::of(status, headers), Shape::Live { ts } if ts != Some(false))
+    }
+
+    /// Starts sharing `feed`, whose answer had `status` and `headers` (as relayed to
+    /// players), and returns the hub with the first viewer's body. The caller stores the
+    /// hub in the stream's slot while still holding its lock.
+    pub fn start(
+        fanout: Arc<Fanout>,
+        registry: Arc<Registry>,
+        stream: Arc<StreamEntry>,
+        status: StatusCode,
+        headers: HeaderMap,
+        ts: bool,
+        feed: DirectFeed,
+    ) -> (Arc<LiveHub>, ViewerBody) {
+        let (tx, rx) = broadcast::channel(fanout.settings.buffer.max(1));
+        let hub = Arc::new(LiveHub {
+            status,
+            headers,
+            tx,
+            joinable: AtomicBool::new(ts),
+            failure: Arc::default(),
+        });
+        let body = viewer_body(hub.failure.clone(), rx, fanout.clone());
+        fanout.live_upstreams.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(run(hub.clone(), feed, fanout, registry, stream));
+        (hub, body)
+    }
+
+    /// A body for one more viewer, from the next chunk on; `None` when this hub takes no
+    /// joiners (its bytes are not TS, or it has ended).
+    pub fn join(self: &Arc<Self>, fanout: &Arc<Fanout>) -> Option<ViewerBody> {
+        if !self.joinable.load(Ordering::Acquire) || self.failure.get().is_some() {
+            return None;
+        }
+        let rx = self.tx.subscribe();
+        fanout.joins.fetch_add(1, Ordering::Relaxed);
+        Some(viewer_body(self.failure.clone(), rx, fanout.clone()))
+    }
+
+    /// Takes this hub out of the stream's slot if nobody watches: true when it should end.
+    /// Joiners subscribe while holding the slot's lock, so none can slip in between.
+    async fn retire_if_unwatched(self: &Arc<Self>, stream: &StreamEntry) -> bool {
+        let mut slot = stream.live.lock().await;
+        if self.tx.receiver_count() > 0 {
+            return false;
+        }
+        self.leave(&mut slot);
+        true
+    }
+
+    /// Ends this hub for joiners: later viewers open a new upstream.
+    fn leave(self: &Arc<Self>, slot: &mut Option<Arc<LiveHub>>) {
+        self.joinable.store(false, Ordering::Release);
+        if slot.as_ref().is_some_and(|h| Arc::ptr_eq(h, self)) {
+            *slot = None;
+        }
+    }
+}
+
+/// The hub's task: reads the feed and broadcasts it until nobody watches, the stream is
+/// deleted, or the feed fails for good.
+async fn run(
+    hub: Arc<LiveHub>,
+    feed: DirectFeed,
+    fanout: Arc<Fanout>,
+    registry: Arc<Registry>,
+    stream: Arc<StreamEntry>,
+) {
+    let mut feed = feed.into_stream();
+    let mut idle = tokio::time::interval(IDLE_CHECK);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failure = loop {
+        tokio::select! {
+            () = stream.closed.cancelled() => break None,
+            _ = idle.tick() => {
+                if hub.tx.receiver_count() == 0 && hub.retire_if_unwatched(&stream).await {
+                    break None;
+                }
+            }
+            item = feed.next() => match item {
+                Some(Ok(Chunk::Bytes(bytes))) => {
+                    if !hub.joinable.load(Ordering::Relaxed) && looks_like_ts(&bytes) {
+                        hub.joinable.store(true, Ordering::Release);
+                    }
+                    if hub.tx.send(bytes).is_err() && hub.retire_if_unwatched(&stream).await {
+                        break None;
+                    }
+                }
+                // A failure the feed recovers from belongs to the stream, not to a viewer.
+                Some(Ok(Chunk::Fault(e))) => registry.stream_upstream_error(&stream, &e, None),
+                Some(Ok(Chunk::Abort(_))) | None => break None,
+                Some(Err(e)) => break Some(e.to_string()),
+            },
+        }
+    };
+    if let Some(reason) = failure {
+        // Viewers read what is buffered, then end with this error.
+        let _ = hub.failure.set(reason);
+    }
+    hub.leave(&mut *stream.live.lock().await);
+    fanout.live_upstreams.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(stream_id = %stream.id, "shared live upstream closed");
+}
+
+/// A viewer's side of the broadcast.
+fn viewer_body(
+    failure: Arc<OnceLock<String>>,
+    rx: broadcast::Receiver<Bytes>,
+    fanout: Arc<Fanout>,
+) -> ViewerBody {
+    stream::unfold(Some((failure, rx, fanout)), |state| async move {
+        let (failure, mut rx, fanout) = state?;
+        loop {
+            match rx.recv().await {
+                Ok(bytes) => return Some((Ok(Chunk::Bytes(bytes)), Some((failure, rx, fanout)))),
+                Err(RecvError::Lagged(missed)) => match fanout.settings.slow_viewer {
+                    SlowViewer::Skip => {
+                        fanout.skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(missed, "slow live viewer skipped ahead");
+                    }
+                    SlowViewer::Drop => {
+                        fanout.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(missed, "slow live viewer dropped");
+                        let why = "viewer fell behind the shared live stream";
+                        return Some((Ok(Chunk::Abort(why)), None));
+                    }
+                },
+                Err(RecvError::Closed) => {
+                    let reason = failure.get()?.clone();
+                    return Some((Err(UpstreamError::Other(reason)), None));
+                }
+            }
+        }
+    })
+    .boxed()
+}

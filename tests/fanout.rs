@@ -1,0 +1,263 @@
+//! Live TS fan-out: the viewers of one live channel share one upstream connection, join on
+//! a packet boundary, are counted each for what they get, and a slow one never holds up
+//! the others. Files and byte ranges are never shared.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::util::origin::{Origin, TS_PACKET};
+use crate::util::ts_viewer::TsViewer;
+use crate::util::{eventually, Proxy};
+
+/// Registers `url`; returns (stream id, direct endpoint path).
+async fn channel(proxy: &Proxy, url: &str) -> (String, String) {
+    let created = proxy.create_stream(url).await;
+    (
+        created["stream_id"].as_str().unwrap().to_owned(),
+        created["stream_endpoint"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A viewer of `endpoint` as client `client`: a live answer, without a length.
+async fn tune_in(proxy: &Proxy, endpoint: &str, client: &str) -> TsViewer {
+    let res = proxy.get(&format!("{endpoint}?client_id={client}")).await;
+    assert!(res.headers().get("content-length").is_none(), "live");
+    TsViewer::from_response(res)
+}
+
+/// Long enough for any read here on a busy machine.
+const WITHIN: Duration = Duration::from_secs(5);
+
+fn assert_continuous(viewer: &TsViewer) {
+    assert_eq!(
+        viewer.discontinuities(),
+        [0usize; 0],
+        "a packet missing or repeated"
+    );
+}
+
+/// The value of the first `/metrics` sample whose name and labels start with `series`.
+async fn metric(proxy: &Proxy, series: &str) -> f64 {
+    let text = proxy.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn viewers_of_a_live_channel_share_one_upstream_and_are_counted_each() {
+    let origin = Origin::start().await;
+    origin.live_ts("/live/news.ts", 200_000);
+    let proxy = Proxy::start().await;
+    let (id, endpoint) = channel(&proxy, &origin.url("/live/news.ts")).await;
+
+    // Five players tune in at once.
+    let names: Vec<String> = (0..5).map(|i| format!("room-{i}")).collect();
+    let mut viewers =
+        futures_util::future::join_all(names.iter().map(|name| tune_in(&proxy, &endpoint, name)))
+            .await;
+    for v in &mut viewers {
+        v.read_packets(100, WITHIN).await;
+        assert_continuous(v);
+    }
+    assert_eq!(
+        origin.hits("/live/news.ts"),
+        1,
+        "one upstream for five viewers"
+    );
+    assert_eq!(metric(&proxy, "m3u_proxy_live_upstreams ").await, 1.0);
+    assert_eq!(metric(&proxy, "m3u_proxy_live_joins_total ").await, 4.0);
+
+    // A late joiner starts on a packet boundary, later in the same channel.
+    let mut late = tune_in(&proxy, &endpoint, "room-late").await;
+    late.read_packets(50, WITHIN).await;
+    assert_continuous(&late);
+    let late_numbers = late.numbers();
+    assert!(
+        late_numbers[0] > viewers[0].numbers()[0],
+        "{late_numbers:?}"
+    );
+    assert_eq!(origin.hits("/live/news.ts"), 1);
+
+    // Each viewer is its own client, counted for the bytes it was sent.
+    let info = proxy.get_json(&format!("/streams/{id}")).await;
+    assert_eq!(info["stream"]["active_connections"], 6);
+    let clients = info["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 6, "{info}");
+    let total: u64 = clients
+        .iter()
+        .map(|c| c["bytes_served"].as_u64().unwrap())
+        .sum();
+    assert_eq!(info["stream"]["total_bytes_served"], total);
+    for c in clients {
+        assert!(
+            c["bytes_served"].as_u64().unwrap() >= 50 * TS_PACKET as u64,
+            "{c}"
+        );
+    }
+    let read: usize = viewers.iter().map(|v| v.bytes.len()).sum::<usize>() + late.bytes.len();
+    assert!(total >= read as u64, "counted {total}, read {read}");
+}
+
+#[tokio::test]
+async fn the_upstream_closes_when_the_last_viewer_leaves() {
+    let origin = Origin::start().await;
+    origin.live_ts("/ch.ts", 100_000);
+    let proxy = Proxy::start().await;
+    let (_, endpoint) = channel(&proxy, &origin.url("/ch.ts")).await;
+
+    let mut first = TsViewer::open(&proxy, &endpoint).await;
+    let mut second = TsViewer::open(&proxy, &endpoint).await;
+    first.read_packets(10, WITHIN).await;
+    second.read_packets(10, WITHIN).await;
+    drop(first);
+    // One viewer left: the other keeps playing on the same upstream.
+    second.read_packets(200, WITHIN).await;
+    assert_continuous(&second);
+    assert_eq!(origin.hits("/ch.ts"), 1);
+    assert_eq!(metric(&proxy, "m3u_proxy_live_upstreams ").await, 1.0);
+
+    drop(second);
+    eventually(Duration::from_secs(3), "upstream closed", || async {
+        (origin.open_connections() == 0 && metric(&proxy, "m3u_proxy_live_upstreams ").await == 0.0)
+            .then_some(())
+    })
+    .await;
+
+    // The next viewer opens a new upstream, from the live edge.
+    let mut again = TsViewer::open(&proxy, &endpoint).await;
+    again.read_packets(10, WITHIN).await;
+    assert_eq!(origin.hits("/ch.ts"), 2);
+}
+
+#[tokio::test]
+async fn a_slow_viewer_is_dropped_and_never_holds_up_the_others() {
+    let origin = Origin::start().await;
+    // Fast enough to overrun a stalled reader's socket buffers and a small fan-out buffer.
+    origin.live_ts("/fast.ts", 8_000_000);
+    let proxy = Proxy::start_with(|c| c.fanout.buffer = 8).await;
+    let (_, endpoint) = channel(&proxy, &origin.url("/fast.ts")).await;
+
+    let mut steady = tune_in(&proxy, &endpoint, "steady").await;
+    let mut stalled = tune_in(&proxy, &endpoint, "stalled").await;
+    // The steady viewer reads 24 MB (3 s of stream) while the other reads nothing.
+    steady.read_packets(24_000_000 / TS_PACKET, WITHIN).await;
+    assert_continuous(&steady);
+    // The stalled player finds what its buffers held, then a cut connection: it fell
+    // further behind than the shared buffer, so it is let go rather than waited for.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stalled.body.next().await {
+                Some(Ok(chunk)) => stalled.bytes.extend_from_slice(&chunk),
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the slow viewer's connection ends");
+    assert!(ended, "cut, not ended as if the stream were over");
+    assert_continuous(&stalled);
+    assert!(
+        stalled.bytes.len() < steady.bytes.len() / 2,
+        "it really fell behind"
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "m3u_proxy_live_slow_viewers_total{action=\"dropped\"}"
+        )
+        .await,
+        1.0
+    );
+    // The steady viewer never noticed.
+    steady
+        .read_packets(steady.numbers().len() + 1000, WITHIN)
+        .await;
+    assert_continuous(&steady);
+    assert_eq!(origin.hits("/fast.ts"), 1);
+}
+
+#[tokio::test]
+async fn a_slow_viewer_skips_ahead_when_told_to() {
+    let origin = Origin::start().await;
+    origin.live_ts("/fast.ts", 8_000_000);
+    let proxy = Proxy::start_with(|c| {
+        c.fanout.buffer = 8;
+        c.fanout.slow_viewer = m3u_proxy::config::SlowViewer::Skip;
+    })
+    .await;
+    let (_, endpoint) = channel(&proxy, &origin.url("/fast.ts")).await;
+
+    let mut steady = tune_in(&proxy, &endpoint, "steady").await;
+    let mut behind = tune_in(&proxy, &endpoint, "behind").await;
+    steady.read_packets(24_000_000 / TS_PACKET, WITHIN).await;
+    assert_continuous(&steady);
+    // The viewer that fell behind keeps its connection and jumps forward, whole packets only.
+    behind.read_packets(steady.numbers().len(), WITHIN).await;
+    let numbers = behind.numbers();
+    let jumps = numbers.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert!(jumps >= 1, "no skip");
+    assert!(numbers.windows(2).all(|w| w[1] > w[0]), "never backwards");
+    assert!(
+        metric(
+            &proxy,
+            "m3u_proxy_live_slow_viewers_total{action=\"skipped\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "m3u_proxy_live_slow_viewers_total{action=\"dropped\"}"
+        )
+        .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn files_ranges_and_a_zero_buffer_are_never_shared() {
+    let origin = Origin::start().await;
+    let file: Vec<u8> = (0..94_000u32).map(|i| (i % 251) as u8).collect();
+    origin.put("/movie.ts", file.clone(), "video/mp2t");
+    origin.live_ts("/ch.ts", 100_000);
+    let proxy = Proxy::start().await;
+
+    // A file: every viewer gets it whole, from its own upstream request.
+    let (_, movie) = channel(&proxy, &origin.url("/movie.ts")).await;
+    let (a, b) = tokio::join!(proxy.get(&movie), proxy.get(&movie));
+    assert_eq!(a.bytes().await.unwrap(), file);
+    assert_eq!(b.bytes().await.unwrap(), file);
+    assert_eq!(origin.hits("/movie.ts"), 2);
+
+    // A range of a live channel is the viewer's own request.
+    let (_, live) = channel(&proxy, &origin.url("/ch.ts")).await;
+    let mut shared = TsViewer::open(&proxy, &live).await;
+    shared.read_packets(5, WITHIN).await;
+    let ranged = proxy
+        .http
+        .get(proxy.url(&live))
+        .header("range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert!(ranged.status().is_success());
+    drop(ranged);
+    assert_eq!(origin.hits("/ch.ts"), 2);
+
+    // FANOUT_BUFFER=0: one upstream per viewer.
+    let unshared = Proxy::start_with(|c| c.fanout.buffer = 0).await;
+    let (_, live) = channel(&unshared, &origin.url("/ch.ts")).await;
+    let before = origin.hits("/ch.ts");
+    let mut one = TsViewer::open(&unshared, &live).await;
+    let mut two = TsViewer::open(&unshared, &live).await;
+    one.read_packets(5, WITHIN).await;
+    two.read_packets(5, WITHIN).await;
+    assert_eq!(origin.hits("/ch.ts"), before + 2);
+    assert_eq!(metric(&unshared, "m3u_proxy_live_joins_total ").await, 0.0);
+    assert_eq!(metric(&unshared, "m3u_proxy_live_upstreams ").await, 0.0);
+}
