@@ -12,8 +12,9 @@
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
 //! - [`error`] — error types at each boundary, and how they become HTTP responses.
 //! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts, the
-//!   failover policy (`upstream::failover`) and the direct feed that survives a cut
-//!   (`upstream::direct`).
+//!   failover policy (`upstream::failover`), the direct feed that survives a cut
+//!   (`upstream::direct`) and the live TS fan-out that gives a channel's viewers one
+//!   upstream connection (`upstream::fanout`).
 //! - [`cache`] — single-flight, short-TTL, size-bounded sharing of segments and playlist
 //!   fetches among viewers; followers get bytes as they arrive.
 //! - [`store`] — the registry of streams and clients with their hot-path counters.

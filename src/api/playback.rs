@@ -711,6 +711,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_requests_for_the_whole_stream_may_share_it() {
+        let with = |range: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(r) = range {
+                h.insert(header::RANGE, HeaderValue::from_str(r).unwrap());
+            }
+            asks_from_the_start(&h)
+        };
+        assert!(with(None));
+        assert!(with(Some("bytes=0-")));
+        assert!(with(Some("BYTES=0-")));
+        assert!(!with(Some("bytes=0-99")));
+        assert!(!with(Some("bytes=100-")));
+        assert!(!with(Some("bytes=-500")));
+    }
+
+    #[test]
     fn ll_hls_parameters_are_relayed_and_others_are_not() {
         let url = Url::parse("http://o/live.m3u8?token=a").unwrap();
         let out = with_ll_hls_params(url, Some("_HLS_msn=12&_HLS_part=3&client_id=x"));

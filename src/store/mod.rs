@@ -401,6 +401,8 @@ impl Registry {
         if let Some(entry) = streams.get(&id) {
             let count = settings.url_count();
             *entry.settings.write().expect("settings lock") = Arc::new(settings);
+            // New URLs may answer differently: a file before may be a live channel now.
+            entry.live.forget_file();
             // A shorter failover list may leave the index out of range.
             if entry.current_index() >= count {
                 entry.current.store(0, Ordering::Release);

@@ -108,6 +108,11 @@ impl LiveSlot {
     pub fn mark_file(&self) {
         self.is_file.store(true, Ordering::Relaxed);
     }
+
+    /// Forgets what the stream's answers were, after its URLs changed.
+    pub fn forget_file(&self) {
+        self.is_file.store(false, Ordering::Relaxed);
+    }
 }
 
 /// One running shared upstream and what a joining viewer needs: the answer's head and the
@@ -127,8 +132,9 @@ pub struct LiveHub {
 pub type ViewerBody = BoxStream<'static, Result<Chunk, UpstreamError>>;
 
 impl LiveHub {
-    /// Whether a live answer can be shared at all: no length, and not known to be
-    /// something other than TS.
+    /// Whether an answer can be shared at all: a whole live answer (200, no length).
+    /// Whether late joiners are welcome is decided by its content type or, failing that,
+    /// by its first bytes: only TS is joined mid-stream.
     pub fn can_share(status: StatusCode, headers: &HeaderMap) -> bool {
         status == StatusCode::OK
             && matches!(Shape::of(status, headers), Shape::Live { ts } if ts != Some(false))
@@ -267,4 +273,34 @@ fn viewer_body(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderValue};
+
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn only_live_answers_that_may_be_ts_are_shared() {
+        let ts = headers(&[(header::CONTENT_TYPE, "video/mp2t")]);
+        assert!(LiveHub::can_share(StatusCode::OK, &ts));
+        // Another or no type: run as a hub, joinable once the bytes prove to be TS.
+        let unknown = headers(&[(header::CONTENT_TYPE, "application/octet-stream")]);
+        assert!(LiveHub::can_share(StatusCode::OK, &unknown));
+        let file = headers(&[
+            (header::CONTENT_TYPE, "video/mp2t"),
+            (header::CONTENT_LENGTH, "1000"),
+        ]);
+        assert!(!LiveHub::can_share(StatusCode::OK, &file));
+        let range = headers(&[(header::CONTENT_RANGE, "bytes 0-9/100")]);
+        assert!(!LiveHub::can_share(StatusCode::PARTIAL_CONTENT, &range));
+    }
 }
