@@ -132,6 +132,58 @@ async fn the_upstream_closes_when_the_last_viewer_leaves() {
     assert_eq!(origin.hits("/ch.ts"), 2);
 }
 
+/// `names` watch a channel whose primary dies; returns the stream's error count after
+/// every viewer is on the backup, having checked each moved once on its connection and
+/// the viewers moved together, on one upstream.
+async fn primary_dies_under(names: &[&str]) -> u64 {
+    let a = Origin::start().await;
+    a.live_ts("/ch.ts", 100_000);
+    let b = Origin::start().await;
+    b.live_ts("/ch.ts", 100_000);
+    let proxy = Proxy::start_with(|c| {
+        c.failover.backoff = Duration::from_millis(50);
+        c.upstream.read_stall = Duration::from_secs(1);
+    })
+    .await;
+    let body = serde_json::json!({"url": a.url("/ch.ts"), "failover_urls": [b.url("/ch.ts")]});
+    let (status, created) = proxy.post_stream(body).await;
+    assert!(status.is_success(), "{created}");
+    let id = created["stream_id"].as_str().unwrap().to_owned();
+    let endpoint = created["stream_endpoint"].as_str().unwrap().to_owned();
+
+    let mut viewers = Vec::new();
+    for name in names {
+        let mut v = tune_in(&proxy, &endpoint, name).await;
+        v.read_packets(20, WITHIN).await;
+        viewers.push(v);
+    }
+    a.kill().await;
+    for v in &mut viewers {
+        let have = v.numbers().len();
+        v.read_packets(have + 100, WITHIN).await;
+        assert_eq!(
+            v.discontinuities().len(),
+            1,
+            "one switch, on the same connection"
+        );
+    }
+    assert_eq!(a.hits("/ch.ts"), 1);
+    assert_eq!(b.hits("/ch.ts"), 1, "one upstream on the backup");
+    let info = proxy.get_json(&format!("/streams/{id}")).await["stream"].clone();
+    assert_eq!(info["failover_count"], 1);
+    assert_eq!(info["active_connections"], names.len());
+    info["error_count"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn when_the_primary_dies_every_viewer_moves_with_the_one_upstream() {
+    let alone = primary_dies_under(&["alone"]).await;
+    let together = primary_dies_under(&["one", "two", "three"]).await;
+    assert!(alone >= 1);
+    // The loss is the stream's, met once by the shared upstream: not once per viewer.
+    assert_eq!(together, alone, "errors with three viewers and with one");
+}
+
 #[tokio::test]
 async fn a_slow_viewer_is_dropped_and_never_holds_up_the_others() {
     let origin = Origin::start().await;
