@@ -159,8 +159,7 @@ async fn primary_dies_under(names: &[&str]) -> u64 {
     }
     a.kill().await;
     for v in &mut viewers {
-        let have = v.numbers().len();
-        v.read_packets(have + 100, WITHIN).await;
+        v.read_past_switch(100, WITHIN).await;
         assert_eq!(
             v.discontinuities().len(),
             1,

@@ -54,6 +54,20 @@ impl TsViewer {
         .unwrap_or_else(|_| panic!("{count} packets within {within:?}"));
     }
 
+    /// Reads until the numbering jumps (the upstream switched), then `then` packets more,
+    /// or panics after `within`. Packets already on their way from the old upstream are
+    /// read first however late this reader is, so "N packets more" would not be enough.
+    pub async fn read_past_switch(&mut self, then: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let cuts = self.discontinuities().len();
+        while self.discontinuities().len() == cuts {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.read_packets(self.numbers().len() + 1, left).await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.read_packets(self.numbers().len() + then, left).await;
+    }
+
     /// The packet numbers received; panics unless every byte belongs to a whole packet.
     pub fn numbers(&self) -> Vec<u64> {
         let whole = self.bytes.len() / TS_PACKET * TS_PACKET;
