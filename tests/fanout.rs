@@ -232,6 +232,52 @@ async fn a_slow_viewer_is_dropped_and_never_holds_up_the_others() {
 }
 
 #[tokio::test]
+async fn a_paused_player_does_not_keep_the_upstream_open() {
+    let origin = Origin::start().await;
+    origin.live_ts("/fast.ts", 8_000_000);
+    let proxy = Proxy::start_with(|c| c.fanout.buffer = 8).await;
+    let (_, endpoint) = channel(&proxy, &origin.url("/fast.ts")).await;
+
+    // The only viewer reads a little, then pauses with its connection open.
+    let mut paused = tune_in(&proxy, &endpoint, "paused").await;
+    paused.read_packets(100, WITHIN).await;
+    eventually(Duration::from_secs(10), "the upstream closed", || async {
+        (origin.open_connections() == 0 && metric(&proxy, "m3u_proxy_live_upstreams ").await == 0.0)
+            .then_some(())
+    })
+    .await;
+    // Resuming, it gets what its buffers held, then a cut: its player reconnects.
+    let cut = tokio::time::timeout(WITHIN, async {
+        loop {
+            match paused.body.next().await {
+                Some(Ok(chunk)) => paused.bytes.extend_from_slice(&chunk),
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the paused viewer's connection ends");
+    assert!(cut, "cut, not ended as if the stream were over");
+    assert_continuous(&paused);
+    assert_eq!(
+        metric(
+            &proxy,
+            "m3u_proxy_live_slow_viewers_total{action=\"dropped\"}"
+        )
+        .await,
+        1.0
+    );
+    let mut again = tune_in(&proxy, &endpoint, "paused").await;
+    again.read_packets(10, WITHIN).await;
+    assert_eq!(
+        origin.hits("/fast.ts"),
+        2,
+        "a new upstream for the player that came back"
+    );
+}
+
+#[tokio::test]
 async fn a_slow_viewer_skips_ahead_when_told_to() {
     let origin = Origin::start().await;
     origin.live_ts("/fast.ts", 8_000_000);

@@ -7,14 +7,16 @@
 //! who arrive while it runs join at the next chunk, so every viewer starts on a packet
 //! boundary. A viewer too slow to keep up with the buffer is dropped (or skipped ahead to
 //! the oldest chunk still held, by setting) and counted; it never slows the others. The
-//! upstream closes as soon as the last viewer has gone.
+//! upstream closes as soon as the last viewer has gone, or, when slow viewers are dropped,
+//! as soon as every viewer left is too far behind to be kept (a paused player does not hold
+//! a provider's connection open).
 //!
 //! Only live answers (no length) whose bytes are TS are shared: a file, a byte range or a
 //! live stream in another container (whose headers a late joiner would miss) keeps one
 //! upstream per viewer. This module counts no player bytes; each viewer's response does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -126,6 +128,10 @@ pub struct LiveHub {
     /// Why the upstream ended for good, for viewers still reading. Viewers hold this, not
     /// the hub, so the sender goes with the hub and its end reaches them.
     failure: Arc<OnceLock<String>>,
+    /// Chunks broadcast so far.
+    sent: AtomicU64,
+    /// Each viewer's count of chunks received, to tell who is still within the buffer.
+    progress: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// What a viewer reads: the shared chunks, as the chunks of its own response.
@@ -159,8 +165,10 @@ impl LiveHub {
             tx,
             joinable: AtomicBool::new(ts),
             failure: Arc::default(),
+            sent: AtomicU64::new(0),
+            progress: Mutex::default(),
         });
-        let body = viewer_body(hub.failure.clone(), rx, fanout.clone());
+        let body = hub.viewer(rx, fanout.clone());
         fanout.live_upstreams.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(run(hub.clone(), feed, fanout, registry, stream));
         (hub, body)
@@ -174,14 +182,42 @@ impl LiveHub {
         }
         let rx = self.tx.subscribe();
         fanout.joins.fetch_add(1, Ordering::Relaxed);
-        Some(viewer_body(self.failure.clone(), rx, fanout.clone()))
+        Some(self.viewer(rx, fanout.clone()))
+    }
+
+    /// The body of a viewer reading `rx`, whose progress the hub follows from now on.
+    fn viewer(&self, rx: broadcast::Receiver<Bytes>, fanout: Arc<Fanout>) -> ViewerBody {
+        let progress = Arc::new(AtomicU64::new(self.sent.load(Ordering::Relaxed)));
+        let mut all = self.progress.lock().expect("progress lock");
+        all.retain(|p| p.strong_count() > 0);
+        all.push(Arc::downgrade(&progress));
+        viewer_body(self.failure.clone(), rx, progress, fanout)
+    }
+
+    /// Whether anyone still watches. When slow viewers are dropped, a viewer further
+    /// behind than the buffer (a paused player) is as good as gone: it will be dropped
+    /// when it next reads, so it does not keep the upstream open meanwhile.
+    fn watched(&self, fanout: &Fanout) -> bool {
+        if self.tx.receiver_count() == 0 {
+            return false;
+        }
+        if fanout.settings.slow_viewer == SlowViewer::Skip {
+            return true;
+        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        let buffer = fanout.settings.buffer as u64;
+        let progress = self.progress.lock().expect("progress lock");
+        progress
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|p| sent.saturating_sub(p.load(Ordering::Relaxed)) <= buffer)
     }
 
     /// Takes this hub out of the stream's slot if nobody watches: true when it should end.
     /// Joiners subscribe while holding the slot's lock, so none can slip in between.
-    async fn retire_if_unwatched(self: &Arc<Self>, stream: &StreamEntry) -> bool {
+    async fn retire_if_unwatched(self: &Arc<Self>, stream: &StreamEntry, fanout: &Fanout) -> bool {
         let mut slot = stream.live.lock().await;
-        if self.tx.receiver_count() > 0 {
+        if self.watched(fanout) {
             return false;
         }
         self.leave(&mut slot);
@@ -213,7 +249,8 @@ async fn run(
         tokio::select! {
             () = stream.closed.cancelled() => break None,
             _ = idle.tick() => {
-                if hub.tx.receiver_count() == 0 && hub.retire_if_unwatched(&stream).await {
+                if !hub.watched(&fanout) && hub.retire_if_unwatched(&stream, &fanout).await {
+                    tracing::debug!(stream_id = %stream.id, "no viewer keeps up with the shared live stream");
                     break None;
                 }
             }
@@ -222,7 +259,10 @@ async fn run(
                     if !hub.joinable.load(Ordering::Relaxed) && looks_like_ts(&bytes) {
                         hub.joinable.store(true, Ordering::Release);
                     }
-                    if hub.tx.send(bytes).is_err() && hub.retire_if_unwatched(&stream).await {
+                    hub.sent.fetch_add(1, Ordering::Relaxed);
+                    if hub.tx.send(bytes).is_err()
+                        && hub.retire_if_unwatched(&stream, &fanout).await
+                    {
                         break None;
                     }
                 }
@@ -246,15 +286,21 @@ async fn run(
 fn viewer_body(
     failure: Arc<OnceLock<String>>,
     rx: broadcast::Receiver<Bytes>,
+    progress: Arc<AtomicU64>,
     fanout: Arc<Fanout>,
 ) -> ViewerBody {
-    stream::unfold(Some((failure, rx, fanout)), |state| async move {
-        let (failure, mut rx, fanout) = state?;
+    stream::unfold(Some((failure, rx, progress, fanout)), |state| async move {
+        let (failure, mut rx, progress, fanout) = state?;
         loop {
             match rx.recv().await {
-                Ok(bytes) => return Some((Ok(Chunk::Bytes(bytes)), Some((failure, rx, fanout)))),
+                Ok(bytes) => {
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    let next = Some((failure, rx, progress, fanout));
+                    return Some((Ok(Chunk::Bytes(bytes)), next));
+                }
                 Err(RecvError::Lagged(missed)) => match fanout.settings.slow_viewer {
                     SlowViewer::Skip => {
+                        progress.fetch_add(missed, Ordering::Relaxed);
                         fanout.skipped.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(missed, "slow live viewer skipped ahead");
                     }
