@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use crate::util::origin::{Origin, TS_PACKET};
 use crate::util::ts_viewer::TsViewer;
 use crate::util::{eventually, Proxy};
@@ -198,18 +196,7 @@ async fn a_slow_viewer_is_dropped_and_never_holds_up_the_others() {
     assert_continuous(&steady);
     // The stalled player finds what its buffers held, then a cut connection: it fell
     // further behind than the shared buffer, so it is let go rather than waited for.
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match stalled.body.next().await {
-                Some(Ok(chunk)) => stalled.bytes.extend_from_slice(&chunk),
-                Some(Err(_)) => return true,
-                None => return false,
-            }
-        }
-    })
-    .await
-    .expect("the slow viewer's connection ends");
-    assert!(ended, "cut, not ended as if the stream were over");
+    stalled.read_until_cut(WITHIN).await;
     assert_continuous(&stalled);
     assert!(
         stalled.bytes.len() < steady.bytes.len() / 2,
@@ -247,18 +234,7 @@ async fn a_paused_player_does_not_keep_the_upstream_open() {
     })
     .await;
     // Resuming, it gets what its buffers held, then a cut: its player reconnects.
-    let cut = tokio::time::timeout(WITHIN, async {
-        loop {
-            match paused.body.next().await {
-                Some(Ok(chunk)) => paused.bytes.extend_from_slice(&chunk),
-                Some(Err(_)) => return true,
-                None => return false,
-            }
-        }
-    })
-    .await
-    .expect("the paused viewer's connection ends");
-    assert!(cut, "cut, not ended as if the stream were over");
+    paused.read_until_cut(WITHIN).await;
     assert_continuous(&paused);
     assert_eq!(
         metric(

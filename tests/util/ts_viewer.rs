@@ -54,6 +54,26 @@ impl TsViewer {
         .unwrap_or_else(|_| panic!("{count} packets within {within:?}"));
     }
 
+    /// Reads to the end of the connection, keeping the bytes, and panics unless it ends
+    /// within `within` with an error: a cut, never an end that looks like the stream's.
+    pub async fn read_until_cut(&mut self, within: Duration) {
+        let cut = tokio::time::timeout(within, async {
+            loop {
+                match self.body.next().await {
+                    Some(Ok(chunk)) => self.bytes.extend_from_slice(&chunk),
+                    Some(Err(_)) => return true,
+                    None => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the connection still open after {within:?}"));
+        assert!(
+            cut,
+            "cut with an error, not ended as if the stream were complete"
+        );
+    }
+
     /// Reads until the numbering jumps (the upstream switched), then `then` packets more,
     /// or panics after `within`. Packets already on their way from the old upstream are
     /// read first however late this reader is, so "N packets more" would not be enough.
