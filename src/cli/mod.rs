@@ -1,7 +1,7 @@
 //! The human side of the `m3u-client` CLI: how answers and failures read on a terminal.
-//! [`format`] and [`render`] are pure text; [`monitor`] is the refreshing screen. Talking
-//! to the server belongs to [`crate::client`], and parsing arguments to the binary: this
-//! module decides only what the user sees and which exit code they get.
+//! [`format`](mod@format) and [`render`] are pure text; [`monitor`] is the refreshing
+//! screen. Talking to the server belongs to [`crate::client`], and parsing arguments to the
+//! binary: this module decides only what the user sees and which exit code they get.
 
 pub mod format;
 pub mod monitor;
