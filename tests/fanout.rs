@@ -2,9 +2,11 @@
 //! a packet boundary, are counted each for what they get, and a slow one never holds up
 //! the others. Files and byte ranges are never shared.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::util::origin::{Origin, TS_PACKET};
+use reqwest::StatusCode;
+
+use crate::util::origin::{Fault, Origin, TS_PACKET};
 use crate::util::ts_viewer::TsViewer;
 use crate::util::{eventually, Proxy};
 
@@ -290,6 +292,35 @@ async fn a_slow_viewer_skips_ahead_when_told_to() {
         .await,
         0.0
     );
+}
+
+#[tokio::test]
+async fn viewers_waiting_on_a_dead_channel_share_its_failure() {
+    let origin = Origin::start().await;
+    origin.live_ts("/dead.ts", 100_000);
+    origin.fault("/dead.ts", Fault::Hang);
+    let proxy = Proxy::start_with(|c| c.upstream.first_byte = Duration::from_millis(1500)).await;
+    let (_, endpoint) = channel(&proxy, &origin.url("/dead.ts")).await;
+
+    // Three players tune in together: one waits out the origin, the others get its answer
+    // instead of each waiting out the same silence in turn.
+    let started = Instant::now();
+    let answers = futures_util::future::join_all((0..3).map(|_| proxy.get(&endpoint))).await;
+    let waited = started.elapsed();
+    for res in answers {
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert!(
+        waited < Duration::from_millis(2900),
+        "waited {waited:?}: in turn"
+    );
+    assert_eq!(origin.hits("/dead.ts"), 1);
+
+    // A player who comes later tries again, and plays once the origin is back.
+    origin.clear_fault("/dead.ts");
+    let mut later = TsViewer::open(&proxy, &endpoint).await;
+    later.read_packets(10, WITHIN).await;
+    assert_eq!(origin.hits("/dead.ts"), 2);
 }
 
 #[tokio::test]

@@ -343,16 +343,23 @@ async fn direct_shared(
     viewing: Viewing,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let arrived = tokio::time::Instant::now();
     let mut slot = stream.live.lock().await;
     let running = slot
+        .hub
         .as_ref()
         .and_then(|hub| Some((hub.clone(), hub.join(&state.fanout)?)));
     if let Some((hub, body)) = running {
         drop(slot);
         return Ok(shared_live_response(&hub, body, viewing));
     }
-    let (index, url, res) = open_direct(state, &stream, &viewing, &Method::GET, headers).await?;
-    if slot.is_none() && LiveHub::can_share(res.status(), res.headers()) {
+    if let Some(error) = slot.failed_since(arrived) {
+        // The viewer ahead of this one just failed to open it: same answer, at once.
+        return Err(error);
+    }
+    let opened = open_direct(state, &stream, &viewing, &Method::GET, headers).await;
+    let (index, url, res) = opened.inspect_err(|e| slot.record_failure(e))?;
+    if slot.hub.is_none() && LiveHub::can_share(res.status(), res.headers()) {
         let headers = relayed_headers(&res, &url, UriKind::Media);
         let ts = Shape::of(res.status(), res.headers()) == (Shape::Live { ts: Some(true) });
         let status = res.status();
@@ -366,7 +373,7 @@ async fn direct_shared(
             ts,
             feed,
         );
-        *slot = Some(hub.clone());
+        slot.hub = Some(hub.clone());
         drop(slot);
         return Ok(shared_live_response(&hub, body, viewing));
     }

@@ -24,10 +24,11 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::Instant;
 
 use super::direct::{looks_like_ts, Chunk, DirectFeed, Shape};
 use crate::config::{FanoutSettings, SlowViewer};
-use crate::error::UpstreamError;
+use crate::error::{ApiError, UpstreamError};
 use crate::store::{Registry, StreamEntry};
 
 /// How often a hub whose upstream sends nothing checks whether anyone still watches.
@@ -79,10 +80,10 @@ impl Fanout {
 
 /// A stream's place for its shared live upstream. The async lock makes "is one running?"
 /// and "open one" a single step, so viewers arriving together open the upstream once: the
-/// others wait for its answer and join.
+/// others wait for its answer and join, or get its failure.
 #[derive(Default)]
 pub struct LiveSlot {
-    hub: tokio::sync::Mutex<Option<Arc<LiveHub>>>,
+    state: tokio::sync::Mutex<SlotState>,
     /// Set once the stream answered as a file: its viewers never wait on the lock again.
     is_file: AtomicBool,
 }
@@ -95,6 +96,30 @@ impl std::fmt::Debug for LiveSlot {
     }
 }
 
+/// What a stream's slot holds, behind its lock.
+#[derive(Default)]
+pub struct SlotState {
+    /// The shared upstream running now, if any.
+    pub hub: Option<Arc<LiveHub>>,
+    /// The last failure to open the upstream, and when it was met.
+    failed: Option<(Instant, ApiError)>,
+}
+
+impl SlotState {
+    /// The failure met by a viewer who opened the upstream while the caller, here since
+    /// `arrived`, waited for the lock: retrying at once would make each waiting viewer
+    /// wait out the same dead origin in turn.
+    pub fn failed_since(&self, arrived: Instant) -> Option<ApiError> {
+        let (at, error) = self.failed.as_ref()?;
+        (*at >= arrived).then(|| error.clone())
+    }
+
+    /// Remembers a failure to open the upstream, for the viewers waiting behind it.
+    pub fn record_failure(&mut self, error: &ApiError) {
+        self.failed = Some((Instant::now(), error.clone()));
+    }
+}
+
 impl LiveSlot {
     /// Whether a viewer asking for the whole stream should go through the slot: false
     /// once the stream is known to be a file, where sharing never applies.
@@ -102,8 +127,8 @@ impl LiveSlot {
         !self.is_file.load(Ordering::Relaxed)
     }
 
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<Arc<LiveHub>>> {
-        self.hub.lock().await
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().await
     }
 
     /// Remembers that this stream answers with files, not live streams.
@@ -225,10 +250,10 @@ impl LiveHub {
     }
 
     /// Ends this hub for joiners: later viewers open a new upstream.
-    fn leave(self: &Arc<Self>, slot: &mut Option<Arc<LiveHub>>) {
+    fn leave(self: &Arc<Self>, slot: &mut SlotState) {
         self.joinable.store(false, Ordering::Release);
-        if slot.as_ref().is_some_and(|h| Arc::ptr_eq(h, self)) {
-            *slot = None;
+        if slot.hub.as_ref().is_some_and(|h| Arc::ptr_eq(h, self)) {
+            slot.hub = None;
         }
     }
 }
