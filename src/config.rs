@@ -45,8 +45,9 @@ pub struct Config {
 /// buffer of recent chunks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FanoutSettings {
-    /// Upstream chunks (reads, typically 4 to 16 KB of whole TS packets) held for viewers
-    /// that fall behind; zero turns sharing off, so each viewer opens its own upstream.
+    /// Chunks held for viewers that fall behind; zero turns sharing off, so each viewer
+    /// opens its own upstream. Upstream reads are gathered into chunks of 20 ms of stream or
+    /// 16 KB, whichever comes first: 256 chunks are about 5 s of a channel up to 6 Mbit/s.
     pub buffer: usize,
     /// What happens to a viewer that falls further behind than the buffer.
     pub slow_viewer: SlowViewer,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -33,6 +33,12 @@ use crate::store::{Registry, StreamEntry};
 
 /// How often a hub whose upstream sends nothing checks whether anyone still watches.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Upstream reads smaller than this are gathered into one chunk before they are shared, so
+/// the buffer's length in chunks means about the same stretch of stream whatever size the
+/// origin's reads come in, and each viewer is woken per chunk, not per network read.
+const MIN_CHUNK: usize = 16 * 1024;
+/// The longest a gathered chunk waits for more bytes: live players buffer seconds.
+const MAX_GATHER: Duration = Duration::from_millis(20);
 
 /// The settings and proxy-wide counters of fan-out, shared by every hub.
 #[derive(Debug, Default)]
@@ -249,6 +255,12 @@ impl LiveHub {
         true
     }
 
+    /// Broadcasts one chunk; false when nobody watches any more and the hub should end.
+    async fn share(self: &Arc<Self>, chunk: Bytes, stream: &StreamEntry, fanout: &Fanout) -> bool {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(chunk).is_ok() || !self.retire_if_unwatched(stream, fanout).await
+    }
+
     /// Ends this hub for joiners: later viewers open a new upstream.
     fn leave(self: &Arc<Self>, slot: &mut SlotState) {
         self.joinable.store(false, Ordering::Release);
@@ -270,7 +282,12 @@ async fn run(
     let mut feed = feed.into_stream();
     let mut idle = tokio::time::interval(IDLE_CHECK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gathered = Gathered::default();
     let failure = loop {
+        let ready = match gathered.due {
+            Some(due) => tokio::time::sleep_until(due),
+            None => tokio::time::sleep(IDLE_CHECK),
+        };
         tokio::select! {
             () = stream.closed.cancelled() => break None,
             _ = idle.tick() => {
@@ -279,22 +296,32 @@ async fn run(
                     break None;
                 }
             }
+            () = ready, if gathered.due.is_some() => {
+                if !hub.share(gathered.take(), &stream, &fanout).await {
+                    break None;
+                }
+            }
             item = feed.next() => match item {
                 Some(Ok(Chunk::Bytes(bytes))) => {
                     if !hub.joinable.load(Ordering::Relaxed) && looks_like_ts(&bytes) {
                         hub.joinable.store(true, Ordering::Release);
                     }
-                    hub.sent.fetch_add(1, Ordering::Relaxed);
-                    if hub.tx.send(bytes).is_err()
-                        && hub.retire_if_unwatched(&stream, &fanout).await
-                    {
-                        break None;
+                    if let Some(chunk) = gathered.add(bytes) {
+                        if !hub.share(chunk, &stream, &fanout).await {
+                            break None;
+                        }
                     }
                 }
                 // A failure the feed recovers from belongs to the stream, not to a viewer.
                 Some(Ok(Chunk::Fault(e))) => registry.stream_upstream_error(&stream, &e, None),
                 Some(Ok(Chunk::Abort(_))) | None => break None,
-                Some(Err(e)) => break Some(e.to_string()),
+                Some(Err(e)) => {
+                    // What arrived before the failure still reaches the viewers.
+                    if gathered.due.is_some() {
+                        hub.share(gathered.take(), &stream, &fanout).await;
+                    }
+                    break Some(e.to_string());
+                }
             },
         }
     };
@@ -305,6 +332,34 @@ async fn run(
     hub.leave(&mut *stream.live.lock().await);
     fanout.live_upstreams.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(stream_id = %stream.id, "shared live upstream closed");
+}
+
+/// Small upstream reads gathered into one chunk of at least [`MIN_CHUNK`] bytes, or what
+/// arrived within [`MAX_GATHER`].
+#[derive(Default)]
+struct Gathered {
+    bytes: BytesMut,
+    /// When the gathered bytes must go out; `None` while there are none.
+    due: Option<Instant>,
+}
+
+impl Gathered {
+    /// Adds one read; returns a chunk to share when there is one. A read of a whole
+    /// chunk's size with nothing gathered before it goes out as it is, without a copy.
+    fn add(&mut self, read: Bytes) -> Option<Bytes> {
+        if self.due.is_none() && read.len() >= MIN_CHUNK {
+            return Some(read);
+        }
+        self.bytes.extend_from_slice(&read);
+        self.due.get_or_insert_with(|| Instant::now() + MAX_GATHER);
+        (self.bytes.len() >= MIN_CHUNK).then(|| self.take())
+    }
+
+    /// The bytes gathered so far, as one chunk.
+    fn take(&mut self) -> Bytes {
+        self.due = None;
+        self.bytes.split().freeze()
+    }
 }
 
 /// A viewer's side of the broadcast.
@@ -357,6 +412,30 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.clone(), HeaderValue::from_str(v).unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn small_reads_are_gathered_and_big_ones_pass_as_they_are() {
+        let mut g = Gathered::default();
+        let big = Bytes::from(vec![1u8; MIN_CHUNK]);
+        let out = g.add(big.clone()).unwrap();
+        assert_eq!(out.as_ptr(), big.as_ptr(), "passed without a copy");
+        assert!(g.due.is_none());
+
+        let small = Bytes::from(vec![2u8; 1500]);
+        for _ in 0..MIN_CHUNK / 1500 {
+            assert_eq!(g.add(small.clone()), None);
+        }
+        assert!(g.due.is_some(), "a deadline while bytes wait");
+        let out = g.add(small.clone()).unwrap();
+        assert_eq!(out.len(), (MIN_CHUNK / 1500 + 1) * 1500);
+        assert!(g.due.is_none());
+
+        // Bytes already waiting go first: a big read after them is appended, not passed.
+        assert_eq!(g.add(small.clone()), None);
+        let out = g.add(big).unwrap();
+        assert_eq!(out.len(), 1500 + MIN_CHUNK);
+        assert_eq!(out[0], 2);
     }
 
     #[test]
