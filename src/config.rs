@@ -180,7 +180,12 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("API token must not be empty")]
     EmptyToken,
+    #[error("{0} must be at most {1}")]
+    TooLarge(&'static str, u64),
 }
+
+/// Largest `FANOUT_BUFFER`: its slots are allocated when a live stream is first shared.
+pub const MAX_FANOUT_BUFFER: usize = 65_536;
 
 impl Config {
     /// Checks values that would make the server misbehave rather than fail loudly.
@@ -206,6 +211,12 @@ impl Config {
         }
         if self.api_token.as_deref() == Some("") {
             return Err(ConfigError::EmptyToken);
+        }
+        if self.fanout.buffer > MAX_FANOUT_BUFFER {
+            return Err(ConfigError::TooLarge(
+                "fan-out buffer",
+                MAX_FANOUT_BUFFER as u64,
+            ));
         }
         Ok(())
     }
@@ -243,5 +254,16 @@ mod tests {
         c.cleanup_interval = Duration::from_secs(1);
         c.api_token = Some(String::new());
         assert_eq!(c.validate(), Err(ConfigError::EmptyToken));
+        c.api_token = None;
+        c.fanout.buffer = MAX_FANOUT_BUFFER + 1;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::TooLarge(
+                "fan-out buffer",
+                MAX_FANOUT_BUFFER as u64
+            ))
+        );
+        c.fanout.buffer = 0;
+        assert_eq!(c.validate(), Ok(()), "0 turns sharing off");
     }
 }

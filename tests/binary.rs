@@ -149,4 +149,21 @@ async fn bad_settings_are_refused_with_a_clear_error() {
         stderr.contains("cleanup interval must be greater than zero"),
         "{stderr}"
     );
+
+    for (args, says) in [
+        (
+            ["--fanout-buffer", "1000000"],
+            "fan-out buffer must be at most 65536",
+        ),
+        (["--slow-viewer", "wait"], "invalid value 'wait'"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_m3u-proxy"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
