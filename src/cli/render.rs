@@ -117,11 +117,10 @@ pub fn stream_detail(detail: &StreamDetail, play_url: &str, now: DateTime<Utc>) 
         ("Headers", header_names(&s.header_names)),
         (
             "Served",
-            format!(
-                "{} in {} segments, {}",
-                format::bytes(s.total_bytes_served),
+            served(
+                s.total_bytes_served,
                 s.total_segments_served,
-                format::rate(s.bytes_per_second)
+                s.bytes_per_second,
             ),
         ),
         ("Errors", s.error_count.to_string()),
@@ -180,12 +179,7 @@ pub fn client_detail(c: &ClientInfo, now: DateTime<Utc>) -> String {
         ("User agent", c.user_agent.clone()),
         (
             "Served",
-            format!(
-                "{} in {} segments, {}",
-                format::bytes(c.bytes_served),
-                c.segments_served,
-                format::rate(c.bytes_per_second)
-            ),
+            served(c.bytes_served, c.segments_served, c.bytes_per_second),
         ),
         ("Connections", c.active_connections.to_string()),
         ("First seen", format::timestamp(c.first_seen, now)),
@@ -216,11 +210,10 @@ pub fn stats(stats: &Stats, now: DateTime<Utc>) -> String {
         ("Connections", p.active_connections.to_string()),
         (
             "Served",
-            format!(
-                "{} in {} segments, {}",
-                format::bytes(p.total_bytes_served),
+            served(
+                p.total_bytes_served,
                 p.total_segments_served,
-                format::rate(p.bytes_per_second)
+                p.bytes_per_second,
             ),
         ),
         ("Errors", p.total_errors.to_string()),
@@ -289,6 +282,15 @@ fn count(n: usize, noun: &str) -> String {
 
 fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+/// The "Served" field of every detail view: bytes, segments and the current rate.
+fn served(bytes: u64, segments: u64, bytes_per_second: f64) -> String {
+    format!(
+        "{} in {segments} segments, {}",
+        format::bytes(bytes),
+        format::rate(bytes_per_second)
+    )
 }
 
 #[cfg(test)]
