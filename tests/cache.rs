@@ -51,17 +51,6 @@ async fn open(proxy: &Proxy, player: &Player, id: &str) -> (u64, Vec<String>) {
     (text.len() as u64, uris)
 }
 
-/// A metric's value in `/metrics` (a sample without labels).
-async fn metric(proxy: &Proxy, name: &str) -> u64 {
-    let page = proxy.get("/metrics").await.text().await.unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// An origin for one segment whose first connection sends the head and the first half of
 /// the body, then waits for the gate: it sends the rest, or (when `cut`) drops the
 /// connection. Later connections get the whole body at once. It counts connections.
@@ -230,10 +219,10 @@ async fn concurrent_viewers_of_a_segment_cause_one_fetch_and_are_each_counted() 
     }
     let stream = proxy.get_json(&format!("/streams/{id}")).await;
     assert_eq!(stream["stream"]["total_segments_served"], VIEWERS as u64);
-    assert_eq!(metric(&proxy, "m3u_proxy_cache_hits_total").await, 7 + 15);
-    assert_eq!(metric(&proxy, "m3u_proxy_cache_misses_total").await, 2);
-    assert_eq!(metric(&proxy, "m3u_proxy_cache_bytes").await, 300_000);
-    assert_eq!(metric(&proxy, "m3u_proxy_segments_served_total").await, 8);
+    assert_eq!(proxy.metric("m3u_proxy_cache_hits_total").await, 7 + 15);
+    assert_eq!(proxy.metric("m3u_proxy_cache_misses_total").await, 2);
+    assert_eq!(proxy.metric("m3u_proxy_cache_bytes").await, 300_000);
+    assert_eq!(proxy.metric("m3u_proxy_segments_served_total").await, 8);
 }
 
 #[tokio::test]
@@ -405,9 +394,9 @@ async fn the_byte_budget_evicts_the_oldest_and_skips_what_cannot_fit() {
 
     for (i, s) in segs.iter().enumerate() {
         assert!(player.fetch(&uris[i]).await == s, "b{i}");
-        assert!(metric(&proxy, "m3u_proxy_cache_bytes").await <= 250_000);
+        assert!(proxy.metric("m3u_proxy_cache_bytes").await <= 250_000);
     }
-    assert_eq!(metric(&proxy, "m3u_proxy_cache_bytes").await, 200_000);
+    assert_eq!(proxy.metric("m3u_proxy_cache_bytes").await, 200_000);
     // b1 and b2 are held; b0, the oldest, made room for b2.
     assert!(player.fetch(&uris[2]).await == segs[2]);
     assert!(player.fetch(&uris[1]).await == segs[1]);
@@ -422,7 +411,7 @@ async fn the_byte_budget_evicts_the_oldest_and_skips_what_cannot_fit() {
         assert!(res.bytes().await.unwrap() == big);
         assert_eq!(origin.hits("/seg/big.ts"), n);
     }
-    assert!(metric(&proxy, "m3u_proxy_cache_bytes").await <= 250_000);
+    assert!(proxy.metric("m3u_proxy_cache_bytes").await <= 250_000);
 }
 
 #[tokio::test]

@@ -107,6 +107,18 @@ impl Proxy {
         res.json().await.expect("JSON")
     }
 
+    /// The value of the `/metrics` sample `series` (a name, with its labels if it has
+    /// any, exactly as the page writes them).
+    pub async fn metric(&self, series: &str) -> u64 {
+        let page = self.get("/metrics").await.text().await.unwrap();
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{page}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// Shuts the server down and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
