@@ -257,14 +257,7 @@ async fn manual_failover_walks_the_list_and_wraps() {
     let id = created["stream_id"].as_str().unwrap();
     let mut seen = vec![];
     for _ in 0..3 {
-        let res = proxy
-            .http
-            .post(proxy.url(&format!("/streams/{id}/failover")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let body: Value = res.json().await.unwrap();
+        let body = proxy.switch_now(id).await;
         seen.push((
             body["previous_url"].as_str().unwrap().to_string(),
             body["current_url"].as_str().unwrap().to_string(),

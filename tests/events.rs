@@ -126,13 +126,7 @@ async fn the_feed_shows_each_event_once_in_order() {
     assert_eq!(status, StatusCode::OK);
     let viewer = Player::new(Some("mpv"), Some("viewer1"));
     viewer.play(&proxy, &id).await;
-    let res = proxy
-        .http
-        .post(proxy.url(&format!("/streams/{id}/failover")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    proxy.switch_now(&id).await;
     // Playing on from the backup is the same viewer: no second `client_connected`.
     viewer.play(&proxy, &id).await;
     assert_eq!(origin.hits("/backup/s0.ts"), 1);

@@ -75,18 +75,6 @@ async fn channel() -> Channel {
     }
 }
 
-/// `POST /streams/{id}/failover`; returns its answer.
-async fn switch_now(proxy: &Proxy, id: &str) -> Value {
-    let res = proxy
-        .http
-        .post(proxy.url(&format!("/streams/{id}/failover")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json().await.unwrap()
-}
-
 /// An origin whose live TS ends cleanly after `packets` packets (no length, `Connection:
 /// close`, then EOF), like a channel that goes off the air.
 async fn ending_live_origin(packets: u64) -> SocketAddr {
@@ -228,7 +216,7 @@ async fn manual_failover_moves_every_live_viewer_at_once() {
         v.read_packets(20, Duration::from_secs(3)).await;
         viewers.push(v);
     }
-    let done = switch_now(&proxy, &id).await;
+    let done = proxy.switch_now(&id).await;
     let switched = Instant::now();
     assert_eq!(done["current_url"], b.url("/ch.ts"));
 
@@ -576,7 +564,7 @@ async fn manual_failover_reaches_every_hls_viewer_within_one_refresh() {
     let a_variant_hits = a.hits("/lo/index.m3u8") + a.hits("/hi/index.m3u8");
     assert_eq!(a_variant_hits, 2);
 
-    switch_now(&proxy, &id).await;
+    proxy.switch_now(&id).await;
 
     // All three refresh at once; each gets its variant's equivalent on the backup.
     let proxy = &proxy;
@@ -725,7 +713,7 @@ async fn a_manual_switch_moves_a_file_download_at_once_without_a_byte_twice() {
     while got.len() < 100_000 {
         got.extend_from_slice(&stream.next().await.unwrap().unwrap());
     }
-    switch_now(&proxy, &id).await;
+    proxy.switch_now(&id).await;
     let switched = Instant::now();
     while let Some(chunk) = stream.next().await {
         got.extend_from_slice(&chunk.expect("no cut"));

@@ -107,6 +107,14 @@ impl Proxy {
         res.json().await.expect("JSON")
     }
 
+    /// `POST /streams/{id}/failover`, which must succeed; returns its answer.
+    pub async fn switch_now(&self, id: &str) -> Value {
+        let path = format!("/streams/{id}/failover");
+        let res = self.http.post(self.url(&path)).send().await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK, "POST {path}");
+        res.json().await.unwrap()
+    }
+
     /// The value of the `/metrics` sample `series` (a name, with its labels if it has
     /// any, exactly as the page writes them).
     pub async fn metric(&self, series: &str) -> u64 {
