@@ -141,7 +141,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// CORS for browser players (hls.js on another origin): answers preflights (a `Range`
 /// header triggers one) and exposes the headers a player reads.
 async fn cors(req: Request, next: Next) -> Response {
-    if req.method() == Method::OPTIONS {
+    let mut res = if req.method() == Method::OPTIONS {
         let mut res = StatusCode::NO_CONTENT.into_response();
         let h = res.headers_mut();
         h.insert(
@@ -159,21 +159,18 @@ async fn cors(req: Request, next: Next) -> Response {
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static("86400"),
         );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
+        res
+    } else {
+        let mut res = next.run(req).await;
+        res.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, Content-Type"),
         );
-        return res;
-    }
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
-    h.insert(
+        res
+    };
+    res.headers_mut().insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, Content-Type"),
     );
     res
 }
