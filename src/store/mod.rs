@@ -438,15 +438,20 @@ impl Registry {
         error: &crate::error::UpstreamError,
         client_id: Option<&str>,
     ) {
-        for c in [&self.totals, &stream.counters] {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.count_error(stream);
         self.events.emit(
             EventType::UpstreamError,
             Some(&stream.id),
             client_id,
             serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
         );
+    }
+
+    /// Counts one error of `stream`, in its counters and the totals.
+    pub fn count_error(&self, stream: &StreamEntry) {
+        for c in [&self.totals, &stream.counters] {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn stream(&self, id: &str) -> Option<Arc<StreamEntry>> {
@@ -814,9 +819,7 @@ impl Viewing {
     }
 
     pub fn add_error(&self) {
-        for c in [&self.registry.totals, &self.stream.counters] {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.registry.count_error(&self.stream);
     }
 
     /// Counts an origin failure and announces it as an `upstream_error` event.
