@@ -359,9 +359,10 @@ async fn direct_shared(
     }
     let opened = open_direct(state, &stream, &viewing, &Method::GET, headers).await;
     let (index, url, res) = opened.inspect_err(|e| slot.record_failure(e))?;
-    if slot.hub.is_none() && LiveHub::can_share(res.status(), res.headers()) {
+    let shape = Shape::of(res.status(), res.headers());
+    if slot.hub.is_none() && LiveHub::can_share(res.status(), &shape) {
         let headers = relayed_headers(&res, &url, UriKind::Media);
-        let ts = Shape::of(res.status(), res.headers()) == (Shape::Live { ts: Some(true) });
+        let ts = shape == (Shape::Live { ts: Some(true) });
         let status = res.status();
         let feed = DirectFeed::new(state.upstream.clone(), stream.clone(), index, res);
         let (hub, body) = LiveHub::start(
@@ -377,9 +378,7 @@ async fn direct_shared(
         drop(slot);
         return Ok(shared_live_response(&hub, body, viewing));
     }
-    if res.status().is_success()
-        && !matches!(Shape::of(res.status(), res.headers()), Shape::Live { .. })
-    {
+    if res.status().is_success() && !matches!(shape, Shape::Live { .. }) {
         // A file: its later viewers go straight to the origin, never through the slot.
         stream.live.mark_file();
     }

@@ -169,12 +169,12 @@ pub struct LiveHub {
 pub type ViewerBody = BoxStream<'static, Result<Chunk, UpstreamError>>;
 
 impl LiveHub {
-    /// Whether an answer can be shared at all: a whole live answer (200, no length).
+    /// Whether an answer of `status` and `shape` can be shared at all: a whole live answer
+    /// (200, no length).
     /// Whether late joiners are welcome is decided by its content type or, failing that,
     /// by its first bytes: only TS is joined mid-stream.
-    pub fn can_share(status: StatusCode, headers: &HeaderMap) -> bool {
-        status == StatusCode::OK
-            && matches!(Shape::of(status, headers), Shape::Live { ts } if ts != Some(false))
+    pub fn can_share(status: StatusCode, shape: &Shape) -> bool {
+        status == StatusCode::OK && matches!(shape, Shape::Live { ts } if *ts != Some(false))
     }
 
     /// Starts sharing `feed`, whose answer had `status` and `headers` (as relayed to
@@ -441,16 +441,28 @@ mod tests {
     #[test]
     fn only_live_answers_that_may_be_ts_are_shared() {
         let ts = headers(&[(header::CONTENT_TYPE, "video/mp2t")]);
-        assert!(LiveHub::can_share(StatusCode::OK, &ts));
+        assert!(LiveHub::can_share(
+            StatusCode::OK,
+            &Shape::of(StatusCode::OK, &ts)
+        ));
         // Another or no type: run as a hub, joinable once the bytes prove to be TS.
         let unknown = headers(&[(header::CONTENT_TYPE, "application/octet-stream")]);
-        assert!(LiveHub::can_share(StatusCode::OK, &unknown));
+        assert!(LiveHub::can_share(
+            StatusCode::OK,
+            &Shape::of(StatusCode::OK, &unknown)
+        ));
         let file = headers(&[
             (header::CONTENT_TYPE, "video/mp2t"),
             (header::CONTENT_LENGTH, "1000"),
         ]);
-        assert!(!LiveHub::can_share(StatusCode::OK, &file));
+        assert!(!LiveHub::can_share(
+            StatusCode::OK,
+            &Shape::of(StatusCode::OK, &file)
+        ));
         let range = headers(&[(header::CONTENT_RANGE, "bytes 0-9/100")]);
-        assert!(!LiveHub::can_share(StatusCode::PARTIAL_CONTENT, &range));
+        assert!(!LiveHub::can_share(
+            StatusCode::PARTIAL_CONTENT,
+            &Shape::of(StatusCode::PARTIAL_CONTENT, &range)
+        ));
     }
 }
