@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -25,18 +25,6 @@ async fn proxy() -> Proxy {
         c.upstream.read_stall = Duration::from_secs(1);
     })
     .await
-}
-
-/// Registers `url` with `backups`; returns (stream id, direct endpoint path).
-async fn register(proxy: &Proxy, url: &str, backups: &[String]) -> (String, String) {
-    let (status, created) = proxy
-        .post_stream(json!({"url": url, "failover_urls": backups}))
-        .await;
-    assert!(status.is_success(), "{status} {created}");
-    (
-        created["stream_id"].as_str().unwrap().to_string(),
-        created["stream_endpoint"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn stream_info(proxy: &Proxy, id: &str) -> Value {
@@ -65,7 +53,7 @@ async fn channel() -> Channel {
     let b = Origin::start().await;
     b.live_ts("/ch.ts", 100_000);
     let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
+    let (id, endpoint) = proxy.register(&a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
     Channel {
         a,
         b,
@@ -152,7 +140,9 @@ async fn live_ts_fails_over_on_stall_cut_and_end_on_packet_boundaries() {
     ] {
         let backup = b.url("/backup.ts");
         let hits_before = b.hits("/backup.ts");
-        let (id, endpoint) = register(&proxy, &primary, std::slice::from_ref(&backup)).await;
+        let (id, endpoint) = proxy
+            .register(&primary, std::slice::from_ref(&backup))
+            .await;
         let mut viewer = TsViewer::open(&proxy, &endpoint).await;
         viewer.read_packets(200, Duration::from_secs(8)).await;
         // Every byte is in a whole, numbered packet: no partial packet at any cut.
@@ -188,7 +178,7 @@ async fn direct_streams_fail_over_before_the_first_byte() {
         .collect();
     primaries.push(refused_url("/refused.ts").await);
     for primary in primaries {
-        let (id, endpoint) = register(&proxy, &primary, &[b.url("/backup.ts")]).await;
+        let (id, endpoint) = proxy.register(&primary, &[b.url("/backup.ts")]).await;
         let started = Instant::now();
         let mut viewer = TsViewer::open(&proxy, &endpoint).await;
         viewer.read_packets(20, Duration::from_secs(4)).await;
@@ -282,7 +272,9 @@ async fn a_cut_file_resumes_on_the_same_url_from_the_byte_reached() {
         Fault::Times(1, Box::new(Fault::CutAfter(100_003))),
     );
     let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/movie.mp4"), &[b.url("/movie.mp4")]).await;
+    let (id, endpoint) = proxy
+        .register(&a.url("/movie.mp4"), &[b.url("/movie.mp4")])
+        .await;
 
     let res = proxy.get(&endpoint).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -312,7 +304,9 @@ async fn a_stalled_range_resumes_on_the_next_url() {
     b.put("/movie.mp4", body.clone(), "video/mp4");
     a.fault("/movie.mp4", Fault::StallAfter(120_000));
     let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/movie.mp4"), &[b.url("/movie.mp4")]).await;
+    let (id, endpoint) = proxy
+        .register(&a.url("/movie.mp4"), &[b.url("/movie.mp4")])
+        .await;
 
     let res = proxy
         .http
@@ -343,7 +337,9 @@ async fn a_different_file_on_the_backup_is_never_spliced_in() {
     b.put("/movie.mp4", body[..250_000].to_vec(), "video/mp4");
     a.fault("/movie.mp4", Fault::StallAfter(50_000));
     let proxy = proxy().await;
-    let (id, endpoint) = register(&proxy, &a.url("/movie.mp4"), &[b.url("/movie.mp4")]).await;
+    let (id, endpoint) = proxy
+        .register(&a.url("/movie.mp4"), &[b.url("/movie.mp4")])
+        .await;
 
     let res = proxy.get(&endpoint).await;
     let mut stream = res.bytes_stream();
@@ -439,7 +435,7 @@ async fn playlist_failures_switch_within_the_request() {
     primaries.push(refused_url("/live.m3u8").await);
     let proxy = proxy().await;
     for primary in primaries {
-        let (id, _) = register(&proxy, &primary, &[b.url("/live.m3u8")]).await;
+        let (id, _) = proxy.register(&primary, &[b.url("/live.m3u8")]).await;
         let started = Instant::now();
         let (status, text) =
             get_text(&proxy, &proxy.url(&format!("/hls/{id}/playlist.m3u8"))).await;
@@ -462,7 +458,9 @@ async fn a_passing_blip_is_retried_on_the_same_url() {
     a.fault("/live.m3u8", Fault::Times(1, Box::new(Fault::Status(503))));
     b.put("/live.m3u8", media_playlist("b", 10), MPEGURL);
     let proxy = proxy().await;
-    let (id, _) = register(&proxy, &a.url("/live.m3u8"), &[b.url("/live.m3u8")]).await;
+    let (id, _) = proxy
+        .register(&a.url("/live.m3u8"), &[b.url("/live.m3u8")])
+        .await;
     let (status, _) = get_text(&proxy, &proxy.url(&format!("/hls/{id}/playlist.m3u8"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(a.hits("/live.m3u8"), 2, "retried");
@@ -481,7 +479,9 @@ async fn a_missing_segment_at_the_live_edge_is_retried_then_passed_on() {
     a.fault("/a/seg10.ts", Fault::Times(1, Box::new(Fault::Status(404))));
     b.put("/live.m3u8", media_playlist("b", 10), MPEGURL);
     let proxy = proxy().await;
-    let (id, _) = register(&proxy, &a.url("/live.m3u8"), &[b.url("/live.m3u8")]).await;
+    let (id, _) = proxy
+        .register(&a.url("/live.m3u8"), &[b.url("/live.m3u8")])
+        .await;
     let path = format!("/hls/{id}/playlist.m3u8");
     let (_, text) = get_text(&proxy, &proxy.url(&path)).await;
     let refs = uri_lines(&text);
@@ -545,7 +545,9 @@ async fn two_masters() -> (Origin, Origin) {
 async fn manual_failover_reaches_every_hls_viewer_within_one_refresh() {
     let (a, b) = two_masters().await;
     let proxy = proxy().await;
-    let (id, _) = register(&proxy, &a.url("/master.m3u8"), &[b.url("/master.m3u8")]).await;
+    let (id, _) = proxy
+        .register(&a.url("/master.m3u8"), &[b.url("/master.m3u8")])
+        .await;
     let master_path = format!("/hls/{id}/playlist.m3u8");
 
     // Three players, each polling one variant's media playlist through its reference.
@@ -602,7 +604,9 @@ async fn manual_failover_reaches_every_hls_viewer_within_one_refresh() {
 async fn a_failing_variant_refresh_switches_to_the_backups_variant_within_the_request() {
     let (a, b) = two_masters().await;
     let proxy = proxy().await;
-    let (id, _) = register(&proxy, &a.url("/master.m3u8"), &[b.url("/master.m3u8")]).await;
+    let (id, _) = proxy
+        .register(&a.url("/master.m3u8"), &[b.url("/master.m3u8")])
+        .await;
     let master_path = format!("/hls/{id}/playlist.m3u8");
     let (_, master) = get_text(&proxy, &proxy.url(&master_path)).await;
     let hi = resolve(&proxy, &master_path, &uri_lines(&master)[1]);
@@ -641,7 +645,7 @@ async fn a_dead_set_of_urls_fails_fast_without_spinning() {
         c.failover.max_switches_per_minute = 2;
     })
     .await;
-    let (id, _) = register(&proxy, &a.url("/x.m3u8"), &[a.url("/y.m3u8")]).await;
+    let (id, _) = proxy.register(&a.url("/x.m3u8"), &[a.url("/y.m3u8")]).await;
     let started = Instant::now();
     for _ in 0..5 {
         let res = proxy.get(&format!("/hls/{id}/playlist.m3u8")).await;
@@ -669,7 +673,9 @@ async fn segments_of_a_dead_origin_come_from_its_mirror() {
         }
     }
     let proxy = proxy().await;
-    let (id, _) = register(&proxy, &a.url("/ch/live.m3u8"), &[b.url("/ch/live.m3u8")]).await;
+    let (id, _) = proxy
+        .register(&a.url("/ch/live.m3u8"), &[b.url("/ch/live.m3u8")])
+        .await;
     let path = format!("/hls/{id}/playlist.m3u8");
     let (_, text) = get_text(&proxy, &proxy.url(&path)).await;
     let refs = uri_lines(&text);
@@ -705,7 +711,9 @@ async fn a_manual_switch_moves_a_file_download_at_once_without_a_byte_twice() {
     // The primary is slow, not dead: only the operator's switch moves the viewer.
     a.fault("/movie.mp4", Fault::StallAfter(100_000));
     let proxy = Proxy::start_with(|c| c.upstream.read_stall = Duration::from_secs(30)).await;
-    let (id, endpoint) = register(&proxy, &a.url("/movie.mp4"), &[b.url("/movie.mp4")]).await;
+    let (id, endpoint) = proxy
+        .register(&a.url("/movie.mp4"), &[b.url("/movie.mp4")])
+        .await;
 
     let res = proxy.get(&endpoint).await;
     let mut stream = res.bytes_stream();
@@ -740,7 +748,9 @@ async fn a_viewer_hanging_up_mid_segment_is_not_a_failure() {
     a.put("/a/seg10.ts", vec![0x47u8; 4_000_000], "video/mp2t");
     b.put("/live.m3u8", media_playlist("b", 10), MPEGURL);
     let proxy = proxy().await;
-    let (id, _) = register(&proxy, &a.url("/live.m3u8"), &[b.url("/live.m3u8")]).await;
+    let (id, _) = proxy
+        .register(&a.url("/live.m3u8"), &[b.url("/live.m3u8")])
+        .await;
     let path = format!("/hls/{id}/playlist.m3u8");
     let (_, text) = get_text(&proxy, &proxy.url(&path)).await;
     let res = proxy
@@ -766,7 +776,7 @@ async fn a_live_viewer_is_let_go_when_every_url_is_dead() {
     a.live_ts("/ch.ts", 100_000);
     let proxy = proxy().await;
     let backup = refused_url("/ch.ts").await;
-    let (id, endpoint) = register(&proxy, &a.url("/ch.ts"), &[backup]).await;
+    let (id, endpoint) = proxy.register(&a.url("/ch.ts"), &[backup]).await;
     let mut viewer = TsViewer::open(&proxy, &endpoint).await;
     viewer.read_packets(20, Duration::from_secs(3)).await;
     a.kill().await;

@@ -262,15 +262,6 @@ impl Player {
     }
 }
 
-/// Registers `primary` with `backup`; returns the stream id.
-async fn register(proxy: &Proxy, primary: &str, backup: &str) -> String {
-    let (status, created) = proxy
-        .post_stream(json!({"url": primary, "failover_urls": [backup]}))
-        .await;
-    assert!(status.is_success(), "{status} {created}");
-    created["stream_id"].as_str().unwrap().to_string()
-}
-
 /// One live TS failover: (gap in decoded frames, primary death to backup's first byte).
 async fn live_ts_failover_once(file: &Bytes, seconds: u32) -> (Duration, Duration) {
     let epoch = Instant::now();
@@ -286,7 +277,9 @@ async fn live_ts_failover_once(file: &Bytes, seconds: u32) -> (Duration, Duratio
         }
     })
     .await;
-    let id = register(&proxy, &a.url("/live.ts"), &b.url("/live.ts")).await;
+    let (id, _) = proxy
+        .register(&a.url("/live.ts"), &[b.url("/live.ts")])
+        .await;
     let player = Player::start(&proxy.url(&format!("/stream/{id}")));
     player.wait_for_frames(75, Duration::from_secs(20)).await;
 

@@ -11,15 +11,6 @@ use crate::util::ts_viewer::TsViewer;
 use crate::util::{eventually, Proxy};
 use m3u_proxy::config::SlowViewer;
 
-/// Registers `url`; returns (stream id, direct endpoint path).
-async fn channel(proxy: &Proxy, url: &str) -> (String, String) {
-    let created = proxy.create_stream(url).await;
-    (
-        created["stream_id"].as_str().unwrap().to_owned(),
-        created["stream_endpoint"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// A viewer of `endpoint` as client `client`: a live answer, without a length.
 async fn tune_in(proxy: &Proxy, endpoint: &str, client: &str) -> TsViewer {
     let res = proxy.get(&format!("{endpoint}?client_id={client}")).await;
@@ -63,7 +54,7 @@ async fn fast_channel(slow_viewer: SlowViewer) -> (Origin, Proxy, String) {
         c.fanout.slow_viewer = slow_viewer;
     })
     .await;
-    let (_, endpoint) = channel(&proxy, &origin.url("/fast.ts")).await;
+    let (_, endpoint) = proxy.register(&origin.url("/fast.ts"), &[]).await;
     (origin, proxy, endpoint)
 }
 
@@ -72,7 +63,7 @@ async fn viewers_of_a_live_channel_share_one_upstream_and_are_counted_each() {
     let origin = Origin::start().await;
     origin.live_ts("/live/news.ts", 200_000);
     let proxy = Proxy::start().await;
-    let (id, endpoint) = channel(&proxy, &origin.url("/live/news.ts")).await;
+    let (id, endpoint) = proxy.register(&origin.url("/live/news.ts"), &[]).await;
 
     // Five players tune in at once.
     let names: Vec<String> = (0..5).map(|i| format!("room-{i}")).collect();
@@ -127,7 +118,7 @@ async fn the_upstream_closes_when_the_last_viewer_leaves() {
     let origin = Origin::start().await;
     origin.live_ts("/ch.ts", 100_000);
     let proxy = Proxy::start().await;
-    let (_, endpoint) = channel(&proxy, &origin.url("/ch.ts")).await;
+    let (_, endpoint) = proxy.register(&origin.url("/ch.ts"), &[]).await;
 
     let mut first = TsViewer::open(&proxy, &endpoint).await;
     let mut second = TsViewer::open(&proxy, &endpoint).await;
@@ -162,11 +153,7 @@ async fn primary_dies_under(names: &[&str]) -> u64 {
         c.upstream.read_stall = Duration::from_secs(1);
     })
     .await;
-    let body = serde_json::json!({"url": a.url("/ch.ts"), "failover_urls": [b.url("/ch.ts")]});
-    let (status, created) = proxy.post_stream(body).await;
-    assert!(status.is_success(), "{created}");
-    let id = created["stream_id"].as_str().unwrap().to_owned();
-    let endpoint = created["stream_endpoint"].as_str().unwrap().to_owned();
+    let (id, endpoint) = proxy.register(&a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
 
     let mut viewers = Vec::new();
     for name in names {
@@ -270,7 +257,7 @@ async fn viewers_waiting_on_a_dead_channel_share_its_failure() {
     origin.live_ts("/dead.ts", 100_000);
     origin.fault("/dead.ts", Fault::Hang);
     let proxy = Proxy::start_with(|c| c.upstream.first_byte = Duration::from_millis(1500)).await;
-    let (_, endpoint) = channel(&proxy, &origin.url("/dead.ts")).await;
+    let (_, endpoint) = proxy.register(&origin.url("/dead.ts"), &[]).await;
 
     // Three players tune in together: one waits out the origin, the others get its answer
     // instead of each waiting out the same silence in turn.
@@ -302,14 +289,14 @@ async fn files_ranges_and_a_zero_buffer_are_never_shared() {
     let proxy = Proxy::start().await;
 
     // A file: every viewer gets it whole, from its own upstream request.
-    let (_, movie) = channel(&proxy, &origin.url("/movie.ts")).await;
+    let (_, movie) = proxy.register(&origin.url("/movie.ts"), &[]).await;
     let (a, b) = tokio::join!(proxy.get(&movie), proxy.get(&movie));
     assert_eq!(a.bytes().await.unwrap(), file);
     assert_eq!(b.bytes().await.unwrap(), file);
     assert_eq!(origin.hits("/movie.ts"), 2);
 
     // A range of a live channel is the viewer's own request.
-    let (_, live) = channel(&proxy, &origin.url("/ch.ts")).await;
+    let (_, live) = proxy.register(&origin.url("/ch.ts"), &[]).await;
     let mut shared = TsViewer::open(&proxy, &live).await;
     shared.read_packets(5, WITHIN).await;
     let ranged = proxy
@@ -325,7 +312,7 @@ async fn files_ranges_and_a_zero_buffer_are_never_shared() {
 
     // FANOUT_BUFFER=0: one upstream per viewer.
     let unshared = Proxy::start_with(|c| c.fanout.buffer = 0).await;
-    let (_, live) = channel(&unshared, &origin.url("/ch.ts")).await;
+    let (_, live) = unshared.register(&origin.url("/ch.ts"), &[]).await;
     let before = origin.hits("/ch.ts");
     let mut one = TsViewer::open(&unshared, &live).await;
     let mut two = TsViewer::open(&unshared, &live).await;

@@ -97,6 +97,19 @@ impl Proxy {
         body
     }
 
+    /// Registers `url` with `backups` as its failover URLs; returns (stream id, playback
+    /// endpoint path).
+    pub async fn register(&self, url: &str, backups: &[String]) -> (String, String) {
+        let (status, created) = self
+            .post_stream(json!({"url": url, "failover_urls": backups}))
+            .await;
+        assert!(status.is_success(), "{status} {created}");
+        (
+            created["stream_id"].as_str().unwrap().to_string(),
+            created["stream_endpoint"].as_str().unwrap().to_string(),
+        )
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.expect("GET")
     }
