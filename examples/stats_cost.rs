@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use m3u_proxy::config::Config;
 use m3u_proxy::model::StreamType;
+use m3u_proxy::registry::{Registry, Viewing};
 use m3u_proxy::server::build_state;
-use m3u_proxy::store::{Registry, StreamSettings, Viewing};
+use m3u_proxy::stream::StreamSettings;
 
 /// A typical player's user agent (hls.js in a desktop browser), 101 bytes.
 const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";

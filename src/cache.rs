@@ -217,7 +217,7 @@ impl Entry {
                     match phase {
                         Phase::Done => return None,
                         Phase::Failed | Phase::Abandoned => {
-                            let e = UpstreamError::Other("upstream body cut short".into());
+                            let e = UpstreamError::EndedEarly;
                             return Some((Err(e), (entry, offset, rx, true)));
                         }
                         Phase::Pending | Phase::Filling => {

@@ -11,8 +11,9 @@ use axum::Json;
 
 use crate::model::ErrorBody;
 
-/// What went wrong talking to an origin.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong talking to an origin. Each variant is one condition, and says through
+/// [`UpstreamError::remedy`] whether another try, or another URL, can help.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to upstream: {0}")]
     Connect(String),
@@ -26,19 +27,76 @@ pub enum UpstreamError {
     NotPlaylist(&'static str),
     #[error("upstream playlist is larger than {0} bytes")]
     TooLarge(usize),
+    /// A request or body read failed after connecting (a reset, a broken transfer).
     #[error("upstream request failed: {0}")]
-    Other(String),
+    Transport(String),
+    /// A body ended before the length its head announced.
+    #[error("upstream request failed: upstream body ended early")]
+    EndedEarly,
+    /// A live stream (no length) ended cleanly; live streams do not end.
+    #[error("upstream request failed: live stream ended")]
+    LiveEnded,
+    /// A body with neither ranges nor a live shape was cut: there is nothing to continue.
+    #[error("upstream request failed: upstream cut a body that cannot be resumed")]
+    CannotResume,
+    /// The answer to a resume does not line up with the bytes the player has (another
+    /// length, a changed file).
+    #[error("upstream request failed: upstream cannot resume the file at the byte reached")]
+    ResumeMismatch,
+    /// Connections to this URL keep ending right after they open.
+    #[error("upstream request failed: upstream keeps failing right after connecting")]
+    KeepsFailing,
+    /// A URL answered a reconnect with an error status: mid-stream, that means "not here".
+    #[error("upstream request failed: upstream answered {0} when reconnecting")]
+    ReconnectStatus(u16),
+    /// A playlist listed a URL that cannot be fetched.
+    #[error("upstream request failed: upstream listed an invalid URL: {0}")]
+    InvalidListedUrl(String),
+    /// The HTTP client could not be built (TLS setup): no request was made.
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(String),
+}
+
+/// What another attempt can do about an [`UpstreamError`], as failover reads it (after
+/// pingora's `RetryType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// A quick failure: the same URL deserves another try, then the next URL.
+    RetrySameUrl,
+    /// Another try at the same URL would only repeat a long wait or the same answer;
+    /// another URL may help.
+    TryOtherUrl,
+    /// Nothing will: the origin's considered answer about this resource, or a failure of
+    /// ours.
+    GiveUp,
 }
 
 impl UpstreamError {
-    /// Whether trying again (or another URL) may succeed. A 4xx other than 408/429 is the
-    /// origin's considered answer about this resource; everything else is a fault.
-    pub fn is_retryable(&self) -> bool {
+    /// Whether another try at the same URL, or another URL, can help.
+    pub fn remedy(&self) -> Remedy {
+        use UpstreamError::*;
         match self {
-            UpstreamError::Status(s) => *s >= 500 || *s == 408 || *s == 429,
-            UpstreamError::TooLarge(_) => false,
-            _ => true,
+            Status(s) if *s >= 500 || *s == 408 || *s == 429 => Remedy::RetrySameUrl,
+            Status(_) | TooLarge(_) | CannotResume | Client(_) => Remedy::GiveUp,
+            // Waiting for the same silent origin again only doubles the gap.
+            FirstByteTimeout(_) | Stalled => Remedy::TryOtherUrl,
+            Connect(_) | NotPlaylist(_) | Transport(_) | EndedEarly | LiveEnded
+            | ResumeMismatch | KeepsFailing | ReconnectStatus(_) | InvalidListedUrl(_) => {
+                Remedy::RetrySameUrl
+            }
         }
+    }
+
+    /// Whether trying again (or another URL) may succeed. A 4xx other than 408/429 is the
+    /// origin's considered answer about this resource; most other failures are faults.
+    pub fn is_retryable(&self) -> bool {
+        self.remedy() != Remedy::GiveUp
+    }
+
+    /// Whether the same URL deserves another try: yes for failures that cost little to
+    /// retry, no for timeouts, whose retry costs another full timeout.
+    pub fn retries_on_same_url(&self) -> bool {
+        self.remedy() == Remedy::RetrySameUrl
     }
 
     /// Classifies a reqwest error from `send()` or from reading a body.
@@ -48,7 +106,7 @@ impl UpstreamError {
         } else if e.is_timeout() {
             UpstreamError::Stalled
         } else {
-            UpstreamError::Other(root_cause(e))
+            UpstreamError::Transport(root_cause(e))
         }
     }
 }
@@ -107,7 +165,15 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Status(_) => (StatusCode::BAD_GATEWAY, "upstream_status"),
             UpstreamError::NotPlaylist(_) => (StatusCode::BAD_GATEWAY, "upstream_not_playlist"),
             UpstreamError::TooLarge(_) => (StatusCode::BAD_GATEWAY, "upstream_too_large"),
-            UpstreamError::Other(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            UpstreamError::Transport(_)
+            | UpstreamError::EndedEarly
+            | UpstreamError::LiveEnded
+            | UpstreamError::CannotResume
+            | UpstreamError::ResumeMismatch
+            | UpstreamError::KeepsFailing
+            | UpstreamError::ReconnectStatus(_)
+            | UpstreamError::InvalidListedUrl(_)
+            | UpstreamError::Client(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -133,5 +199,24 @@ impl IntoResponse for ApiError {
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timeouts_move_on_and_quick_failures_retry() {
+        assert!(!UpstreamError::Stalled.retries_on_same_url());
+        assert!(!UpstreamError::FirstByteTimeout(Duration::from_secs(1)).retries_on_same_url());
+        assert!(UpstreamError::Status(503).retries_on_same_url());
+        assert!(UpstreamError::Connect("refused".into()).retries_on_same_url());
+        // A 404 is the origin's answer: neither the same URL nor another is asked again.
+        assert_eq!(UpstreamError::Status(404).remedy(), Remedy::GiveUp);
+        assert!(!UpstreamError::Status(404).is_retryable());
+        assert_eq!(UpstreamError::Stalled.remedy(), Remedy::TryOtherUrl);
     }
 }

@@ -1,6 +1,6 @@
 //! Typed events of the proxy on an in-process bus, and where they go: the log, the
-//! Server-Sent Events feed (`GET /events`, [`sse_router`]) and registered webhooks
-//! ([`Webhooks`], [`spawn_dispatcher`], [`webhooks_router`]).
+//! Server-Sent Events feed (`GET /events`, served by `api::events`) and registered webhooks
+//! ([`Webhooks`], [`spawn_dispatcher`]; `/webhooks` is served by `api::webhooks`).
 //!
 //! [`EventBus::emit`] is called from request handlers and background tasks, so it must never
 //! block or await: it numbers the event, logs it and hands it to a tokio broadcast channel.
@@ -8,7 +8,6 @@
 //! reader that falls behind the bus buffer is told how many events it missed; no loss is
 //! silent. This module knows nothing of streams or clients beyond their ids.
 
-mod sse;
 mod webhooks;
 
 #[cfg(test)]
@@ -18,19 +17,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::model::ErrorBody;
-
-pub use sse::sse_router;
 pub use webhooks::{
-    retry_delay, spawn_dispatcher, webhooks_router, Webhook, WebhookError, WebhookLimits,
-    WebhookSpec, Webhooks,
+    retry_delay, spawn_dispatcher, Webhook, WebhookError, WebhookLimits, WebhookSpec, Webhooks,
 };
 
 /// How many events the bus keeps for readers that are momentarily behind.
@@ -242,13 +234,4 @@ impl fmt::Debug for EventBus {
             .field("subscribers", &self.subscriber_count())
             .finish()
     }
-}
-
-/// The API's error answer, `{"detail", "code"}`, for the routes of this module.
-fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    let body = ErrorBody {
-        detail: detail.into(),
-        code: code.to_owned(),
-    };
-    (status, Json(body)).into_response()
 }

@@ -6,24 +6,45 @@
 //!
 //! # Layout
 //!
+//! Each module, what it owns, and (after "Uses") the modules of the crate it imports. The
+//! import graph has no cycle: a module only uses modules listed before it here.
+//!
 //! - [`playlist`] — PURE: the lossless line-based HLS rewriter and the IPTV M3U reader.
-//! - [`proxy_url`] — PURE: the signed references written into rewritten playlists.
+//! - [`proxy_url`] — PURE: the signed references written into rewritten playlists. Uses
+//!   `playlist`.
 //! - [`config`] — the validated runtime configuration and its defaults.
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
-//! - [`error`] — error types at each boundary, and how they become HTTP responses.
-//! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts, the
-//!   failover policy (`upstream::failover`), the direct feed that survives a cut
-//!   (`upstream::direct`) and the live TS fan-out that gives a channel's viewers one
-//!   upstream connection (`upstream::fanout`).
-//! - [`cache`] — single-flight, short-TTL, size-bounded sharing of segments and playlist
-//!   fetches among viewers; followers get bytes as they arrive.
-//! - [`store`] — the registry of streams and clients with their hot-path counters.
-//! - [`events`] — typed events: the in-process bus, the SSE feed and webhooks.
+//! - [`error`] — [`error::UpstreamError`] (one variant per origin failure, each saying
+//!   through [`error::Remedy`] whether another try or another URL can help) and
+//!   [`error::ApiError`], the HTTP layer's `{"detail","code"}` answer. Uses `model`.
 //! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.
-//! - [`api`] — axum routers: management (JSON) and playback (HLS, direct).
+//! - [`events`] — typed events: the in-process bus, the webhook registry and its
+//!   dispatcher (the `/events` and `/webhooks` handlers are in `api`). Uses `model`.
+//! - [`stream`] — a stream as plain data: its settings, its URL cursor (index in use,
+//!   generation, switch cap and log) and the variant listings of each URL; emits nothing.
+//!   Uses `model`, `playlist`.
+//! - [`registry`] — the streams and clients of this process with their hot-path counters,
+//!   and the cleanup of idle ones; a stream entry composes `stream` types and announces
+//!   switches as events. Uses `stream`, `events`, `model`, `error`.
+//! - [`upstream`] — talking to origins: the shared HTTP client and its checks, the
+//!   failover policy (`upstream::failover`: retry here or move down the URL list), the
+//!   direct feed that survives a cut (`upstream::direct`), and segment fetches with
+//!   retries, the 404-at-the-live-edge rule and the mirror after a switch
+//!   (`upstream::media`). Uses `registry`, `stream`, `config`, `error`, `metrics`,
+//!   `playlist`.
+//! - [`cache`] — single-flight, short-TTL, size-bounded sharing of segments and playlist
+//!   fetches among viewers; followers get bytes as they arrive. Uses `upstream`, `config`,
+//!   `error`.
+//! - [`live`] — the live TS fan-out that gives a channel's viewers one upstream
+//!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
+//!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
+//!   `error`, `playlist`.
+//! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
+//!   `/events` (SSE) and `/webhooks`. Translates HTTP to calls on the modules above.
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
-//! - [`client`] — a typed client of the API, used by the `m3u-client` CLI.
-//! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor` screen.
+//! - [`client`] — a typed client of the API, used by the `m3u-client` CLI. Uses `model`.
+//! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor`
+//!   screen. Uses `client`, `model`.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
@@ -34,10 +55,12 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod playlist;
 pub mod proxy_url;
+pub mod registry;
 pub mod server;
-pub mod store;
+pub mod stream;
 pub mod upstream;

@@ -20,9 +20,9 @@ use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
+use crate::live::Live;
 use crate::proxy_url::Signer;
-use crate::store::Registry;
-use crate::upstream::fanout::Fanout;
+use crate::registry::Registry;
 use crate::upstream::Upstream;
 
 /// How long in-flight requests may run after a shutdown signal.
@@ -121,7 +121,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         webhooks: Arc::new(Webhooks::default()),
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
-        fanout: Arc::new(Fanout::new(config.fanout)),
+        live: Arc::new(Live::new(config.fanout)),
         config: Arc::new(config),
     })
 }
@@ -140,7 +140,7 @@ fn load_or_create_secret(dir: &Path) -> io::Result<Vec<u8>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
             rand::fill(&mut bytes[..]);
-            let hex = crate::store::hex(&bytes);
+            let hex = crate::registry::hex(&bytes);
             write_private(&path, &hex)?;
             Ok(hex.into_bytes())
         }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use m3u_proxy::config::Config;
 use m3u_proxy::events::{Event, EventType};
 use m3u_proxy::model::StreamType;
+use m3u_proxy::registry::{Registry, Viewing};
 use m3u_proxy::server::{build_state, spawn_maintenance};
-use m3u_proxy::store::{Registry, StreamSettings, Viewing};
+use m3u_proxy::stream::StreamSettings;
 use tokio::sync::broadcast;
 use tokio::time::{sleep_until, Instant};
 
@@ -182,7 +183,7 @@ async fn a_stream_timeout_of_zero_keeps_streams_and_clients_of_removed_streams_g
     r.client("a", &kept.id, "10.0.0.1", "tv");
     r.client("b", &kept.id, "10.0.0.2", "tv");
     drain(&mut events);
-    r.remove_stream(&kept.id, m3u_proxy::store::Removal::Deleted);
+    r.remove_stream(&kept.id, m3u_proxy::registry::Removal::Deleted);
     assert_eq!(r.client_count(), 0);
     let got = drain(&mut events);
     assert_eq!(

@@ -12,7 +12,8 @@ use crate::model::{
     ClientInfo, ClientList, CreateStream, FailoverDone, Health, ProxyStats, Stats, StreamCreated,
     StreamDeleted, StreamDetail, StreamList, StreamType,
 };
-use crate::store::{Counters, Removal, StreamSettings, Upsert};
+use crate::registry::{Counters, Removal, Upsert};
+use crate::stream::StreamSettings;
 
 use super::AppState;
 
@@ -64,6 +65,10 @@ pub async fn create_stream(
         (None, None) => detect_stream_type(&state, &settings).await,
     };
     let (entry, upsert) = state.registry.upsert(settings);
+    if upsert == Upsert::Updated {
+        // New URLs may answer differently: a file before may be a live channel now.
+        state.live.forget_file(&entry.id);
+    }
     let settings = entry.settings();
     let playlist_url = format!("/hls/{}/playlist.m3u8", entry.id);
     let direct_url = format!("/stream/{}", entry.id);

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::metrics::{MetricKind, PromText, CONTENT_TYPE};
-use crate::store::Counters;
+use crate::registry::Counters;
 use crate::upstream::Fetch;
 
 use super::AppState;
@@ -184,7 +184,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[],
         cache.bytes(),
     );
-    let fanout = &state.fanout;
+    let fanout = &state.live.fanout;
     page.gauge(
         "m3u_proxy_live_upstreams",
         "Shared live TS upstream connections open now (one per watched live stream).",

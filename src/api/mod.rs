@@ -5,10 +5,15 @@
 //! players, and answer HEAD. Handlers here translate HTTP to calls on the registry and the
 //! upstream client; they hold no lock across an `.await`.
 
+mod events;
 mod manage;
 mod metrics;
 mod playback;
 mod viewer;
+mod webhooks;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -21,9 +26,9 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::events::{self, EventBus, Webhooks};
+use crate::events::{EventBus, Webhooks};
 use crate::proxy_url::Signer;
-use crate::store::Registry;
+use crate::registry::Registry;
 use crate::upstream::Upstream;
 
 pub use metrics::{RequestCounts, MAX_STREAM_SERIES};
@@ -39,8 +44,8 @@ pub struct AppState {
     pub webhooks: Arc<Webhooks>,
     pub requests: Arc<RequestCounts>,
     pub cache: Arc<crate::cache::Cache>,
-    /// Live TS sharing: settings and counters.
-    pub fanout: Arc<crate::upstream::fanout::Fanout>,
+    /// Live TS sharing: settings, counters and each stream's slot.
+    pub live: Arc<crate::live::Live>,
 }
 
 impl FromRef<AppState> for EventBus {
@@ -72,7 +77,7 @@ pub fn app(state: AppState) -> Router {
         .route("/clients/{id}", get(manage::get_client))
         .route("/metrics", get(metrics::render))
         .merge(events::sse_router())
-        .merge(events::webhooks_router())
+        .merge(webhooks::webhooks_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let playback = Router::new()

@@ -17,14 +17,15 @@ use url::Url;
 
 use crate::cache::{Entry, Filled, Head, Lookup};
 use crate::error::{ApiError, UpstreamError};
+use crate::live::{Tuned, ViewerBody};
 use crate::model::StreamType;
 use crate::playlist::{self, UriKind};
 use crate::proxy_url::Target;
-use crate::store::{ClientEntry, StreamEntry, Viewing};
-use crate::upstream::direct::{Chunk, DirectFeed, Shape};
-use crate::upstream::failover::{self, equivalent, Equivalent, Listing};
-use crate::upstream::fanout::{LiveHub, ViewerBody};
-use crate::upstream::{check_media_status, extension_of, Fetch, FetchedPlaylist};
+use crate::registry::{ClientEntry, StreamEntry, Viewing};
+use crate::stream::{equivalent, Equivalent, Listing};
+use crate::upstream::direct::{Chunk, DirectFeed};
+use crate::upstream::media::{self, relayed_headers, PLAYLIST_CONTENT_TYPE};
+use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
 use super::{AppState, Viewer};
@@ -32,18 +33,6 @@ use super::{AppState, Viewer};
 /// LL-HLS blocking-reload parameters a player adds to a playlist URL; they are relayed to
 /// the origin so a blocking reload blocks there.
 const LL_HLS_PARAMS: [&str; 3] = ["_HLS_msn", "_HLS_part", "_HLS_skip"];
-
-/// Response headers of the origin relayed to the player with media.
-const RELAYED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
-    header::CONTENT_LENGTH,
-    header::CONTENT_RANGE,
-    header::ACCEPT_RANGES,
-    header::ETAG,
-    header::LAST_MODIFIED,
-    header::CACHE_CONTROL,
-];
-
-const PLAYLIST_CONTENT_TYPE: &str = "application/vnd.apple.mpegurl";
 
 /// `GET /hls/{id}/playlist.m3u8`: the stream's playlist, rewritten.
 pub async fn master_playlist(
@@ -77,7 +66,7 @@ pub async fn master_playlist(
     let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
     let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
     stream
-        .failover
+        .listings
         .remember(index, Listing::new(stream.generation(), &info));
     Ok(response)
 }
@@ -142,7 +131,19 @@ pub async fn signed_reference(
                 Some(Lookup::Lead(leader)) => Some(leader),
                 None => None,
             };
-            let res = fetch_media(&state, &stream, &viewing, kind, method, &url, &headers).await?;
+            let mut faults = Vec::new();
+            let res = media::fetch(
+                &state.upstream,
+                &stream,
+                kind,
+                method,
+                &url,
+                &headers,
+                &mut faults,
+            )
+            .await;
+            report(&viewing, &faults);
+            let res = res.inspect_err(|e| viewing.upstream_error(e))?;
             let res = match leader {
                 Some(leader) if res.status() == StatusCode::OK => {
                     let headers = relayed_headers(&res, &url, kind);
@@ -176,9 +177,9 @@ async fn nested_playlist(
 ) -> Result<Arc<FetchedPlaylist>, UpstreamError> {
     let settings = stream.settings();
     let mut url = target.clone();
-    if let Some(old) = stream.failover.listed_elsewhere(target.as_str(), index) {
+    if let Some(old) = stream.listings.listed_elsewhere(target.as_str(), index) {
         let generation = stream.generation();
-        let new = match stream.failover.listing(index, generation) {
+        let new = match stream.listings.listing(index, generation) {
             Some(listing) => listing,
             None => {
                 let top = state
@@ -187,7 +188,7 @@ async fn nested_playlist(
                     .await?;
                 let info = playlist::rewrite(&top.text, &top.final_url, |u, _| u.to_string()).info;
                 let listing = Listing::new(generation, &info);
-                stream.failover.remember(index, listing.clone());
+                stream.listings.remember(index, listing.clone());
                 listing
             }
         };
@@ -195,7 +196,7 @@ async fn nested_playlist(
             Equivalent::Same => url,
             Equivalent::StreamUrl => settings.url_at(index).clone(),
             Equivalent::Listed(u) => {
-                Url::parse(&u).map_err(|e| UpstreamError::Other(e.to_string()))?
+                Url::parse(&u).map_err(|e| UpstreamError::InvalidListedUrl(e.to_string()))?
             }
         };
     }
@@ -206,95 +207,6 @@ async fn nested_playlist(
             state.upstream.fetch_playlist(&url, &settings)
         })
         .await
-}
-
-/// Fetches a segment, key or init section, retrying quick failures on the same URL. A 404
-/// is retried once (at the live edge a segment can be listed a moment before it exists) and
-/// then passed on: one missing segment never fails the stream over. When the origin of
-/// the current URL keeps failing, the stream fails over and the same path is asked of the
-/// new URL, so a player holding a playlist from a dead origin need not see an error.
-async fn fetch_media(
-    state: &AppState,
-    stream: &StreamEntry,
-    viewing: &Viewing,
-    kind: UriKind,
-    method: Method,
-    url: &Url,
-    headers: &HeaderMap,
-) -> Result<reqwest::Response, ApiError> {
-    let fetch = |url: Url| {
-        let (method, settings) = (method.clone(), stream.settings());
-        async move {
-            state
-                .upstream
-                .send(fetch_of(kind), method, &url, &settings, headers)
-                .await
-                .and_then(|res| check_media_status(&res).map(|_| res))
-        }
-    };
-    let error = match with_retries(state, viewing, || fetch(url.clone())).await {
-        Ok(res) => return Ok(res),
-        Err(e) if !e.is_retryable() => {
-            viewing.upstream_error(&e);
-            return Err(e.into());
-        }
-        Err(e) => e,
-    };
-    viewing.upstream_error(&error);
-    let settings = stream.settings();
-    let urls: Vec<Url> = settings.urls().cloned().collect();
-    let Some((owner, rest)) = failover::owner_of(&urls, url, stream.current_index()) else {
-        return Err(error.into());
-    };
-    let policy = state.upstream.failover();
-    if owner == stream.current_index() && !policy.switch_after_failure(stream, owner, &error) {
-        return Err(error.into());
-    }
-    let (_, current) = stream.current_url();
-    let Some(mirror) = failover::mirrored(&current, rest) else {
-        return Err(error.into());
-    };
-    tracing::info!(stream_id = %stream.id, "asking the current URL for a segment of a failed one");
-    with_retries(state, viewing, || fetch(mirror.clone()))
-        .await
-        .map_err(|e| {
-            viewing.upstream_error(&e);
-            e.into()
-        })
-}
-
-/// Runs `fetch` with the policy's same-URL retries; a 404 is retried once. Failures that
-/// were retried are counted here; the one returned is left to the caller.
-async fn with_retries<F, Fut>(
-    state: &AppState,
-    viewing: &Viewing,
-    mut fetch: F,
-) -> Result<reqwest::Response, UpstreamError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<reqwest::Response, UpstreamError>>,
-{
-    let policy = state.upstream.failover();
-    let mut retries = 0;
-    loop {
-        let answer = fetch().await;
-        let retry = match &answer {
-            Ok(res) => res.status() == StatusCode::NOT_FOUND && retries == 0,
-            Err(e) => {
-                e.is_retryable()
-                    && failover::retries_on_same_url(e)
-                    && retries < policy.settings().retries
-            }
-        };
-        if !retry {
-            return answer;
-        }
-        if let Err(e) = &answer {
-            viewing.upstream_error(e);
-        }
-        retries += 1;
-        tokio::time::sleep(policy.backoff(retries)).await;
-    }
 }
 
 fn report(viewing: &Viewing, faults: &[UpstreamError]) {
@@ -323,67 +235,27 @@ pub async fn direct(
     }
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
-    let shareable = method == Method::GET
-        && state.fanout.enabled()
-        && stream.live.may_share()
-        && asks_from_the_start(&headers);
+    let shareable =
+        method == Method::GET && asks_from_the_start(&headers) && state.live.may_share(&stream);
     if shareable {
-        return direct_shared(&state, stream, viewing, &headers).await;
+        let open = || open_direct(&state, &stream, &viewing, &Method::GET, &headers);
+        let tuned = state
+            .live
+            .tune_in(&state.upstream, &state.registry, &stream, open)
+            .await?;
+        return match tuned {
+            Tuned::Shared {
+                status,
+                headers,
+                body,
+            } => Ok(shared_live_response(status, headers, body, viewing)),
+            Tuned::Own(index, url, res) => {
+                relay_direct(&state, stream, &Method::GET, index, &url, res, viewing)
+            }
+        };
     }
     let (index, url, res) = open_direct(&state, &stream, &viewing, &method, &headers).await?;
     relay_direct(&state, stream, &method, index, &url, res, viewing)
-}
-
-/// A GET for a whole direct stream. A live TS stream is read once for all its viewers:
-/// join the shared upstream that runs, or open one while holding the stream's slot, so
-/// viewers arriving together open it once. Anything else is this viewer's own upstream.
-async fn direct_shared(
-    state: &AppState,
-    stream: Arc<StreamEntry>,
-    viewing: Viewing,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let arrived = tokio::time::Instant::now();
-    let mut slot = stream.live.lock().await;
-    let running = slot
-        .hub
-        .as_ref()
-        .and_then(|hub| Some((hub.clone(), hub.join(&state.fanout)?)));
-    if let Some((hub, body)) = running {
-        drop(slot);
-        return Ok(shared_live_response(&hub, body, viewing));
-    }
-    if let Some(error) = slot.failed_since(arrived) {
-        // The viewer ahead of this one just failed to open it: same answer, at once.
-        return Err(error);
-    }
-    let opened = open_direct(state, &stream, &viewing, &Method::GET, headers).await;
-    let (index, url, res) = opened.inspect_err(|e| slot.record_failure(e))?;
-    let shape = Shape::of(res.status(), res.headers());
-    if slot.hub.is_none() && LiveHub::can_share(res.status(), &shape) {
-        let headers = relayed_headers(&res, &url, UriKind::Media);
-        let ts = shape == (Shape::Live { ts: Some(true) });
-        let status = res.status();
-        let feed = DirectFeed::new(state.upstream.clone(), stream.clone(), index, res);
-        let (hub, body) = LiveHub::start(
-            state.fanout.clone(),
-            state.registry.clone(),
-            stream.clone(),
-            status,
-            headers,
-            ts,
-            feed,
-        );
-        slot.hub = Some(hub.clone());
-        drop(slot);
-        return Ok(shared_live_response(&hub, body, viewing));
-    }
-    if res.status().is_success() && !matches!(shape, Shape::Live { .. }) {
-        // A file: its later viewers go straight to the origin, never through the slot.
-        stream.live.mark_file();
-    }
-    drop(slot);
-    relay_direct(state, stream, &Method::GET, index, &url, res, viewing)
 }
 
 /// Opens a direct stream's upstream under the failover policy, counting the failures met.
@@ -448,9 +320,14 @@ fn asks_from_the_start(headers: &HeaderMap) -> bool {
 
 /// A viewer's answer from a shared live upstream: the head the origin gave its first
 /// viewer, and the broadcast bytes, counted for this viewer.
-fn shared_live_response(hub: &LiveHub, body: ViewerBody, viewing: Viewing) -> Response {
-    let mut builder = Response::builder().status(hub.status);
-    *builder.headers_mut().expect("fresh builder") = hub.headers.clone();
+fn shared_live_response(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: ViewerBody,
+    viewing: Viewing,
+) -> Response {
+    let mut builder = Response::builder().status(status);
+    *builder.headers_mut().expect("fresh builder") = headers;
     builder
         .body(counted_body(body, viewing))
         .expect("relayed headers are valid")
@@ -464,14 +341,6 @@ fn plain_body(res: reqwest::Response) -> BoxStream<'static, Result<Chunk, Upstre
                 .map_err(|e| UpstreamError::from_reqwest(&e))
         })
         .boxed()
-}
-
-fn fetch_of(kind: UriKind) -> Fetch {
-    match kind {
-        UriKind::Playlist => Fetch::Playlist,
-        UriKind::Media => Fetch::Media,
-        UriKind::Key => Fetch::Key,
-    }
 }
 
 fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError> {
@@ -590,24 +459,6 @@ fn relay(
         .expect("relayed headers are valid"))
 }
 
-/// The origin's headers a player needs, with a content type even when the origin sent none.
-fn relayed_headers(res: &reqwest::Response, url: &Url, kind: UriKind) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for name in RELAYED_RESPONSE_HEADERS {
-        if let Some(v) = res.headers().get(&name) {
-            headers.insert(name, v.clone());
-        }
-    }
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(default_content_type(url, kind)));
-    headers.insert(header::CONTENT_TYPE, content_type);
-    headers
-}
-
 /// A response read from a shared cache entry, counted for this viewer like any other.
 fn shared_response(
     head: Head,
@@ -639,24 +490,6 @@ fn counted_body(inner: BoxStream<'static, Result<Chunk, UpstreamError>>, viewing
         closed: Box::pin(closed),
         done: false,
     })
-}
-
-/// A content type for media whose origin did not send one, from the URL's extension.
-pub fn default_content_type(url: &Url, kind: UriKind) -> &'static str {
-    match (kind, extension_of(url).as_deref()) {
-        (UriKind::Key, _) => "application/octet-stream",
-        (_, Some("ts" | "mts" | "m2ts")) => "video/mp2t",
-        (_, Some("mp4" | "m4s" | "m4v" | "cmfv")) => "video/mp4",
-        (_, Some("m4a" | "cmfa")) => "audio/mp4",
-        (_, Some("aac")) => "audio/aac",
-        (_, Some("mp3")) => "audio/mpeg",
-        (_, Some("vtt" | "webvtt")) => "text/vtt",
-        (_, Some("mkv")) => "video/x-matroska",
-        (_, Some("webm")) => "video/webm",
-        (_, Some("avi")) => "video/x-msvideo",
-        (_, Some("m3u8")) => PLAYLIST_CONTENT_TYPE,
-        _ => "application/octet-stream",
-    }
 }
 
 /// A relayed body that counts bytes as they are handed to the player (and the faults a
@@ -743,26 +576,5 @@ mod tests {
         );
         let plain = with_ll_hls_params(Url::parse("http://o/a.m3u8").unwrap(), None);
         assert_eq!(plain.as_str(), "http://o/a.m3u8");
-    }
-
-    #[test]
-    fn content_types_default_by_extension_and_kind() {
-        let u = |s| Url::parse(s).unwrap();
-        assert_eq!(
-            default_content_type(&u("http://o/a/seg1.ts?x=1"), UriKind::Media),
-            "video/mp2t"
-        );
-        assert_eq!(
-            default_content_type(&u("http://o/init.mp4"), UriKind::Media),
-            "video/mp4"
-        );
-        assert_eq!(
-            default_content_type(&u("http://o/k.ts"), UriKind::Key),
-            "application/octet-stream"
-        );
-        assert_eq!(
-            default_content_type(&u("http://o/seg"), UriKind::Media),
-            "application/octet-stream"
-        );
     }
 }

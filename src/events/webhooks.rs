@@ -1,5 +1,5 @@
 //! Webhooks: URLs that receive matching events as JSON `POST`s, registered through
-//! `/webhooks`. The dispatcher reads the bus and starts one task per delivery, each with a
+//! `/webhooks` (whose handlers are in `api::webhooks`). The dispatcher reads the bus and starts one task per delivery, each with a
 //! request timeout and retries with exponential backoff; a webhook with too many deliveries
 //! in flight drops (and counts) new ones. Nothing here may slow the bus or the proxy: the
 //! registry lock is never held across an await and deliveries never run on the bus reader.
@@ -8,19 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
-use super::{problem, Event, EventBus, EventFilter, EventType, UnknownEventType};
+use super::{Event, EventBus, EventFilter, EventType, UnknownEventType};
 
 /// Registration request (`POST /webhooks` body).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,16 +86,6 @@ impl WebhookError {
             WebhookError::InvalidSetting(_) => "invalid_setting",
             WebhookError::TooMany(_) => "too_many_webhooks",
         }
-    }
-}
-
-impl IntoResponse for WebhookError {
-    fn into_response(self) -> Response {
-        problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            self.code(),
-            self.to_string(),
-        )
     }
 }
 
@@ -514,110 +498,4 @@ pub fn spawn_dispatcher(
             }
         }
     })
-}
-
-/// `POST/GET /webhooks`, `GET/DELETE /webhooks/{id}`.
-pub fn webhooks_router<S>() -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-    Arc<Webhooks>: FromRef<S>,
-{
-    Router::new()
-        .route("/webhooks", get(list_webhooks).post(register_webhook))
-        .route("/webhooks/{id}", get(show_webhook).delete(remove_webhook))
-        .layer(DefaultBodyLimit::max(64 * 1024))
-}
-
-#[derive(Serialize)]
-struct WebhookList {
-    webhooks: Vec<Webhook>,
-    total: usize,
-}
-
-/// The body as it arrives: event names stay strings so an unknown one gets its own message.
-#[derive(Deserialize)]
-struct RawSpec {
-    url: String,
-    #[serde(default, alias = "event_types")]
-    events: Vec<String>,
-    #[serde(default)]
-    stream_id: Option<String>,
-    #[serde(default)]
-    timeout_secs: Option<u64>,
-    #[serde(default)]
-    max_retries: Option<u32>,
-}
-
-async fn register_webhook(
-    State(webhooks): State<Arc<Webhooks>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid_body", rejection.body_text())
-        }
-    };
-    let raw: RawSpec = match serde_json::from_slice(&body) {
-        Ok(raw) => raw,
-        Err(err) if err.is_data() => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                err.to_string(),
-            )
-        }
-        Err(err) => return problem(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()),
-    };
-    let events = match raw
-        .events
-        .iter()
-        .map(|name| name.parse())
-        .collect::<Result<Vec<EventType>, _>>()
-    {
-        Ok(events) => events,
-        Err(unknown) => return WebhookError::from(unknown).into_response(),
-    };
-    let spec = WebhookSpec {
-        url: raw.url,
-        events,
-        stream_id: raw.stream_id,
-        timeout_secs: raw.timeout_secs,
-        max_retries: raw.max_retries,
-    };
-    match webhooks.register(spec) {
-        Ok(webhook) => (StatusCode::CREATED, Json(webhook)).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn list_webhooks(State(webhooks): State<Arc<Webhooks>>) -> Json<WebhookList> {
-    let webhooks = webhooks.list();
-    Json(WebhookList {
-        total: webhooks.len(),
-        webhooks,
-    })
-}
-
-async fn show_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
-    match webhooks.get(&id) {
-        Some(webhook) => Json(webhook).into_response(),
-        None => unknown_webhook(&id),
-    }
-}
-
-async fn remove_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
-    if webhooks.remove(&id) {
-        Json(serde_json::json!({ "id": id, "deleted": true })).into_response()
-    } else {
-        unknown_webhook(&id)
-    }
-}
-
-fn unknown_webhook(id: &str) -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        "webhook_not_found",
-        format!("no webhook with id {id:?}"),
-    )
 }

@@ -25,10 +25,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use url::Url;
 
-use super::failover::retries_on_same_url;
 use super::{check_media_status, Fetch, Upstream};
 use crate::error::UpstreamError;
-use crate::store::StreamEntry;
+use crate::registry::StreamEntry;
+use crate::stream::StreamSettings;
 
 /// Size of an MPEG-TS packet.
 pub const TS_PACKET: usize = 188;
@@ -267,10 +267,10 @@ impl DirectFeed {
                     Some(Err(e)) => self.lost(UpstreamError::from_reqwest(&e)),
                     None => match self.shape {
                         Shape::File { next, last, .. } if next <= last => {
-                            self.lost(UpstreamError::Other("upstream body ended early".into()))
+                            self.lost(UpstreamError::EndedEarly)
                         }
                         Shape::Live { .. } => {
-                            self.lost(UpstreamError::Other("live stream ended".into()))
+                            self.lost(UpstreamError::LiveEnded)
                         }
                         _ => return None,
                     },
@@ -315,7 +315,7 @@ impl DirectFeed {
         } else {
             self.short_runs = 0;
         }
-        self.move_on = !retries_on_same_url(&error);
+        self.move_on = !error.retries_on_same_url();
         tracing::info!(stream_id = %self.stream.id, url_index = self.index, error = %error, "direct upstream lost");
         self.faults.push(error);
         self.drop_upstream();
@@ -326,9 +326,7 @@ impl DirectFeed {
     async fn reconnect(&mut self) -> Result<(), UpstreamError> {
         let policy = *self.upstream.failover();
         if self.shape == Shape::Once {
-            return Err(UpstreamError::Other(
-                "upstream cut a body that cannot be resumed".into(),
-            ));
+            return Err(UpstreamError::CannotResume);
         }
         if std::mem::take(&mut self.move_on) && self.stream.current_index() == self.index {
             // A single-URL stream (or a capped one) stays and reconnects below.
@@ -341,8 +339,7 @@ impl DirectFeed {
             // The last connection failed soon after opening: a retry like any other, then
             // a switch.
             if self.short_runs > policy.settings().retries {
-                let e =
-                    UpstreamError::Other("upstream keeps failing right after connecting".into());
+                let e = UpstreamError::KeepsFailing;
                 if !policy.switch_after_failure(&self.stream, self.index, &e) {
                     return Err(e);
                 }
@@ -403,7 +400,7 @@ fn arm(
 async fn reopen(
     upstream: &Upstream,
     url: &Url,
-    settings: &crate::store::StreamSettings,
+    settings: &StreamSettings,
     resume: Option<(u64, u64, u64)>,
     etag: Option<HeaderValue>,
 ) -> Result<reqwest::Response, UpstreamError> {
@@ -424,10 +421,7 @@ async fn reopen(
     let status = res.status();
     if !status.is_success() {
         // Mid-stream, a 404 from the next URL means "not here", not "stop playing".
-        return Err(UpstreamError::Other(format!(
-            "upstream answered {} when reconnecting",
-            status.as_u16()
-        )));
+        return Err(UpstreamError::ReconnectStatus(status.as_u16()));
     }
     if let Some((next, last, total)) = resume {
         let lines_up = match Shape::of(status, res.headers()) {
@@ -440,9 +434,7 @@ async fn reopen(
             _ => status == StatusCode::OK && next == 0 && res.content_length() == Some(total),
         };
         if !lines_up {
-            return Err(UpstreamError::Other(
-                "upstream cannot resume the file at the byte reached".into(),
-            ));
+            return Err(UpstreamError::ResumeMismatch);
         }
     }
     Ok(res)

@@ -11,7 +11,7 @@
 
 pub mod direct;
 pub mod failover;
-pub mod fanout;
+pub mod media;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use url::Url;
 use crate::config::{Config, UpstreamTimeouts};
 use crate::error::UpstreamError;
 use crate::metrics::Histogram;
-use crate::store::StreamSettings;
+use crate::stream::StreamSettings;
 
 use self::failover::FailoverPolicy;
 
@@ -100,7 +100,7 @@ impl Upstream {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
-            .map_err(|e| UpstreamError::Other(e.to_string()))?;
+            .map_err(|e| UpstreamError::Client(e.to_string()))?;
         Ok(Self {
             http,
             timeouts: t,

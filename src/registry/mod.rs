@@ -1,4 +1,7 @@
-//! The registry of streams and clients, with the counters the hot path bumps.
+//! The registry of streams and clients, with the counters the hot path bumps, and the
+//! cleanup of idle ones. A stream's entry composes the plain [`crate::stream`] types and
+//! announces what they report (a switch of URL becomes a `failover` event); it holds no
+//! live fan-out state, which [`crate::live`] keeps in its own map.
 //!
 //! Bytes flowing to a player never wait on this module: a response body holds an
 //! `Arc<StreamEntry>` and an `Arc<ClientEntry>` and adds to their atomics per chunk. The
@@ -6,10 +9,9 @@
 //! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -19,37 +21,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::events::{EventBus, EventType};
-use crate::model::{ClientInfo, StreamInfo, StreamType};
-
-/// The settings of a stream, replaced as a whole when the stream is posted again.
-#[derive(Debug, Clone)]
-pub struct StreamSettings {
-    pub original_url: Url,
-    pub failover_urls: Vec<Url>,
-    pub user_agent: Option<String>,
-    /// Extra headers sent upstream; values may be secrets and are never reported.
-    pub headers: HeaderMap,
-    pub metadata: Option<serde_json::Value>,
-    pub stream_type: StreamType,
-}
-
-impl StreamSettings {
-    /// `[original_url, failover_urls...]`, the list failover walks.
-    pub fn urls(&self) -> impl Iterator<Item = &Url> {
-        std::iter::once(&self.original_url).chain(self.failover_urls.iter())
-    }
-
-    pub fn url_count(&self) -> usize {
-        1 + self.failover_urls.len()
-    }
-
-    pub fn url_at(&self, index: usize) -> &Url {
-        match index % self.url_count() {
-            0 => &self.original_url,
-            i => &self.failover_urls[i - 1],
-        }
-    }
-}
+use crate::model::{ClientInfo, StreamInfo};
+use crate::stream::{Listings, StreamSettings, Switched, UrlCursor};
 
 /// Monotonic milliseconds since the registry started, on the tokio clock, plus the wall
 /// time of that start for reporting.
@@ -122,13 +95,10 @@ pub struct StreamEntry {
     pub id: String,
     pub created_at: DateTime<Utc>,
     settings: RwLock<Arc<StreamSettings>>,
-    /// Index into [`StreamSettings::urls`] of the URL in use.
-    current: AtomicUsize,
-    /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
-    /// them (a one-shot flag would reach only the first reader).
-    generation: watch::Sender<u64>,
-    /// Failover bookkeeping: recent automatic switches and the variants each URL lists.
-    pub failover: crate::upstream::failover::StreamFailover,
+    /// Which of [`StreamSettings::urls`] is in use, and the switches that moved it.
+    cursor: UrlCursor,
+    /// The variants each URL's playlist listed, to map a variant across a switch.
+    pub listings: Listings,
     pub counters: Counters,
     last_access_ms: AtomicU64,
     /// One more than the time of the last viewer request (0: never viewed). Unlike
@@ -140,8 +110,6 @@ pub struct StreamEntry {
     clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
-    /// The shared upstream of a live TS stream, while one runs.
-    pub live: crate::upstream::fanout::LiveSlot,
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
@@ -153,7 +121,7 @@ impl StreamEntry {
     }
 
     pub fn current_index(&self) -> usize {
-        self.current.load(Ordering::Acquire)
+        self.cursor.index()
     }
 
     /// The URL in use and its index.
@@ -167,39 +135,36 @@ impl StreamEntry {
     /// past it. Returns the new index, or `None` when there is only one URL. A switch is
     /// counted and announced as a `failover` event with its reason.
     pub fn switch_from(&self, from: usize, reason: &str) -> Option<usize> {
-        let count = self.settings().url_count();
-        if count < 2 {
-            return None;
-        }
-        let next = (from + 1) % count;
-        match self
-            .current
-            .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {
-                self.counters.failovers.fetch_add(1, Ordering::Relaxed);
-                self.totals.failovers.fetch_add(1, Ordering::Relaxed);
-                self.generation.send_modify(|g| *g += 1);
-                self.events.emit(
-                    EventType::Failover,
-                    Some(&self.id),
-                    None,
-                    serde_json::json!({"from_index": from, "to_index": next, "reason": reason}),
-                );
-                Some(next)
-            }
-            // Someone else switched first: use their choice rather than switching twice.
-            Err(now) => Some(now),
+        match self.switch(from, reason, None) {
+            Switched::Moved { to, .. } | Switched::Followed(to) => Some(to),
+            Switched::Single | Switched::Capped => None,
         }
     }
 
+    /// Like [`StreamEntry::switch_from`], at most `cap` times a minute when `cap` is set
+    /// (automatic switches); says what happened.
+    pub fn switch(&self, from: usize, reason: &str, cap: Option<u32>) -> Switched {
+        let switched = self.cursor.switch(from, self.settings().url_count(), cap);
+        if let Switched::Moved { from, to } = switched {
+            self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            self.totals.failovers.fetch_add(1, Ordering::Relaxed);
+            self.events.emit(
+                EventType::Failover,
+                Some(&self.id),
+                None,
+                serde_json::json!({"from_index": from, "to_index": to, "reason": reason}),
+            );
+        }
+        switched
+    }
+
     pub fn subscribe_switches(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+        self.cursor.subscribe()
     }
 
     /// How many times the stream has switched URL since it was registered.
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.cursor.generation()
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -401,12 +366,8 @@ impl Registry {
         if let Some(entry) = streams.get(&id) {
             let count = settings.url_count();
             *entry.settings.write().expect("settings lock") = Arc::new(settings);
-            // New URLs may answer differently: a file before may be a live channel now.
-            entry.live.forget_file();
             // A shorter failover list may leave the index out of range.
-            if entry.current_index() >= count {
-                entry.current.store(0, Ordering::Release);
-            }
+            entry.cursor.clamp(count);
             entry.touch(now);
             return (entry.clone(), Upsert::Updated);
         }
@@ -414,15 +375,13 @@ impl Registry {
             id: id.clone(),
             created_at: Utc::now(),
             settings: RwLock::new(Arc::new(settings)),
-            current: AtomicUsize::new(0),
-            generation: watch::Sender::new(0),
-            failover: Default::default(),
+            cursor: UrlCursor::default(),
+            listings: Listings::default(),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
             closed: CancellationToken::new(),
-            live: Default::default(),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
@@ -846,7 +805,10 @@ impl Drop for Viewing {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderMap;
+
     use super::*;
+    use crate::model::StreamType;
 
     fn settings(url: &str, failover: &[&str]) -> StreamSettings {
         StreamSettings {

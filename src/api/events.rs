@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{FromRef, RawQuery, State};
-use axum::http::{header::HeaderName, HeaderValue, StatusCode};
+use axum::http::{header::HeaderName, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,7 +15,8 @@ use axum::Router;
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{problem, Event, EventBus, EventFilter};
+use crate::error::ApiError;
+use crate::events::{Event, EventBus, EventFilter, UnknownEventType};
 
 /// How often an idle feed sends a comment, so proxies and players keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -33,11 +34,8 @@ async fn event_feed(State(bus): State<EventBus>, RawQuery(query): RawQuery) -> R
     let filter = match filter_from_query(query.as_deref().unwrap_or("")) {
         Ok(filter) => filter,
         Err(unknown) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_event_type",
-                unknown.to_string(),
-            )
+            return ApiError::unprocessable("unknown_event_type", unknown.to_string())
+                .into_response()
         }
     };
     // Subscribe before answering, so every event emitted after the response head is seen.
@@ -53,7 +51,7 @@ async fn event_feed(State(bus): State<EventBus>, RawQuery(query): RawQuery) -> R
 
 /// Query parameters may repeat (`types=a&types=b`); every `types` value is merged. An empty
 /// value (`stream_id=`) restricts nothing, as forms send empty fields.
-fn filter_from_query(query: &str) -> Result<EventFilter, super::UnknownEventType> {
+fn filter_from_query(query: &str) -> Result<EventFilter, UnknownEventType> {
     let mut filter = EventFilter::default();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         if value.is_empty() {

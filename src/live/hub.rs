@@ -1,19 +1,11 @@
-//! Live TS fan-out: every viewer of a live MPEG-TS stream shares one upstream connection.
-//!
-//! IPTV providers often allow one or two connections per account, and a channel watched in
-//! five rooms should not cost five upstream streams. The first viewer of a live stream
-//! opens the upstream as usual; its [`DirectFeed`] (reconnects, failover, packet alignment)
-//! then runs in a task of its own that broadcasts each chunk of whole TS packets. Viewers
-//! who arrive while it runs join at the next chunk, so every viewer starts on a packet
-//! boundary. A viewer too slow to keep up with the buffer is dropped (or skipped ahead to
+//! One shared live upstream: the task that reads a [`DirectFeed`] and broadcasts it in
+//! chunks of whole TS packets, the bodies of its viewers, and the proxy-wide fan-out
+//! counters. A viewer too slow to keep up with the buffer is dropped (or skipped ahead to
 //! the oldest chunk still held, by setting) and counted; it never slows the others. The
 //! upstream closes as soon as the last viewer has gone, or, when slow viewers are dropped,
 //! as soon as every viewer left is too far behind to be kept (a paused player does not hold
-//! a provider's connection open).
-//!
-//! Only live answers (no length) whose bytes are TS are shared: a file, a byte range or a
-//! live stream in another container (whose headers a late joiner would miss) keeps one
-//! upstream per viewer. This module counts no player bytes; each viewer's response does.
+//! a provider's connection open). This module counts no player bytes; each viewer's
+//! response does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -26,10 +18,11 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
-use super::direct::{looks_like_ts, Chunk, DirectFeed, Shape};
+use super::{LiveSlot, SlotState};
 use crate::config::{FanoutSettings, SlowViewer};
-use crate::error::{ApiError, UpstreamError};
-use crate::store::{Registry, StreamEntry};
+use crate::error::UpstreamError;
+use crate::registry::{Registry, StreamEntry};
+use crate::upstream::direct::{looks_like_ts, Chunk, DirectFeed, Shape};
 
 /// How often a hub whose upstream sends nothing checks whether anyone still watches.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -84,70 +77,6 @@ impl Fanout {
     }
 }
 
-/// A stream's place for its shared live upstream. The async lock makes "is one running?"
-/// and "open one" a single step, so viewers arriving together open the upstream once: the
-/// others wait for its answer and join, or get its failure.
-#[derive(Default)]
-pub struct LiveSlot {
-    state: tokio::sync::Mutex<SlotState>,
-    /// Set once the stream answered as a file: its viewers never wait on the lock again.
-    is_file: AtomicBool,
-}
-
-impl std::fmt::Debug for LiveSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveSlot")
-            .field("is_file", &self.is_file)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a stream's slot holds, behind its lock.
-#[derive(Default)]
-pub struct SlotState {
-    /// The shared upstream running now, if any.
-    pub hub: Option<Arc<LiveHub>>,
-    /// The last failure to open the upstream, and when it was met.
-    failed: Option<(Instant, ApiError)>,
-}
-
-impl SlotState {
-    /// The failure met by a viewer who opened the upstream while the caller, here since
-    /// `arrived`, waited for the lock: retrying at once would make each waiting viewer
-    /// wait out the same dead origin in turn.
-    pub fn failed_since(&self, arrived: Instant) -> Option<ApiError> {
-        let (at, error) = self.failed.as_ref()?;
-        (*at >= arrived).then(|| error.clone())
-    }
-
-    /// Remembers a failure to open the upstream, for the viewers waiting behind it.
-    pub fn record_failure(&mut self, error: &ApiError) {
-        self.failed = Some((Instant::now(), error.clone()));
-    }
-}
-
-impl LiveSlot {
-    /// Whether a viewer asking for the whole stream should go through the slot: false
-    /// once the stream is known to be a file, where sharing never applies.
-    pub fn may_share(&self) -> bool {
-        !self.is_file.load(Ordering::Relaxed)
-    }
-
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().await
-    }
-
-    /// Remembers that this stream answers with files, not live streams.
-    pub fn mark_file(&self) {
-        self.is_file.store(true, Ordering::Relaxed);
-    }
-
-    /// Forgets what the stream's answers were, after its URLs changed.
-    pub fn forget_file(&self) {
-        self.is_file.store(false, Ordering::Relaxed);
-    }
-}
-
 /// One running shared upstream and what a joining viewer needs: the answer's head and the
 /// broadcast of its bytes.
 pub struct LiveHub {
@@ -158,7 +87,7 @@ pub struct LiveHub {
     joinable: AtomicBool,
     /// Why the upstream ended for good, for viewers still reading. Viewers hold this, not
     /// the hub, so the sender goes with the hub and its end reaches them.
-    failure: Arc<OnceLock<String>>,
+    failure: Arc<OnceLock<UpstreamError>>,
     /// Chunks broadcast so far.
     sent: AtomicU64,
     /// Each viewer's count of chunks received, to tell who is still within the buffer.
@@ -180,10 +109,12 @@ impl LiveHub {
     /// Starts sharing `feed`, whose answer had `status` and `headers` (as relayed to
     /// players), and returns the hub with the first viewer's body. The caller stores the
     /// hub in the stream's slot while still holding its lock.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         fanout: Arc<Fanout>,
         registry: Arc<Registry>,
         stream: Arc<StreamEntry>,
+        slot: Arc<LiveSlot>,
         status: StatusCode,
         headers: HeaderMap,
         ts: bool,
@@ -201,7 +132,7 @@ impl LiveHub {
         });
         let body = hub.viewer(rx, fanout.clone());
         fanout.live_upstreams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(run(hub.clone(), feed, fanout, registry, stream));
+        tokio::spawn(run(hub.clone(), feed, fanout, registry, stream, slot));
         (hub, body)
     }
 
@@ -246,8 +177,8 @@ impl LiveHub {
 
     /// Takes this hub out of the stream's slot if nobody watches: true when it should end.
     /// Joiners subscribe while holding the slot's lock, so none can slip in between.
-    async fn retire_if_unwatched(self: &Arc<Self>, stream: &StreamEntry, fanout: &Fanout) -> bool {
-        let mut slot = stream.live.lock().await;
+    async fn retire_if_unwatched(self: &Arc<Self>, slot: &LiveSlot, fanout: &Fanout) -> bool {
+        let mut slot = slot.lock().await;
         if self.watched(fanout) {
             return false;
         }
@@ -256,9 +187,9 @@ impl LiveHub {
     }
 
     /// Broadcasts one chunk; false when nobody watches any more and the hub should end.
-    async fn share(self: &Arc<Self>, chunk: Bytes, stream: &StreamEntry, fanout: &Fanout) -> bool {
+    async fn share(self: &Arc<Self>, chunk: Bytes, slot: &LiveSlot, fanout: &Fanout) -> bool {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(chunk).is_ok() || !self.retire_if_unwatched(stream, fanout).await
+        self.tx.send(chunk).is_ok() || !self.retire_if_unwatched(slot, fanout).await
     }
 
     /// Ends this hub for joiners: later viewers open a new upstream.
@@ -278,6 +209,7 @@ async fn run(
     fanout: Arc<Fanout>,
     registry: Arc<Registry>,
     stream: Arc<StreamEntry>,
+    slot: Arc<LiveSlot>,
 ) {
     let mut feed = feed.into_stream();
     let mut idle = tokio::time::interval(IDLE_CHECK);
@@ -291,13 +223,13 @@ async fn run(
         tokio::select! {
             () = stream.closed.cancelled() => break None,
             _ = idle.tick() => {
-                if !hub.watched(&fanout) && hub.retire_if_unwatched(&stream, &fanout).await {
+                if !hub.watched(&fanout) && hub.retire_if_unwatched(&slot, &fanout).await {
                     tracing::debug!(stream_id = %stream.id, "no viewer keeps up with the shared live stream");
                     break None;
                 }
             }
             () = ready, if gathered.due.is_some() => {
-                if !hub.share(gathered.take(), &stream, &fanout).await {
+                if !hub.share(gathered.take(), &slot, &fanout).await {
                     break None;
                 }
             }
@@ -307,7 +239,7 @@ async fn run(
                         hub.joinable.store(true, Ordering::Release);
                     }
                     if let Some(chunk) = gathered.add(bytes) {
-                        if !hub.share(chunk, &stream, &fanout).await {
+                        if !hub.share(chunk, &slot, &fanout).await {
                             break None;
                         }
                     }
@@ -318,18 +250,18 @@ async fn run(
                 Some(Err(e)) => {
                     // What arrived before the failure still reaches the viewers.
                     if gathered.due.is_some() {
-                        hub.share(gathered.take(), &stream, &fanout).await;
+                        hub.share(gathered.take(), &slot, &fanout).await;
                     }
-                    break Some(e.to_string());
+                    break Some(e);
                 }
             },
         }
     };
-    if let Some(reason) = failure {
+    if let Some(error) = failure {
         // Viewers read what is buffered, then end with this error.
-        let _ = hub.failure.set(reason);
+        let _ = hub.failure.set(error);
     }
-    hub.leave(&mut *stream.live.lock().await);
+    hub.leave(&mut *slot.lock().await);
     fanout.live_upstreams.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(stream_id = %stream.id, "shared live upstream closed");
 }
@@ -364,7 +296,7 @@ impl Gathered {
 
 /// A viewer's side of the broadcast.
 fn viewer_body(
-    failure: Arc<OnceLock<String>>,
+    failure: Arc<OnceLock<UpstreamError>>,
     rx: broadcast::Receiver<Bytes>,
     progress: Arc<AtomicU64>,
     fanout: Arc<Fanout>,
@@ -392,8 +324,8 @@ fn viewer_body(
                     }
                 },
                 Err(RecvError::Closed) => {
-                    let reason = failure.get()?.clone();
-                    return Some((Err(UpstreamError::Other(reason)), None));
+                    let error = failure.get()?.clone();
+                    return Some((Err(error), None));
                 }
             }
         }

@@ -1,0 +1,122 @@
+//! `POST/GET /webhooks`, `GET/DELETE /webhooks/{id}`: the HTTP face of the webhook
+//! registry in [`crate::events`]. Handlers validate and translate; registration, delivery
+//! and their counters are the registry's.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::events::{EventType, Webhook, WebhookError, WebhookSpec, Webhooks};
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        ApiError::unprocessable(e.code(), e.to_string())
+    }
+}
+
+/// `POST/GET /webhooks`, `GET/DELETE /webhooks/{id}`.
+pub fn webhooks_router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Webhooks>: FromRef<S>,
+{
+    Router::new()
+        .route("/webhooks", get(list_webhooks).post(register_webhook))
+        .route("/webhooks/{id}", get(show_webhook).delete(remove_webhook))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+}
+
+#[derive(Serialize)]
+struct WebhookList {
+    webhooks: Vec<Webhook>,
+    total: usize,
+}
+
+/// The body as it arrives: event names stay strings so an unknown one gets its own message.
+#[derive(Deserialize)]
+struct RawSpec {
+    url: String,
+    #[serde(default, alias = "event_types")]
+    events: Vec<String>,
+    #[serde(default)]
+    stream_id: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    max_retries: Option<u32>,
+}
+
+async fn register_webhook(
+    State(webhooks): State<Arc<Webhooks>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return ApiError::new(rejection.status(), "invalid_body", rejection.body_text())
+                .into_response()
+        }
+    };
+    let raw: RawSpec = match serde_json::from_slice(&body) {
+        Ok(raw) => raw,
+        Err(err) if err.is_data() => {
+            return ApiError::unprocessable("invalid_body", err.to_string()).into_response()
+        }
+        Err(err) => return ApiError::bad_request("invalid_json", err.to_string()).into_response(),
+    };
+    let events = match raw
+        .events
+        .iter()
+        .map(|name| name.parse())
+        .collect::<Result<Vec<EventType>, _>>()
+    {
+        Ok(events) => events,
+        Err(unknown) => return ApiError::from(WebhookError::from(unknown)).into_response(),
+    };
+    let spec = WebhookSpec {
+        url: raw.url,
+        events,
+        stream_id: raw.stream_id,
+        timeout_secs: raw.timeout_secs,
+        max_retries: raw.max_retries,
+    };
+    match webhooks.register(spec) {
+        Ok(webhook) => (StatusCode::CREATED, Json(webhook)).into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+async fn list_webhooks(State(webhooks): State<Arc<Webhooks>>) -> Json<WebhookList> {
+    let webhooks = webhooks.list();
+    Json(WebhookList {
+        total: webhooks.len(),
+        webhooks,
+    })
+}
+
+async fn show_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
+    match webhooks.get(&id) {
+        Some(webhook) => Json(webhook).into_response(),
+        None => unknown_webhook(&id),
+    }
+}
+
+async fn remove_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
+    if webhooks.remove(&id) {
+        Json(serde_json::json!({ "id": id, "deleted": true })).into_response()
+    } else {
+        unknown_webhook(&id)
+    }
+}
+
+fn unknown_webhook(id: &str) -> Response {
+    ApiError::not_found("webhook_not_found", format!("no webhook with id {id:?}")).into_response()
+}

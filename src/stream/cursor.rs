@@ -1,0 +1,107 @@
+//! Which of a stream's URLs is in use, and the switches that moved it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The window of the per-minute switch cap.
+pub const SWITCH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The index of the URL in use among `[original_url, failover_urls...]`, the generation
+/// that counts its changes, and the times of recent automatic switches.
+#[derive(Debug)]
+pub struct UrlCursor {
+    current: AtomicUsize,
+    /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
+    /// them (a one-shot flag would reach only the first reader).
+    generation: watch::Sender<u64>,
+    /// When capped switches happened, for the per-minute cap.
+    switches: Mutex<VecDeque<Instant>>,
+}
+
+impl Default for UrlCursor {
+    fn default() -> Self {
+        Self {
+            current: AtomicUsize::new(0),
+            generation: watch::Sender::new(0),
+            switches: Mutex::default(),
+        }
+    }
+}
+
+/// What a request to move off a URL came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switched {
+    /// This call moved the cursor to `to`.
+    Moved { from: usize, to: usize },
+    /// Another request had already moved it; it is at this index now.
+    Followed(usize),
+    /// There is nowhere else to go: a single URL.
+    Single,
+    /// The per-minute cap of automatic switches is reached.
+    Capped,
+}
+
+impl UrlCursor {
+    pub fn index(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// How many times the URL in use changed.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Moves to the URL after `from` among `count` (wrapping), unless another request
+    /// already moved past it. With `cap`, at most that many such moves happen per
+    /// [`SWITCH_WINDOW`]; manual switches pass `None`.
+    pub fn switch(&self, from: usize, count: usize, cap: Option<u32>) -> Switched {
+        if count < 2 {
+            return Switched::Single;
+        }
+        let now = Instant::now();
+        let mut recent = self.switches.lock().expect("switch log lock");
+        if let Some(cap) = cap {
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= SWITCH_WINDOW)
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= cap as usize {
+                return Switched::Capped;
+            }
+        }
+        let to = (from + 1) % count;
+        match self
+            .current
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                if cap.is_some() {
+                    recent.push_back(now);
+                }
+                self.generation.send_modify(|g| *g += 1);
+                Switched::Moved { from, to }
+            }
+            // Someone else switched first: use their choice rather than switching twice.
+            Err(now) => Switched::Followed(now),
+        }
+    }
+
+    /// Brings the index back to the original URL when a shorter URL list leaves it out of
+    /// range.
+    pub fn clamp(&self, count: usize) {
+        if self.index() >= count {
+            self.current.store(0, Ordering::Release);
+        }
+    }
+}

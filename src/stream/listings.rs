@@ -1,0 +1,154 @@
+//! The variants each of a stream's URLs listed, so a playlist reference issued under one
+//! URL finds its equivalent under another after a switch.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::playlist::PlaylistInfo;
+
+/// What the playlist at each URL index of a stream listed when last fetched.
+#[derive(Debug, Default)]
+pub struct Listings {
+    by_index: Mutex<HashMap<usize, Listing>>,
+}
+
+/// The playlists a stream URL's playlist lists, in playlist order: enough to find the
+/// equivalent of a variant under another URL.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Listing {
+    /// The stream's switch generation when this was fetched.
+    pub generation: u64,
+    /// Variant (and I-frame) playlist URLs; empty for a media playlist.
+    pub variants: Vec<String>,
+    /// `EXT-X-MEDIA` rendition URLs.
+    pub renditions: Vec<String>,
+}
+
+impl Listing {
+    pub fn new(generation: u64, info: &PlaylistInfo) -> Self {
+        Self {
+            generation,
+            variants: info.variants.clone(),
+            renditions: info.renditions.clone(),
+        }
+    }
+
+    /// A media playlist: the URL itself is the only "variant".
+    fn is_media(&self) -> bool {
+        self.variants.is_empty() && self.renditions.is_empty()
+    }
+
+    fn contains(&self, target: &str) -> bool {
+        self.variants
+            .iter()
+            .chain(&self.renditions)
+            .any(|u| u == target)
+    }
+}
+
+/// Where a playlist reference points under the stream's current URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Equivalent {
+    /// Fetch the referenced URL itself.
+    Same,
+    /// Fetch this playlist listed by the current URL instead.
+    Listed(String),
+    /// The current URL is itself a media playlist: fetch it.
+    StreamUrl,
+}
+
+impl Listings {
+    /// Remembers what the playlist at URL `index` lists.
+    pub fn remember(&self, index: usize, listing: Listing) {
+        self.by_index
+            .lock()
+            .expect("listings lock")
+            .insert(index, listing);
+    }
+
+    /// The listing of URL `index` if it was fetched in `generation`.
+    pub fn listing(&self, index: usize, generation: u64) -> Option<Listing> {
+        self.by_index
+            .lock()
+            .expect("listings lock")
+            .get(&index)
+            .filter(|l| l.generation == generation)
+            .cloned()
+    }
+
+    /// The URL index whose playlist listed `target`, if any did, other than `current`.
+    /// `None` when `target` belongs to the current URL or to no known listing (a nested
+    /// playlist deeper down, or one from before a restart): it is fetched as it is.
+    pub fn listed_elsewhere(&self, target: &str, current: usize) -> Option<Listing> {
+        let listings = self.by_index.lock().expect("listings lock");
+        if listings.get(&current).is_some_and(|l| l.contains(target)) {
+            return None;
+        }
+        listings.values().find(|l| l.contains(target)).cloned()
+    }
+}
+
+/// The equivalent under `new` of `target`, a playlist that `old` listed: the one at the
+/// same position among variants (or renditions), or the last one when `new` lists fewer.
+pub fn equivalent(old: &Listing, new: &Listing, target: &str) -> Equivalent {
+    if new.is_media() {
+        return Equivalent::StreamUrl;
+    }
+    let pick = |from: &[String], to: &[String]| {
+        let at = from.iter().position(|u| u == target)?;
+        to.get(at.min(to.len().checked_sub(1)?)).cloned()
+    };
+    pick(&old.variants, &new.variants)
+        .or_else(|| pick(&old.renditions, &new.renditions))
+        // A rendition with no counterpart: the first variant still plays.
+        .or_else(|| new.variants.first().cloned())
+        .map_or(Equivalent::Same, Equivalent::Listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(variants: &[&str], renditions: &[&str]) -> Listing {
+        Listing {
+            generation: 0,
+            variants: variants.iter().map(|s| s.to_string()).collect(),
+            renditions: renditions.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn variants_map_by_position_and_clamp_to_the_last() {
+        let old = listing(&["a/lo", "a/mid", "a/hi"], &["a/en"]);
+        let new = listing(&["b/lo", "b/hi"], &["b/en"]);
+        let eq = |t| equivalent(&old, &new, t);
+        assert_eq!(eq("a/lo"), Equivalent::Listed("b/lo".into()));
+        assert_eq!(eq("a/mid"), Equivalent::Listed("b/hi".into()));
+        assert_eq!(eq("a/hi"), Equivalent::Listed("b/hi".into()));
+        assert_eq!(eq("a/en"), Equivalent::Listed("b/en".into()));
+        let bare = listing(&["b/only"], &[]);
+        assert_eq!(
+            equivalent(&old, &bare, "a/en"),
+            Equivalent::Listed("b/only".into())
+        );
+        assert_eq!(
+            equivalent(&old, &listing(&[], &[]), "a/hi"),
+            Equivalent::StreamUrl
+        );
+    }
+
+    #[test]
+    fn a_reference_of_the_current_url_or_of_none_is_fetched_as_is() {
+        let book = Listings::default();
+        book.remember(0, listing(&["a/lo"], &[]));
+        book.remember(1, listing(&["b/lo"], &[]));
+        assert_eq!(book.listed_elsewhere("a/lo", 0), None);
+        assert_eq!(
+            book.listed_elsewhere("a/lo", 1),
+            Some(listing(&["a/lo"], &[]))
+        );
+        assert_eq!(book.listed_elsewhere("a/deeper", 1), None);
+        assert!(book.listing(1, 0).is_some());
+        assert!(book.listing(1, 1).is_none(), "stale after a switch");
+    }
+}

@@ -1,0 +1,36 @@
+//! A stream's settings, as `POST /streams` gave them.
+
+use axum::http::HeaderMap;
+use url::Url;
+
+use crate::model::StreamType;
+
+/// The settings of a stream, replaced as a whole when the stream is posted again.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub original_url: Url,
+    pub failover_urls: Vec<Url>,
+    pub user_agent: Option<String>,
+    /// Extra headers sent upstream; values may be secrets and are never reported.
+    pub headers: HeaderMap,
+    pub metadata: Option<serde_json::Value>,
+    pub stream_type: StreamType,
+}
+
+impl StreamSettings {
+    /// `[original_url, failover_urls...]`, the list failover walks.
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        std::iter::once(&self.original_url).chain(self.failover_urls.iter())
+    }
+
+    pub fn url_count(&self) -> usize {
+        1 + self.failover_urls.len()
+    }
+
+    pub fn url_at(&self, index: usize) -> &Url {
+        match index % self.url_count() {
+            0 => &self.original_url,
+            i => &self.failover_urls[i - 1],
+        }
+    }
+}
