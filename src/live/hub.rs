@@ -16,9 +16,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{LiveSlot, SlotState};
+use super::Slots;
 use crate::config::{FanoutSettings, SlowViewer};
 use crate::error::UpstreamError;
 use crate::registry::{Registry, StreamEntry};
@@ -85,6 +86,11 @@ pub struct LiveHub {
     tx: broadcast::Sender<Bytes>,
     /// Whether late joiners are welcome: the bytes are known to be TS packets.
     joinable: AtomicBool,
+    /// Set once the hub takes no more viewers (nobody watched, the stream was deleted, the
+    /// feed failed); it leaves its slot once its upstream connection is closed.
+    ended: AtomicBool,
+    /// Turns true once the upstream connection is closed and the hub has left its slot.
+    closed: watch::Sender<bool>,
     /// Why the upstream ended for good, for viewers still reading. Viewers hold this, not
     /// the hub, so the sender goes with the hub and its end reaches them.
     failure: Arc<OnceLock<UpstreamError>>,
@@ -92,10 +98,23 @@ pub struct LiveHub {
     sent: AtomicU64,
     /// Each viewer's count of chunks received, to tell who is still within the buffer.
     progress: Mutex<Vec<Weak<AtomicU64>>>,
+    /// The slots of the stream, which this hub leaves when it ends.
+    slots: Arc<Slots>,
+    stream_id: String,
 }
 
 /// What a viewer reads: the shared chunks, as the chunks of its own response.
 pub type ViewerBody = BoxStream<'static, Result<Chunk, UpstreamError>>;
+
+/// Whether a hub takes one more viewer.
+pub(super) enum Joined {
+    /// Yes: this viewer's body, from the next chunk on.
+    Body(ViewerBody),
+    /// Its bytes are under way and are not TS: a viewer joining now would start mid-frame.
+    NotTs,
+    /// It is ending; this receiver turns true once its upstream is closed.
+    Ending(watch::Receiver<bool>),
+}
 
 impl LiveHub {
     /// Whether an answer of `status` and `shape` can be shared at all: a whole live answer
@@ -107,14 +126,14 @@ impl LiveHub {
     }
 
     /// Starts sharing `feed`, whose answer had `status` and `headers` (as relayed to
-    /// players), and returns the hub with the first viewer's body. The caller stores the
-    /// hub in the stream's slot while still holding its lock.
+    /// players), and returns the hub with the first viewer's body. The caller puts the hub
+    /// in the stream's slot.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub(super) fn start(
         fanout: Arc<Fanout>,
         registry: Arc<Registry>,
         stream: Arc<StreamEntry>,
-        slot: Arc<LiveSlot>,
+        slots: Arc<Slots>,
         status: StatusCode,
         headers: HeaderMap,
         ts: bool,
@@ -126,25 +145,34 @@ impl LiveHub {
             headers,
             tx,
             joinable: AtomicBool::new(ts),
+            ended: AtomicBool::new(false),
+            closed: watch::Sender::new(false),
             failure: Arc::default(),
             sent: AtomicU64::new(0),
             progress: Mutex::default(),
+            slots,
+            stream_id: stream.id.clone(),
         });
         let body = hub.viewer(rx, fanout.clone());
         fanout.live_upstreams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(run(hub.clone(), feed, fanout, registry, stream, slot));
+        tokio::spawn(run(hub.clone(), feed, fanout, registry, stream));
         (hub, body)
     }
 
-    /// A body for one more viewer, from the next chunk on; `None` when this hub takes no
-    /// joiners (its bytes are not TS, or it has ended).
-    pub fn join(self: &Arc<Self>, fanout: &Arc<Fanout>) -> Option<ViewerBody> {
-        if !self.joinable.load(Ordering::Acquire) || self.failure.get().is_some() {
-            return None;
+    /// One more viewer, if this hub takes it. Called with the slots locked: the hub sends
+    /// its first chunk and retires under the same lock, so a viewer either gets the stream
+    /// from its first byte (whatever the container) or joins a TS stream mid-way, and
+    /// never joins a hub that is retiring.
+    pub(super) fn join(&self, fanout: &Arc<Fanout>) -> Joined {
+        if self.ended.load(Ordering::Acquire) {
+            return Joined::Ending(self.closed.subscribe());
+        }
+        if !self.joinable.load(Ordering::Acquire) && self.sent.load(Ordering::Acquire) > 0 {
+            return Joined::NotTs;
         }
         let rx = self.tx.subscribe();
         fanout.joins.fetch_add(1, Ordering::Relaxed);
-        Some(self.viewer(rx, fanout.clone()))
+        Joined::Body(self.viewer(rx, fanout.clone()))
     }
 
     /// The body of a viewer reading `rx`, whose progress the hub follows from now on.
@@ -175,29 +203,38 @@ impl LiveHub {
             .any(|p| sent.saturating_sub(p.load(Ordering::Relaxed)) <= buffer)
     }
 
-    /// Takes this hub out of the stream's slot if nobody watches: true when it should end.
-    /// Joiners subscribe while holding the slot's lock, so none can slip in between.
-    async fn retire_if_unwatched(self: &Arc<Self>, slot: &LiveSlot, fanout: &Fanout) -> bool {
-        let mut slot = slot.lock().await;
+    /// Ends this hub for joiners if nobody watches: true when it should end. Joiners
+    /// subscribe while holding the slots' lock, so none can slip in between.
+    fn retire_if_unwatched(&self, fanout: &Fanout) -> bool {
+        let _slots = self.slots.lock();
         if self.watched(fanout) {
             return false;
         }
-        self.leave(&mut slot);
+        self.ended.store(true, Ordering::Release);
         true
     }
 
     /// Broadcasts one chunk; false when nobody watches any more and the hub should end.
-    async fn share(self: &Arc<Self>, chunk: Bytes, slot: &LiveSlot, fanout: &Fanout) -> bool {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(chunk).is_ok() || !self.retire_if_unwatched(slot, fanout).await
+    fn share(&self, chunk: Bytes, fanout: &Fanout) -> bool {
+        let sent = if self.sent.load(Ordering::Relaxed) == 0 {
+            // Viewers who subscribed before this chunk get the stream from its first byte;
+            // see `join`. Only the first chunk takes the lock.
+            let _slots = self.slots.lock();
+            self.sent.fetch_add(1, Ordering::Release);
+            self.tx.send(chunk)
+        } else {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            self.tx.send(chunk)
+        };
+        sent.is_ok() || !self.retire_if_unwatched(fanout)
     }
 
-    /// Ends this hub for joiners: later viewers open a new upstream.
-    fn leave(self: &Arc<Self>, slot: &mut SlotState) {
-        self.joinable.store(false, Ordering::Release);
-        if slot.hub.as_ref().is_some_and(|h| Arc::ptr_eq(h, self)) {
-            slot.hub = None;
-        }
+    /// Leaves the stream's slot, once the upstream connection is closed: only then may
+    /// another viewer open a new one.
+    fn leave(self: &Arc<Self>) {
+        self.ended.store(true, Ordering::Release);
+        self.slots.vacate_hub(&self.stream_id, self);
+        self.closed.send_replace(true);
     }
 }
 
@@ -209,7 +246,6 @@ async fn run(
     fanout: Arc<Fanout>,
     registry: Arc<Registry>,
     stream: Arc<StreamEntry>,
-    slot: Arc<LiveSlot>,
 ) {
     let mut feed = feed.into_stream();
     let mut idle = tokio::time::interval(IDLE_CHECK);
@@ -223,13 +259,13 @@ async fn run(
         tokio::select! {
             () = stream.closed.cancelled() => break None,
             _ = idle.tick() => {
-                if !hub.watched(&fanout) && hub.retire_if_unwatched(&slot, &fanout).await {
+                if !hub.watched(&fanout) && hub.retire_if_unwatched(&fanout) {
                     tracing::debug!(stream_id = %stream.id, "no viewer keeps up with the shared live stream");
                     break None;
                 }
             }
             () = ready, if gathered.due.is_some() => {
-                if !hub.share(gathered.take(), &slot, &fanout).await {
+                if !hub.share(gathered.take(), &fanout) {
                     break None;
                 }
             }
@@ -239,7 +275,7 @@ async fn run(
                         hub.joinable.store(true, Ordering::Release);
                     }
                     if let Some(chunk) = gathered.add(bytes) {
-                        if !hub.share(chunk, &slot, &fanout).await {
+                        if !hub.share(chunk, &fanout) {
                             break None;
                         }
                     }
@@ -250,18 +286,21 @@ async fn run(
                 Some(Err(e)) => {
                     // What arrived before the failure still reaches the viewers.
                     if gathered.due.is_some() {
-                        hub.share(gathered.take(), &slot, &fanout).await;
+                        hub.share(gathered.take(), &fanout);
                     }
                     break Some(e);
                 }
             },
         }
     };
+    // No more joiners; the upstream connection closes before anyone may open another.
+    hub.ended.store(true, Ordering::Release);
+    drop(feed);
     if let Some(error) = failure {
         // Viewers read what is buffered, then end with this error.
         let _ = hub.failure.set(error);
     }
-    hub.leave(&mut *slot.lock().await);
+    hub.leave();
     fanout.live_upstreams.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(stream_id = %stream.id, "shared live upstream closed");
 }

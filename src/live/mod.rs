@@ -9,43 +9,47 @@
 //!
 //! Only live answers (no length) whose bytes are TS are shared: a file, a byte range or a
 //! live stream in another container (whose headers a late joiner would miss) keeps one
-//! upstream per viewer. [`Live`] holds each stream's [`LiveSlot`] in its own map and makes
-//! the open-or-join decision ([`Live::tune_in`]); opening an upstream and answering the
-//! player are the caller's.
+//! upstream per viewer. [`Live`] holds each stream's slot in its own map and makes the
+//! open-or-join decision ([`Live::tune_in`]); opening an upstream and answering the player
+//! are the caller's. No lock is held while an upstream opens: viewers arriving while one
+//! opens wait for its outcome, not for a lock, and a hub that failed or is ending counts
+//! as an empty slot once its own connection is closed, so one account never has two.
 
 mod hub;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::http::HeaderMap;
-use tokio::time::Instant;
+use axum::http::{HeaderMap, StatusCode};
+use tokio::sync::watch;
 use url::Url;
 
-pub use hub::{Fanout, LiveHub, ViewerBody};
+use self::hub::Joined;
+pub use self::hub::{Fanout, LiveHub, ViewerBody};
 
 use crate::config::FanoutSettings;
 use crate::error::ApiError;
+use crate::playlist::UriKind;
 use crate::registry::{Registry, StreamEntry};
 use crate::upstream::direct::{DirectFeed, Shape};
 use crate::upstream::media::relayed_headers;
 use crate::upstream::Upstream;
 
-/// Live sharing of the whole proxy: its settings and counters, and one slot per stream
-/// that had a viewer tune in.
+/// Live sharing of the whole proxy: its settings and counters, and the slot of each stream
+/// that has a shared upstream, is opening one, or is known to be a file.
 #[derive(Debug, Default)]
 pub struct Live {
     pub fanout: Arc<Fanout>,
-    slots: Mutex<HashMap<String, Arc<LiveSlot>>>,
+    slots: Arc<Slots>,
 }
 
 /// What a viewer asking for a whole direct stream gets.
 pub enum Tuned {
     /// The bytes of a shared upstream: the head its first viewer got, and this viewer's body.
     Shared {
-        status: axum::http::StatusCode,
+        status: StatusCode,
         headers: HeaderMap,
         body: ViewerBody,
     },
@@ -57,37 +61,29 @@ impl Live {
     pub fn new(settings: FanoutSettings) -> Self {
         Self {
             fanout: Arc::new(Fanout::new(settings)),
-            slots: Mutex::default(),
+            slots: Arc::default(),
         }
     }
 
     /// Whether a viewer asking for the whole of `stream` should go through its slot:
     /// sharing is on, and the stream is not known to be a file.
     pub fn may_share(&self, stream: &StreamEntry) -> bool {
-        self.fanout.enabled() && self.slot(&stream.id).may_share()
+        self.fanout.enabled() && !matches!(self.slots.lock().get(&stream.id), Some(Slot::File))
     }
 
     /// Forgets what the stream's answers were, after its URLs changed: a file before may
     /// be a live channel now.
     pub fn forget_file(&self, stream_id: &str) {
-        if let Some(slot) = self.slots.lock().expect("live slots lock").get(stream_id) {
-            slot.is_file.store(false, Ordering::Relaxed);
+        let mut slots = self.slots.lock();
+        if matches!(slots.get(stream_id), Some(Slot::File)) {
+            slots.remove(stream_id);
         }
     }
 
-    fn slot(&self, stream_id: &str) -> Arc<LiveSlot> {
-        self.slots
-            .lock()
-            .expect("live slots lock")
-            .entry(stream_id.to_string())
-            .or_default()
-            .clone()
-    }
-
     /// A GET for a whole direct stream. A live TS stream is read once for all its viewers:
-    /// join the shared upstream that runs, or `open` one while holding the stream's slot,
-    /// so viewers arriving together open it once. Anything else is this viewer's own
-    /// upstream.
+    /// join the shared upstream that runs, wait for the viewer opening one, or `open` it
+    /// for everyone. Anything that cannot be shared is this viewer's own upstream, opened
+    /// at once. No lock is held while `open` runs.
     pub async fn tune_in<F, Fut>(
         &self,
         upstream: &Upstream,
@@ -99,47 +95,60 @@ impl Live {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(usize, Url, reqwest::Response), ApiError>>,
     {
-        let arrived = Instant::now();
-        let live_slot = self.slot(&stream.id);
-        let mut slot = live_slot.lock().await;
-        let running = slot
-            .hub
-            .as_ref()
-            .and_then(|hub| Some((hub.clone(), hub.join(&self.fanout)?)));
-        if let Some((hub, body)) = running {
-            drop(slot);
-            return Ok(shared(&hub, body));
-        }
-        if let Some(error) = slot.failed_since(arrived) {
-            // The viewer ahead of this one just failed to open it: same answer, at once.
-            return Err(error);
-        }
-        let (index, url, res) = open().await.inspect_err(|e| slot.record_failure(e))?;
-        let shape = Shape::of(res.status(), res.headers());
-        if slot.hub.is_none() && LiveHub::can_share(res.status(), &shape) {
-            let headers = relayed_headers(&res, &url, crate::playlist::UriKind::Media);
+        let leading = loop {
+            match self.slots.step(&stream.id, &self.fanout) {
+                Step::Join(hub, body) => return Ok(shared(&hub, body)),
+                Step::OpenOwn => break None,
+                Step::Lead(leading) => break Some(leading),
+                Step::WaitOpening(mut outcome) => {
+                    let opened = outcome.wait_for(Option::is_some).await.ok();
+                    match opened.and_then(|o| o.clone()) {
+                        // The viewer ahead of this one just failed to open it: same answer.
+                        Some(Opened::Failed(error)) => return Err(error),
+                        Some(Opened::Unshared) => break None,
+                        // A hub to join, or the opener gave up (its player hung up).
+                        Some(Opened::Shared) | None => continue,
+                    }
+                }
+                Step::WaitClosed(mut closed) => {
+                    let _ = closed.wait_for(|closed| *closed).await;
+                }
+            }
+        };
+        let opened = open().await;
+        let Some(leading) = leading else {
+            let (index, url, res) = opened?;
+            return Ok(Tuned::Own(index, url, res));
+        };
+        let (index, url, res) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                leading.finish(None, Opened::Failed(error.clone()));
+                return Err(error);
+            }
+        };
+        let status = res.status();
+        let shape = Shape::of(status, res.headers());
+        if LiveHub::can_share(status, &shape) {
+            let headers = relayed_headers(&res, &url, UriKind::Media);
             let ts = shape == (Shape::Live { ts: Some(true) });
-            let status = res.status();
             let feed = DirectFeed::new(upstream.clone(), stream.clone(), index, res);
             let (hub, body) = LiveHub::start(
                 self.fanout.clone(),
                 registry.clone(),
                 stream.clone(),
-                live_slot.clone(),
+                self.slots.clone(),
                 status,
                 headers,
                 ts,
                 feed,
             );
-            slot.hub = Some(hub.clone());
-            drop(slot);
+            leading.finish(Some(Slot::Running(hub.clone())), Opened::Shared);
             return Ok(shared(&hub, body));
         }
-        if res.status().is_success() && !matches!(shape, Shape::Live { .. }) {
-            // A file: its later viewers go straight to the origin, never through the slot.
-            live_slot.is_file.store(true, Ordering::Relaxed);
-        }
-        drop(slot);
+        // A file: its later viewers go straight to the origin, never through the slot.
+        let file = status.is_success() && !matches!(shape, Shape::Live { .. });
+        leading.finish(file.then_some(Slot::File), Opened::Unshared);
         Ok(Tuned::Own(index, url, res))
     }
 }
@@ -152,54 +161,141 @@ fn shared(hub: &LiveHub, body: ViewerBody) -> Tuned {
     }
 }
 
-/// A stream's place for its shared live upstream. The async lock makes "is one running?"
-/// and "open one" a single step, so viewers arriving together open the upstream once: the
-/// others wait for its answer and join, or get its failure.
+/// Each stream's slot by stream id; no entry is an empty slot. A std lock, held only to
+/// read or change an entry, to subscribe a joiner, or for a hub's first chunk: never
+/// across an `.await`, and never while an upstream opens.
 #[derive(Default)]
-pub struct LiveSlot {
-    state: tokio::sync::Mutex<SlotState>,
-    /// Set once the stream answered as a file: its viewers never wait on the lock again.
-    is_file: AtomicBool,
+struct Slots {
+    by_stream: Mutex<HashMap<String, Slot>>,
+    /// Numbers the openings, so an opener only ever clears its own.
+    openings: AtomicU64,
 }
 
-impl std::fmt::Debug for LiveSlot {
+impl std::fmt::Debug for Slots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveSlot")
-            .field("is_file", &self.is_file)
-            .finish_non_exhaustive()
+        f.debug_struct("Slots")
+            .field("streams", &self.lock().len())
+            .finish()
     }
 }
 
-/// What a stream's slot holds, behind its lock.
-#[derive(Default)]
-pub struct SlotState {
-    /// The shared upstream running now, if any.
-    pub hub: Option<Arc<LiveHub>>,
-    /// The last failure to open the upstream, and when it was met.
-    failed: Option<(Instant, ApiError)>,
+/// What a stream's slot holds.
+enum Slot {
+    /// A viewer is opening the upstream; the others wait for what it finds.
+    Opening {
+        id: u64,
+        outcome: watch::Receiver<Option<Opened>>,
+    },
+    /// A shared upstream runs.
+    Running(Arc<LiveHub>),
+    /// The stream answered with a file: its viewers go straight to the origin.
+    File,
 }
 
-impl SlotState {
-    /// The failure met by a viewer who opened the upstream while the caller, here since
-    /// `arrived`, waited for the lock: retrying at once would make each waiting viewer
-    /// wait out the same dead origin in turn.
-    fn failed_since(&self, arrived: Instant) -> Option<ApiError> {
-        let (at, error) = self.failed.as_ref()?;
-        (*at >= arrived).then(|| error.clone())
+/// What the viewer who opened the upstream found, for the viewers who waited on it.
+#[derive(Clone)]
+enum Opened {
+    /// A shared upstream runs now: join it.
+    Shared,
+    /// The answer cannot be shared: open your own.
+    Unshared,
+    /// Opening failed: the waiting viewers get the same answer rather than each waiting
+    /// out the same dead origin in turn.
+    Failed(ApiError),
+}
+
+/// What a viewer does next.
+enum Step<'a> {
+    Join(Arc<LiveHub>, ViewerBody),
+    OpenOwn,
+    Lead(Leading<'a>),
+    WaitOpening(watch::Receiver<Option<Opened>>),
+    /// A hub is ending: wait until its upstream connection is closed.
+    WaitClosed(watch::Receiver<bool>),
+}
+
+impl Slots {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.by_stream.lock().expect("live slots lock")
     }
 
-    /// Remembers a failure to open the upstream, for the viewers waiting behind it.
-    fn record_failure(&mut self, error: &ApiError) {
-        self.failed = Some((Instant::now(), error.clone()));
+    /// Looks at the stream's slot and decides, in one step under the lock: join the
+    /// running hub, wait, open an upstream of one's own, or become the one who opens it.
+    fn step(&self, stream_id: &str, fanout: &Arc<Fanout>) -> Step<'_> {
+        let mut slots = self.lock();
+        match slots.get(stream_id) {
+            Some(Slot::Running(hub)) => match hub.join(fanout) {
+                Joined::Body(body) => return Step::Join(hub.clone(), body),
+                Joined::NotTs => return Step::OpenOwn,
+                Joined::Ending(closed) => return Step::WaitClosed(closed),
+            },
+            Some(Slot::Opening { outcome, .. }) => return Step::WaitOpening(outcome.clone()),
+            Some(Slot::File) => return Step::OpenOwn,
+            None => {}
+        }
+        let id = self.openings.fetch_add(1, Ordering::Relaxed);
+        let (outcome, waiting) = watch::channel(None);
+        slots.insert(
+            stream_id.to_string(),
+            Slot::Opening {
+                id,
+                outcome: waiting,
+            },
+        );
+        Step::Lead(Leading {
+            slots: self,
+            stream_id: stream_id.to_string(),
+            id,
+            outcome,
+        })
+    }
+
+    /// Empties the stream's slot if `hub` is still in it.
+    fn vacate_hub(&self, stream_id: &str, hub: &Arc<LiveHub>) {
+        let mut slots = self.lock();
+        if matches!(slots.get(stream_id), Some(Slot::Running(h)) if Arc::ptr_eq(h, hub)) {
+            slots.remove(stream_id);
+        }
     }
 }
 
-impl LiveSlot {
-    fn may_share(&self) -> bool {
-        !self.is_file.load(Ordering::Relaxed)
+/// The viewer opening a stream's upstream for everyone. Dropped before it finishes (its
+/// player hung up), it empties the slot, and the viewers waiting look again.
+struct Leading<'a> {
+    slots: &'a Slots,
+    stream_id: String,
+    id: u64,
+    outcome: watch::Sender<Option<Opened>>,
+}
+
+impl Leading<'_> {
+    /// Puts `slot` in the stream's slot (or empties it) and tells the waiting viewers.
+    fn finish(self, slot: Option<Slot>, opened: Opened) {
+        {
+            let mut slots = self.slots.lock();
+            if self.is_current(&slots) {
+                match slot {
+                    Some(slot) => slots.insert(self.stream_id.clone(), slot),
+                    None => slots.remove(&self.stream_id),
+                };
+            }
+        }
+        self.outcome.send_replace(Some(opened));
     }
 
-    async fn lock(&self) -> tokio::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().await
+    fn is_current(&self, slots: &HashMap<String, Slot>) -> bool {
+        matches!(slots.get(&self.stream_id), Some(Slot::Opening { id, .. }) if *id == self.id)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if self.outcome.borrow().is_some() {
+            return;
+        }
+        let mut slots = self.slots.lock();
+        if self.is_current(&slots) {
+            slots.remove(&self.stream_id);
+        }
     }
 }
