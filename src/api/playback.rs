@@ -2,6 +2,7 @@
 //! and direct streams. Bytes are relayed as they arrive and counted as they are handed to
 //! the player; nothing is buffered whole except playlists.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,7 +13,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{BoxStream, Stream};
 use futures_util::{FutureExt, StreamExt};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use url::Url;
 
 use crate::cache::{Entry, Filled, Head, Lookup};
@@ -496,10 +496,15 @@ fn counted_body(inner: BoxStream<'static, Result<Chunk, UpstreamError>>, viewing
 /// failover feed recovered from), ends when the stream is deleted, and releases the
 /// viewer's connection when dropped (the player hung up or the body ended). Dropping it
 /// drops the upstream response, which cancels the upstream request.
+///
+/// Per chunk it does atomics only: a flowing body sees a deletion through
+/// [`StreamEntry::is_closed`]; the stream's token (whose locks every viewer of the
+/// stream shares) is polled only while the body waits for bytes.
 struct CountedBody {
     inner: BoxStream<'static, Result<Chunk, UpstreamError>>,
     viewing: Viewing,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Resolves when the stream is deleted.
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,
 }
 
@@ -507,10 +512,7 @@ impl Stream for CountedBody {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if self.closed.poll_unpin(cx).is_ready() {
+        if self.done || self.viewing.stream.is_closed() {
             self.done = true;
             return Poll::Ready(None);
         }
@@ -536,6 +538,10 @@ impl Stream for CountedBody {
                     Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
                 }
                 Poll::Ready(None) => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+                Poll::Pending if self.closed.poll_unpin(cx).is_ready() => {
                     self.done = true;
                     Poll::Ready(None)
                 }
@@ -576,5 +582,87 @@ mod tests {
         );
         let plain = with_ll_hls_params(Url::parse("http://o/a.m3u8").unwrap(), None);
         assert_eq!(plain.as_str(), "http://o/a.m3u8");
+    }
+
+    fn viewing() -> Viewing {
+        let registry = Arc::new(crate::registry::Registry::new(b"k"));
+        let (stream, _) = registry.upsert(crate::stream::StreamSettings {
+            original_url: Url::parse("http://o/live.ts").unwrap(),
+            failover_urls: Vec::new(),
+            user_agent: None,
+            headers: HeaderMap::new(),
+            metadata: None,
+            stream_type: StreamType::Direct,
+        });
+        let (client, _) = registry.client("c", &stream.id, "127.0.0.1", "ua");
+        Viewing::new(registry, stream, client)
+    }
+
+    fn body(
+        inner: BoxStream<'static, Result<Chunk, UpstreamError>>,
+        viewing: Viewing,
+        closed: impl Future<Output = ()> + Send + 'static,
+    ) -> CountedBody {
+        CountedBody {
+            inner,
+            viewing,
+            closed: Box::pin(closed),
+            done: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flowing_body_touches_no_lock_of_the_stream_per_chunk() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polls.clone();
+        // Stands for the stream's cancellation token: counts how often it is looked at.
+        let closed = futures_util::future::poll_fn(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Poll::<()>::Pending
+        });
+        let chunks = (0..1000).map(|_| Ok(Chunk::Bytes(Bytes::from_static(&[0x47; 188]))));
+        let viewing = viewing();
+        let stream = viewing.stream.clone();
+        let mut body = body(futures_util::stream::iter(chunks).boxed(), viewing, closed);
+        let mut bytes = 0;
+        while let Some(chunk) = body.next().await {
+            bytes += chunk.unwrap().len();
+        }
+        assert_eq!(bytes, 188_000);
+        assert_eq!(
+            crate::registry::Counters::get(&stream.counters.bytes),
+            188_000
+        );
+        assert_eq!(polls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn deleting_the_stream_ends_flowing_and_waiting_bodies() {
+        let viewing = viewing();
+        let (registry, stream) = (viewing.registry.clone(), viewing.stream.clone());
+        let endless =
+            futures_util::stream::repeat_with(|| Ok(Chunk::Bytes(Bytes::from_static(b"x"))));
+        let closed = stream.closed.clone().cancelled_owned();
+        let mut flowing = body(endless.boxed(), viewing, closed);
+        assert!(flowing.next().await.is_some());
+
+        let waiting_viewing = Viewing::new(
+            registry.clone(),
+            stream.clone(),
+            registry.client("d", &stream.id, "127.0.0.1", "ua").0,
+        );
+        let closed = stream.closed.clone().cancelled_owned();
+        let mut waiting = body(
+            futures_util::stream::pending().boxed(),
+            waiting_viewing,
+            closed,
+        );
+        let waiting = tokio::spawn(async move { waiting.next().await.is_none() });
+        tokio::task::yield_now().await;
+
+        registry.remove_stream(&stream.id, crate::registry::Removal::Deleted);
+        assert!(flowing.next().await.is_none());
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(ended.unwrap().unwrap());
     }
 }

@@ -9,7 +9,7 @@
 //! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -108,8 +108,12 @@ pub struct StreamEntry {
     /// client count and its removal never scan every client. Changed only while the
     /// registry's clients write lock is held, so the two maps always agree.
     clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
-    /// Cancelled when the stream is deleted: open viewer connections end.
+    /// Cancelled when the stream is deleted: open viewer connections end. Waiting on it
+    /// takes its locks; a body that is flowing checks [`StreamEntry::is_closed`] instead.
     pub closed: CancellationToken,
+    /// Set just before `closed` is cancelled: one atomic load per chunk tells a flowing
+    /// body to end.
+    is_closed: AtomicBool,
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
@@ -165,6 +169,17 @@ impl StreamEntry {
     /// How many times the stream has switched URL since it was registered.
     pub fn generation(&self) -> u64 {
         self.cursor.generation()
+    }
+
+    /// Whether the stream was deleted (or the proxy is shutting down): an atomic load.
+    pub fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
+    /// Ends every open viewer connection of the stream.
+    fn close(&self) {
+        self.is_closed.store(true, Ordering::Release);
+        self.closed.cancel();
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -382,6 +397,7 @@ impl Registry {
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
@@ -436,7 +452,7 @@ impl Registry {
     /// Removes a stream and its clients, ends its open connections, and announces it.
     pub fn remove_stream(&self, id: &str, why: Removal) -> Option<(Arc<StreamEntry>, Vec<String>)> {
         let entry = self.streams.write().expect("streams lock").remove(id)?;
-        entry.closed.cancel();
+        entry.close();
         let gone: Vec<String> = {
             let mut clients = self.clients.write().expect("clients lock");
             let mut own = entry.clients.write().expect("stream clients lock");
@@ -482,7 +498,7 @@ impl Registry {
     /// Ends every open viewer connection (shutdown). The streams stay registered.
     pub fn close_all(&self) {
         for s in self.streams.read().expect("streams lock").values() {
-            s.closed.cancel();
+            s.close();
         }
     }
 

@@ -1,7 +1,7 @@
 //! Which of a stream's URLs is in use, and the switches that moved it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub struct UrlCursor {
     /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
     /// them (a one-shot flag would reach only the first reader).
     generation: watch::Sender<u64>,
+    /// The same count as an atomic, for readers that look per chunk: reading the watch
+    /// takes its lock.
+    switches_made: AtomicU64,
     /// When capped switches happened, for the per-minute cap.
     switches: Mutex<VecDeque<Instant>>,
 }
@@ -28,6 +31,7 @@ impl Default for UrlCursor {
         Self {
             current: AtomicUsize::new(0),
             generation: watch::Sender::new(0),
+            switches_made: AtomicU64::new(0),
             switches: Mutex::default(),
         }
     }
@@ -53,7 +57,7 @@ impl UrlCursor {
 
     /// How many times the URL in use changed.
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.switches_made.load(Ordering::Acquire)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -89,7 +93,8 @@ impl UrlCursor {
                 if cap.is_some() {
                     recent.push_back(now);
                 }
-                self.generation.send_modify(|g| *g += 1);
+                let made = self.switches_made.fetch_add(1, Ordering::AcqRel) + 1;
+                self.generation.send_replace(made);
                 Switched::Moved { from, to }
             }
             // Someone else switched first: use their choice rather than switching twice.

@@ -175,9 +175,12 @@ pub struct DirectFeed {
     packets: Packets,
     /// The validator of the file on the URL it started on, sent as `If-Range` there.
     etag: Option<(usize, HeaderValue)>,
-    /// Resolves when the stream switches URL; re-armed after each switch. Held across
-    /// chunks so a chunk costs no registration on the watch channel.
+    /// Resolves when the stream switches URL; re-armed after each switch. Polled only
+    /// while the body waits for bytes (polling it takes the watch's lock).
     switched: Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>,
+    /// The stream's switch generation last looked at: while bytes flow, a switch is seen
+    /// through one atomic load per chunk.
+    generation: u64,
     /// When the current upstream connected. A connection lost sooner than [`STABLE`] after
     /// it opened counts as another failed attempt on its URL, so an origin that keeps
     /// cutting (or ending) right away is left after the retries, not reconnected forever.
@@ -212,6 +215,7 @@ impl DirectFeed {
             packets: Packets::default(),
             etag,
             switched: arm(switches),
+            generation: stream.generation(),
             connected_at: Instant::now(),
             short_runs: 0,
             move_on: false,
@@ -243,6 +247,15 @@ impl DirectFeed {
             if self.done {
                 return None;
             }
+            let generation = self.stream.generation();
+            if generation != self.generation {
+                self.generation = generation;
+                // Someone switched the stream: follow at once, no failure of ours. A
+                // body that cannot be resumed finishes where it is.
+                if self.stream.current_index() != self.index && self.shape != Shape::Once {
+                    self.drop_upstream();
+                }
+            }
             let Some(body) = self.body.as_mut() else {
                 if let Err(e) = self.reconnect().await {
                     self.failed = Some(e);
@@ -250,14 +263,8 @@ impl DirectFeed {
                 continue;
             };
             tokio::select! {
-                switches = &mut self.switched => {
-                    self.switched = arm(switches);
-                    // Someone switched the stream: follow at once, no failure of ours. A
-                    // body that cannot be resumed finishes where it is.
-                    if self.stream.current_index() != self.index && self.shape != Shape::Once {
-                        self.drop_upstream();
-                    }
-                }
+                // The body first: while it has bytes, the switch watch is not touched.
+                biased;
                 chunk = body.next() => match chunk {
                     Some(Ok(bytes)) => {
                         if let Some(out) = self.take(bytes) {
@@ -275,6 +282,10 @@ impl DirectFeed {
                         _ => return None,
                     },
                 },
+                switches = &mut self.switched => {
+                    // Seen by the generation check above.
+                    self.switched = arm(switches);
+                }
             }
         }
     }
@@ -546,5 +557,46 @@ mod tests {
         );
         assert_eq!(parse_content_range("bytes 5-1/10"), None);
         assert_eq!(parse_content_range("bytes 0-9/*"), None);
+    }
+
+    #[tokio::test]
+    async fn flowing_bytes_touch_no_lock_of_the_switch_watch() {
+        let config = crate::config::Config::default();
+        let upstream = Upstream::new(&config).unwrap();
+        let registry = crate::registry::Registry::new(b"k");
+        let (stream, _) = registry.upsert(StreamSettings {
+            original_url: Url::parse("http://o/a.ts").unwrap(),
+            failover_urls: vec![Url::parse("http://b/a.ts").unwrap()],
+            user_agent: None,
+            headers: HeaderMap::new(),
+            metadata: None,
+            stream_type: crate::model::StreamType::Direct,
+        });
+        let chunks = (0..1000u32).map(|_| Ok::<_, std::io::Error>(Bytes::from(packet(1))));
+        let answer = axum::http::Response::builder()
+            .header(header::CONTENT_LENGTH, (1000 * TS_PACKET).to_string())
+            .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
+            .unwrap();
+        let mut feed = DirectFeed::new(upstream, stream, 0, reqwest::Response::from(answer));
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polls.clone();
+        // Stands for the switch watch: counts how often it is looked at.
+        feed.switched = Box::pin(futures_util::future::poll_fn(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::task::Poll::Pending
+        }));
+        let mut bytes = 0;
+        while let Some(chunk) = feed.next().await {
+            match chunk.unwrap() {
+                Chunk::Bytes(b) => bytes += b.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(bytes, 1000 * TS_PACKET);
+        assert!(
+            polls.load(std::sync::atomic::Ordering::Relaxed) <= 1,
+            "the watch was polled {} times",
+            polls.load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
 }
