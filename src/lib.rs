@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`playlist`] — PURE: the lossless line-based HLS rewriter and the IPTV M3U reader.
-//! - [`proxy_url`] — PURE: the signed references written into rewritten playlists.
+//! - [`proxy_url`] — PURE: the opaque references (encrypted, authenticated) written into
+//!   rewritten playlists.
 //! - [`config`] — the validated runtime configuration and its defaults.
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
 //! - [`error`] — error types at each boundary, and how they become HTTP responses.

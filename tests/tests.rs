@@ -15,5 +15,6 @@ mod fanout;
 mod hls;
 mod metrics;
 mod origin_selftest;
+mod references;
 mod stats;
 mod util;

@@ -92,7 +92,7 @@ pub async fn signed_reference(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let stream = find_stream(&state, &id)?;
-    // Verified before anything is fetched: a forged or foreign reference costs one HMAC.
+    // Verified before anything is fetched: a forged or foreign reference costs one AEAD open.
     let target = state.signer.decode(&id, &token).map_err(|e| {
         ApiError::new(
             StatusCode::FORBIDDEN,
