@@ -22,6 +22,8 @@
 //! - [`events`] — typed events: the in-process bus, the SSE feed and webhooks.
 //! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.
 //! - [`api`] — axum routers: management (JSON) and playback (HLS, direct).
+//! - [`logging`] — the server's log set-up: checked `LOG_LEVEL`, colour only on a terminal,
+//!   text or JSON lines.
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI.
 //! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor` screen.
@@ -35,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod playlist;
