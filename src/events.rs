@@ -20,12 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-
-use crate::model::ErrorBody;
 
 pub use sse::sse_router;
 pub use webhooks::{
@@ -245,10 +242,6 @@ impl fmt::Debug for EventBus {
 }
 
 /// The API's error answer, `{"detail", "code"}`, for the routes of this module.
-fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    let body = ErrorBody {
-        detail: detail.into(),
-        code: code.to_owned(),
-    };
-    (status, Json(body)).into_response()
+fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {
+    crate::error::ApiError::new(status, code, detail).into_response()
 }

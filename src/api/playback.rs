@@ -22,12 +22,12 @@ use crate::playlist::{self, UriKind};
 use crate::proxy_url::Target;
 use crate::store::{ClientEntry, StreamEntry, Viewing};
 use crate::upstream::direct::{Chunk, DirectFeed, Shape};
-use crate::upstream::failover::{self, equivalent, Equivalent, Listing};
+use crate::upstream::failover::{self, equivalent, Equivalent, Faults, Listing};
 use crate::upstream::fanout::{LiveHub, ViewerBody};
 use crate::upstream::{check_media_status, extension_of, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
-use super::{AppState, Viewer};
+use super::{AppState, Relayed, Viewer};
 
 /// LL-HLS blocking-reload parameters a player adds to a playlist URL; they are relayed to
 /// the origin so a blocking reload blocks there.
@@ -52,14 +52,13 @@ pub async fn master_playlist(
     viewer: Viewer,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_stream(&state, &id)?;
+    let stream = find_hls_stream(&state, &id, "../../", uri.query())?;
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
-    let mut faults = Vec::new();
     let fetched = state
         .upstream
         .failover()
-        .run(&stream, &mut faults, |_, url| {
+        .run(&stream, &mut &viewing, |_, url| {
             let url = with_ll_hls_params(url, uri.query());
             let settings = stream.settings();
             let (upstream, cache) = (state.upstream.clone(), state.cache.clone());
@@ -73,7 +72,6 @@ pub async fn master_playlist(
             }
         })
         .await;
-    report(&viewing, &faults);
     let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
     let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
     stream
@@ -91,7 +89,7 @@ pub async fn signed_reference(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_stream(&state, &id)?;
+    let stream = find_hls_stream(&state, &id, "../../../", uri.query())?;
     // Verified before anything is fetched: a forged or foreign reference costs one AEAD open.
     let target = state.signer.decode(&id, &token).map_err(|e| {
         ApiError::new(
@@ -111,15 +109,13 @@ pub async fn signed_reference(
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
     match target.kind {
         UriKind::Playlist => {
-            let mut faults = Vec::new();
             let fetched = state
                 .upstream
                 .failover()
-                .run(&stream, &mut faults, |index, _| {
+                .run(&stream, &mut &viewing, |index, _| {
                     nested_playlist(&state, &stream, &url, index, uri.query())
                 })
                 .await;
-            report(&viewing, &faults);
             let (_, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
             Ok(playlist_response(&state, &stream, viewing, &fetched, "../").0)
         }
@@ -297,9 +293,10 @@ where
     }
 }
 
-fn report(viewing: &Viewing, faults: &[UpstreamError]) {
-    for e in faults {
-        viewing.upstream_error(e);
+/// Each failure of a failover walk is counted (and its event emitted) as it happens.
+impl Faults for &Viewing {
+    fn fault(&mut self, error: UpstreamError) {
+        self.upstream_error(&error);
     }
 }
 
@@ -394,11 +391,10 @@ async fn open_direct(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(usize, Url, reqwest::Response), ApiError> {
-    let mut faults = Vec::new();
     let opened = state
         .upstream
         .failover()
-        .run(stream, &mut faults, |_, url| {
+        .run(stream, &mut { viewing }, |_, url| {
             let (upstream, settings) = (state.upstream.clone(), stream.settings());
             let (method, headers) = (method.clone(), headers.clone());
             async move {
@@ -410,7 +406,6 @@ async fn open_direct(
             }
         })
         .await;
-    report(viewing, &faults);
     let (index, (url, res)) = opened.inspect_err(|e| {
         viewing.upstream_error(e);
         tracing::warn!(stream_id = %stream.id, error = %e, "direct upstream failed");
@@ -449,7 +444,7 @@ fn asks_from_the_start(headers: &HeaderMap) -> bool {
 /// A viewer's answer from a shared live upstream: the head the origin gave its first
 /// viewer, and the broadcast bytes, counted for this viewer.
 fn shared_live_response(hub: &LiveHub, body: ViewerBody, viewing: Viewing) -> Response {
-    let mut builder = Response::builder().status(hub.status);
+    let mut builder = Response::builder().status(hub.status).extension(Relayed);
     *builder.headers_mut().expect("fresh builder") = hub.headers.clone();
     builder
         .body(counted_body(body, viewing))
@@ -479,6 +474,28 @@ fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError>
         .registry
         .stream(id)
         .ok_or_else(|| ApiError::stream_not_found(id))
+}
+
+/// The stream behind an `/hls/{id}/...` route. A stream known to be direct has no playlist:
+/// its player is sent to `/stream/{id}` at once (`up` climbs from the route to the root,
+/// relative so a reverse proxy's path prefix is kept), and the origin is not asked for a
+/// playlist it does not have.
+fn find_hls_stream(
+    state: &AppState,
+    id: &str,
+    up: &str,
+    query: Option<&str>,
+) -> Result<Arc<StreamEntry>, ApiError> {
+    let stream = find_stream(state, id)?;
+    if stream.settings().stream_type == StreamType::Direct {
+        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        return Err(ApiError::redirect(
+            "direct_stream",
+            format!("{up}stream/{id}{query}"),
+            format!("stream {id} is a direct stream, not HLS: play /stream/{id}"),
+        ));
+    }
+    Ok(stream)
 }
 
 /// The client behind a request: the id carried in a signed reference, else the one the
@@ -583,7 +600,7 @@ fn relay(
     } else if is_segment {
         viewing.add_segment();
     }
-    let mut builder = Response::builder().status(status);
+    let mut builder = Response::builder().status(status).extension(Relayed);
     *builder.headers_mut().expect("fresh builder") = relayed_headers(&res, url, kind);
     Ok(builder
         .body(counted_body(body(res), viewing))
@@ -620,7 +637,7 @@ fn shared_response(
         viewing.add_segment();
     }
     let body = entry.body().map(|r| r.map(Chunk::Bytes)).boxed();
-    let mut builder = Response::builder().status(head.status);
+    let mut builder = Response::builder().status(head.status).extension(Relayed);
     let headers = builder.headers_mut().expect("fresh builder");
     *headers = head.headers;
     headers.insert("x-cache", HeaderValue::from_static(cache));

@@ -75,6 +75,9 @@ pub struct Webhook {
 pub enum WebhookError {
     #[error("invalid webhook url: {0}")]
     InvalidUrl(String),
+    /// The same rule as for stream URLs: only http and https.
+    #[error("url: only http and https webhook URLs are allowed, not {0}:")]
+    UnsupportedScheme(String),
     #[error(transparent)]
     UnknownEventType(#[from] UnknownEventType),
     #[error("{0}")]
@@ -88,6 +91,7 @@ impl WebhookError {
     pub fn code(&self) -> &'static str {
         match self {
             WebhookError::InvalidUrl(_) => "invalid_url",
+            WebhookError::UnsupportedScheme(_) => "unsupported_scheme",
             WebhookError::UnknownEventType(_) => "unknown_event_type",
             WebhookError::InvalidSetting(_) => "invalid_setting",
             WebhookError::TooMany(_) => "too_many_webhooks",
@@ -328,10 +332,7 @@ fn valid_url(raw: &str) -> Result<url::Url, WebhookError> {
     let url =
         url::Url::parse(raw.trim()).map_err(|err| WebhookError::InvalidUrl(err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(WebhookError::InvalidUrl(format!(
-            "scheme must be http or https, not {:?}",
-            url.scheme()
-        )));
+        return Err(WebhookError::UnsupportedScheme(url.scheme().to_owned()));
     }
     Ok(url)
 }
@@ -555,7 +556,8 @@ async fn register_webhook(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return problem(rejection.status(), "invalid_body", rejection.body_text())
+            return crate::error::ApiError::http(rejection.status(), rejection.body_text())
+                .into_response()
         }
     };
     let raw: RawSpec = match serde_json::from_slice(&body) {
@@ -567,7 +569,7 @@ async fn register_webhook(
                 err.to_string(),
             )
         }
-        Err(err) => return problem(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()),
+        Err(err) => return problem(StatusCode::BAD_REQUEST, "malformed_json", err.to_string()),
     };
     let events = match raw
         .events
