@@ -1,4 +1,4 @@
-//! Playback routes: rewritten HLS playlists, the media and keys behind signed references,
+//! Playback routes: rewritten HLS playlists, the media and keys behind opaque references,
 //! and direct streams. Bytes are relayed as they arrive and counted as they are handed to
 //! the player; nothing is buffered whole except playlists.
 
@@ -80,7 +80,7 @@ pub async fn master_playlist(
     Ok(response)
 }
 
-/// `GET /hls/{id}/{token}/{file}`: whatever a signed reference points at.
+/// `GET /hls/{id}/{token}/{file}`: whatever an opaque reference points at.
 pub async fn signed_reference(
     State(state): State<AppState>,
     Path((id, token, _file)): Path<(String, String, String)>,
@@ -498,7 +498,7 @@ fn find_hls_stream(
     Ok(stream)
 }
 
-/// The client behind a request: the id carried in a signed reference, else the one the
+/// The client behind a request: the id carried in a reference, else the one the
 /// viewer named, else one derived from (ip, user agent, stream).
 fn identify(
     state: &AppState,
