@@ -2,7 +2,9 @@
 //!
 //! The playlists are generated here, shaped like what live origins send; the mapper writes a
 //! reference as long as a signed one but does no cryptography, so the figures measure the
-//! rewriter itself. Results are recorded in BENCHMARKS.md ("Rewriter micro-benchmarks").
+//! rewriter itself. The `reference` group measures the references alone (encode, decode) and
+//! a rewrite with real ones. Results are recorded in BENCHMARKS.md ("Rewriter
+//! micro-benchmarks", "Opaque references: what the encryption costs").
 
 use std::fmt::Write;
 
@@ -101,4 +103,56 @@ fn master_60_variants(bencher: Bencher) {
 #[divan::bench]
 fn media_100_kb(bencher: Bencher) {
     bench_rewrite(bencher, &playlist_of_100_kb());
+}
+
+/// What a reference costs: [`Signer`] on a typical IPTV segment URL with credentials in the
+/// path and a token in the query, for one viewer.
+mod reference {
+    use divan::{black_box, Bencher};
+    use m3u_proxy::playlist::UriKind;
+    use m3u_proxy::proxy_url::{Signer, Target};
+
+    const STREAM: &str = "9f2c4e1a7b3d5f60";
+
+    fn target() -> Target {
+        Target {
+            url: "https://provider.example.com/live/user123/pass456/1804123.ts?token=0123456789abcdef&expires=1764000000".into(),
+            kind: UriKind::Media,
+            client_id: Some("living-room-tv".into()),
+        }
+    }
+
+    #[divan::bench]
+    fn encode(bencher: Bencher) {
+        let (signer, target) = (Signer::new(b"bench-secret"), target());
+        bencher.bench(|| signer.encode(black_box(STREAM), black_box(&target)));
+    }
+
+    #[divan::bench]
+    fn decode(bencher: Bencher) {
+        let signer = Signer::new(b"bench-secret");
+        let token = signer.token(STREAM, &target());
+        bencher.bench(|| signer.decode(black_box(STREAM), black_box(&token)));
+    }
+
+    /// The whole rewrite of a 5,000-segment live window with real references.
+    #[divan::bench]
+    fn live_5000_segments_signed(bencher: Bencher) {
+        let signer = Signer::new(b"bench-secret");
+        let text = super::live_playlist(5000);
+        let base = url::Url::parse("https://origin.example.com/live/ch1/chunklist.m3u8?token=abc")
+            .unwrap();
+        bencher
+            .counter(divan::counter::BytesCount::new(text.len()))
+            .bench(|| {
+                m3u_proxy::playlist::rewrite(black_box(&text), &base, |url, kind| {
+                    let target = Target {
+                        url: url.to_string(),
+                        kind,
+                        client_id: Some("living-room-tv".into()),
+                    };
+                    signer.encode(STREAM, &target)
+                })
+            });
+    }
 }

@@ -30,7 +30,9 @@ pub enum ClientError {
     /// The server address given by the user is not an http(s) URL.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidServer { url: String, reason: String },
-    /// An id that cannot name anything (empty, `.` or `..`).
+    /// An id that cannot name anything: empty, `.` or `..`, longer than 128 characters, or
+    /// with a character no id has (stream ids are hex; client ids are letters, digits and
+    /// `. _ - : @`).
     #[error("invalid id {0:?}")]
     InvalidId(String),
     /// No answer at all: connection refused, timed out, or dropped mid-answer.
@@ -47,9 +49,13 @@ pub enum ClientError {
         detail: String,
         code: String,
     },
-    /// The server answered 2xx but the body is not the JSON the contract promises.
+    /// The server answered 2xx with JSON that is not the shape the contract promises.
     #[error("unexpected answer from {url}: {reason}")]
     Decode { url: String, reason: String },
+    /// The server answered, but not as m3u-proxy does: an error page that is not the API's
+    /// JSON error, or a success that is not JSON at all (a web server, another service).
+    #[error("{url} does not look like m3u-proxy: it answered {answer}")]
+    NotProxy { url: String, answer: String },
 }
 
 /// The innermost error of a chain, which is the one that says what happened
@@ -184,7 +190,7 @@ impl ApiClient {
         if let Some(id) = endpoint.id() {
             // URL parsing drops `.`/`..` segments (even encoded), which would silently turn
             // `info ..` into `GET /streams`; no id of ours looks like that.
-            if matches!(id, "" | "." | "..") {
+            if !is_valid_id(id) {
                 return Err(ClientError::InvalidId(id.to_owned()));
             }
         }
@@ -194,12 +200,18 @@ impl ApiClient {
     /// The server's JSON answer to `endpoint`, byte for byte as sent (for `--json`).
     /// Non-2xx answers are errors, and the body is checked to be JSON.
     pub async fn raw_json(&self, endpoint: Endpoint<'_>) -> Result<String, ClientError> {
-        let (url, _, body) = self.send(endpoint).await?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| ClientError::Decode {
-            url: url.to_string(),
-            reason: format!("not JSON: {e}"),
-        })?;
+        let (_, status, body) = self.send(endpoint).await?;
+        if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(self.not_proxy(status, "a body that is not JSON"));
+        }
         Ok(body)
+    }
+
+    fn not_proxy(&self, status: StatusCode, what: &str) -> ClientError {
+        ClientError::NotProxy {
+            url: self.base().to_owned(),
+            answer: format!("{} with {what}", status_line(status)),
+        }
     }
 
     /// `POST /streams`.
@@ -252,7 +264,10 @@ impl ApiClient {
     }
 
     async fn fetch<T: DeserializeOwned>(&self, endpoint: Endpoint<'_>) -> Result<T, ClientError> {
-        let (url, _, body) = self.send(endpoint).await?;
+        let (url, status, body) = self.send(endpoint).await?;
+        if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(self.not_proxy(status, "a body that is not JSON"));
+        }
         decode(&url, &body)
     }
 
@@ -277,7 +292,7 @@ impl ApiClient {
         if status.is_success() {
             Ok((url, status, body))
         } else {
-            Err(api_error(status, &body))
+            Err(api_error(self.base(), status, &body))
         }
     }
 }
@@ -289,24 +304,39 @@ fn decode<T: DeserializeOwned>(url: &Url, body: &str) -> Result<T, ClientError> 
     })
 }
 
-/// The server's own words when it sent an [`ErrorBody`]; otherwise (a reverse proxy's HTML
-/// page, say) the status line, so the user still sees one meaningful line.
-fn api_error(status: StatusCode, body: &str) -> ClientError {
-    let (detail, code) = match serde_json::from_str::<ErrorBody>(body) {
-        Ok(ErrorBody { detail, code }) => (detail, code),
-        Err(_) => (
-            status
-                .canonical_reason()
-                .unwrap_or("unexpected status")
-                .to_owned(),
-            format!("http_{}", status.as_u16()),
-        ),
-    };
-    ClientError::Api {
-        status: status.as_u16(),
-        detail,
-        code,
+/// The server's own words when it sent an [`ErrorBody`]. Anything else (nginx's 404 page,
+/// another service's answer) is not m3u-proxy talking, and is said so.
+fn api_error(base: &str, status: StatusCode, body: &str) -> ClientError {
+    match serde_json::from_str::<ErrorBody>(body) {
+        Ok(ErrorBody { detail, code }) => ClientError::Api {
+            status: status.as_u16(),
+            detail,
+            code,
+        },
+        Err(_) => ClientError::NotProxy {
+            url: base.to_owned(),
+            answer: status_line(status),
+        },
     }
+}
+
+/// `HTTP 404 Not Found`.
+fn status_line(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+/// Whether `id` can name a stream or a client: 1 to 128 letters, digits and `. _ - : @`
+/// (the server's rule for client ids; stream ids are hex), and not `.` or `..`, which URL
+/// parsing would drop (turning `info ..` into `GET /streams`).
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && !matches!(id, "." | "..")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@".contains(&b))
 }
 
 #[cfg(test)]
@@ -341,10 +371,22 @@ mod tests {
     fn ids_stay_one_segment() {
         let c = client("http://h");
         assert_eq!(
-            c.url_for(&Endpoint::Stream("a/b?c%")).unwrap().as_str(),
-            "http://h/streams/a%2Fb%3Fc%25"
+            c.url_for(&Endpoint::Stream("viewer:1@tv"))
+                .unwrap()
+                .as_str(),
+            "http://h/streams/viewer:1@tv"
         );
-        for bad in ["", ".", ".."] {
+        let long = "x".repeat(129);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "not/valid",
+            "a?b",
+            "a%2Fb",
+            "sp ace",
+            long.as_str(),
+        ] {
             assert!(matches!(
                 c.url_for(&Endpoint::DeleteStream(bad)),
                 Err(ClientError::InvalidId(id)) if id == bad
@@ -368,6 +410,7 @@ mod tests {
     #[test]
     fn error_bodies_keep_the_servers_detail() {
         let err = api_error(
+            "http://h",
             StatusCode::NOT_FOUND,
             r#"{"detail":"stream not found","code":"not_found"}"#,
         );
@@ -375,11 +418,11 @@ mod tests {
             &err,
             ClientError::Api { status: 404, detail, code } if detail == "stream not found" && code == "not_found"
         ));
-        let err = api_error(StatusCode::BAD_GATEWAY, "<html>bad gateway</html>");
-        assert!(matches!(
-            &err,
-            ClientError::Api { status: 502, detail, code } if detail == "Bad Gateway" && code == "http_502"
-        ));
+        let err = api_error("http://h", StatusCode::NOT_FOUND, "<html>nginx</html>");
+        assert_eq!(
+            err.to_string(),
+            "http://h does not look like m3u-proxy: it answered HTTP 404 Not Found"
+        );
     }
 
     #[tokio::test]

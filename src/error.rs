@@ -121,12 +121,48 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// Every `code` the API answers with, and its status: the one list the README's error table
+/// is tested against (`tests/docs.rs`), and that every error answer is checked against in
+/// debug builds. Origin answers relayed on playback routes are not the API's and not here.
+pub const ERROR_CODES: &[(u16, &str)] = &[
+    (307, "direct_stream"),
+    (400, "malformed_json"),
+    (400, "invalid_client_id"),
+    (400, "no_failover_urls"),
+    (400, "invalid_request"),
+    (401, "missing_token"),
+    (403, "invalid_token"),
+    (403, "invalid_reference"),
+    (404, "not_found"),
+    (404, "stream_not_found"),
+    (404, "client_not_found"),
+    (404, "webhook_not_found"),
+    (404, "upstream_not_found"),
+    (405, "method_not_allowed"),
+    (413, "payload_too_large"),
+    (422, "invalid_body"),
+    (422, "invalid_url"),
+    (422, "unsupported_scheme"),
+    (422, "invalid_header"),
+    (422, "unknown_event_type"),
+    (422, "invalid_setting"),
+    (422, "too_many_webhooks"),
+    (502, "upstream_unreachable"),
+    (502, "upstream_status"),
+    (502, "upstream_not_playlist"),
+    (502, "upstream_too_large"),
+    (502, "upstream_error"),
+    (504, "upstream_timeout"),
+];
+
 /// An error answer of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Where to go instead, sent as `Location` (a redirect that explains itself).
+    pub location: Option<String>,
 }
 
 impl ApiError {
@@ -135,6 +171,15 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            location: None,
+        }
+    }
+
+    /// A 307 to `location` (relative to the request), with a JSON body saying why.
+    pub fn redirect(code: &'static str, location: String, detail: impl Into<String>) -> Self {
+        Self {
+            location: Some(location),
+            ..Self::new(StatusCode::TEMPORARY_REDIRECT, code, detail)
         }
     }
 
@@ -150,6 +195,18 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, detail)
     }
 
+    /// An answer of the HTTP layer itself (no route, wrong method, a body or path the
+    /// extractors refused), with the code for its status.
+    pub fn http(status: StatusCode, detail: impl Into<String>) -> Self {
+        let code = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => return Self::bad_request("invalid_request", detail),
+        };
+        Self::new(status, code, detail)
+    }
+
     pub fn stream_not_found(id: &str) -> Self {
         Self::not_found("stream_not_found", format!("stream not found: {id}"))
     }
@@ -162,6 +219,8 @@ impl From<UpstreamError> for ApiError {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
             }
             UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            // The origin says the playlist is gone: a player should hear the same.
+            UpstreamError::Status(404 | 410) => (StatusCode::NOT_FOUND, "upstream_not_found"),
             UpstreamError::Status(_) => (StatusCode::BAD_GATEWAY, "upstream_status"),
             UpstreamError::NotPlaylist(_) => (StatusCode::BAD_GATEWAY, "upstream_not_playlist"),
             UpstreamError::TooLarge(_) => (StatusCode::BAD_GATEWAY, "upstream_too_large"),
@@ -181,6 +240,12 @@ impl From<UpstreamError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        debug_assert!(
+            ERROR_CODES.contains(&(self.status.as_u16(), self.code)),
+            "unlisted error code {} {}",
+            self.status,
+            self.code
+        );
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, code = self.code, detail = %self.detail, "request failed");
         } else {
@@ -194,6 +259,9 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(location) = self.location.and_then(|l| HeaderValue::try_from(l).ok()) {
+            res.headers_mut().insert("location", location);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));

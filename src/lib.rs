@@ -10,8 +10,8 @@
 //! import graph has no cycle: a module only uses modules listed before it here.
 //!
 //! - [`playlist`] — PURE: the lossless line-based HLS rewriter and the IPTV M3U reader.
-//! - [`proxy_url`] — PURE: the signed references written into rewritten playlists. Uses
-//!   `playlist`.
+//! - [`proxy_url`] — PURE: the opaque references (encrypted, authenticated) written into
+//!   rewritten playlists. Uses `playlist`.
 //! - [`config`] — the validated runtime configuration and its defaults.
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
 //! - [`error`] — [`error::UpstreamError`] (one variant per origin failure, each saying
@@ -41,6 +41,8 @@
 //!   `error`, `playlist`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
 //!   `/events` (SSE) and `/webhooks`. Translates HTTP to calls on the modules above.
+//! - [`logging`] — the server's log set-up: checked `LOG_LEVEL`, colour only on a terminal,
+//!   text or JSON lines.
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI. Uses `model`.
 //! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor`
@@ -56,6 +58,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod playlist;

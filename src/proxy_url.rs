@@ -1,15 +1,24 @@
-//! PURE: the signed references written into rewritten playlists.
+//! PURE: the opaque references written into rewritten playlists.
 //!
-//! A reference is `{token}/{file}`, relative to the playlist that contains it. The token
-//! carries the absolute upstream URL, its [`UriKind`] and the viewer's client id, followed by a
-//! truncated HMAC-SHA256 tag over the stream id and that payload, so the proxy only ever
-//! fetches URLs it wrote itself, for the stream it wrote them for. `file` is a cosmetic name
-//! that keeps the upstream extension because players (ffmpeg above all) judge a URL by it; it
-//! is not authenticated and the server ignores it.
+//! A reference is `{token}/{file}`, relative to the playlist that contains it. The token is
+//! the absolute upstream URL, its [`UriKind`] and the viewer's client id, **encrypted and
+//! authenticated** with AES-256-GCM-SIV under a key derived from the secret, with the stream
+//! id as associated data: a reader of the playlist learns nothing of the origin (IPTV URLs
+//! carry account credentials in the path and the query), and the proxy only ever fetches
+//! URLs it wrote itself, for the stream it wrote them for. `file` is a cosmetic name that
+//! keeps the upstream extension because players (ffmpeg above all) judge a URL by it; it is
+//! not authenticated and the server ignores it.
+//!
+//! The encryption is deterministic (GCM-SIV is built for a fixed nonce): one URL gives the
+//! same reference on every playlist refresh, so players and caches that key by URL (an
+//! `EXT-X-MAP` init segment, say) see it unchanged. What that reveals is only that two
+//! references point at the same thing, which the playlist shows anyway.
 //!
 //! This module must stay pure: no I/O, no async, no HTTP-framework types. It neither resolves
 //! nor validates URLs (the rewriter resolves them; the fetcher decides what it may fetch).
 
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -17,14 +26,20 @@ use sha2::Sha256;
 
 use crate::playlist::UriKind;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// The payload layout version, the first byte of every token.
-const VERSION: u8 = 1;
-/// Bytes of HMAC-SHA256 kept in a token: 128 bits is beyond forgery and keeps tokens short.
+/// The token layout version, the first byte of every token (in clear, and authenticated as
+/// associated data). Version 1 carried the URL in clear under an HMAC; its tokens are
+/// refused, and a player that holds one reloads the playlist.
+const VERSION: u8 = 2;
+/// Bytes of the GCM-SIV tag at the end of a token.
 const TAG_LEN: usize = 16;
-/// Separates these MACs from any other use of the same secret.
-const DOMAIN: &[u8] = b"m3u-proxy/ref/v1\0";
+/// Derives the cipher key from the secret, apart from every other use of the same secret
+/// (stream ids are an HMAC of it too).
+const KEY_DOMAIN: &[u8] = b"m3u-proxy/ref/v2/aes-256-gcm-siv";
+/// Starts the associated data, so these tokens mean nothing to any other use of the key.
+const AAD_DOMAIN: &[u8] = b"m3u-proxy/ref/v2\0";
+/// The fixed nonce: GCM-SIV stays secure with one nonce for distinct messages, and a fixed
+/// one keeps references deterministic and 12 bytes shorter.
+const NONCE: [u8; 12] = [0; 12];
 /// Longest `file` part, extension included.
 pub const MAX_FILE_LEN: usize = 64;
 
@@ -46,7 +61,7 @@ pub enum RefError {
     /// Not a token at all: bad base64, too short, or a payload that does not parse.
     #[error("malformed reference: {0}")]
     Malformed(&'static str),
-    /// Well-formed, but signed for another stream, with another secret, or altered.
+    /// Well-formed, but issued for another stream, with another secret, or altered.
     #[error("reference signature does not match")]
     BadSignature,
 }
@@ -62,12 +77,12 @@ pub struct Target {
     pub client_id: Option<String>,
 }
 
-/// Signs and verifies references with one secret. Cheap to clone; share one per process
+/// Seals and opens references with one secret. Cheap to clone; share one per process
 /// (or the same secret on every instance behind a load balancer).
 #[derive(Clone)]
 pub struct Signer {
-    /// The keyed HMAC state, cloned per use so the key schedule runs once.
-    mac: HmacSha256,
+    /// The keyed cipher, so the key schedule runs once.
+    cipher: Aes256GcmSiv,
 }
 
 impl std::fmt::Debug for Signer {
@@ -78,10 +93,15 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// A signer for `secret` (any length; HMAC hashes long keys and pads short ones).
+    /// A signer for `secret` (any length): the cipher key is HMAC-SHA256(secret, domain).
     pub fn new(secret: &[u8]) -> Signer {
-        let mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-        Signer { mac }
+        let mut kdf =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
+        kdf.update(KEY_DOMAIN);
+        let key = kdf.finalize().into_bytes();
+        Signer {
+            cipher: Aes256GcmSiv::new(&key),
+        }
     }
 
     /// A signer with 32 random bytes, for a single instance without a configured secret.
@@ -99,7 +119,8 @@ impl Signer {
         out
     }
 
-    /// The token alone: base64url (no padding, so never `/`, `.` or `=`) of payload + tag.
+    /// The token alone: base64url (no padding, so never `/`, `.` or `=`) of
+    /// version + ciphertext + tag.
     pub fn token(&self, stream_id: &str, target: &Target) -> String {
         let mut out = String::new();
         self.write_token(stream_id, target, &mut out);
@@ -108,52 +129,63 @@ impl Signer {
 
     fn write_token(&self, stream_id: &str, target: &Target, out: &mut String) {
         let mut bytes = payload(target);
-        let tag = self.tag(stream_id, &bytes);
-        bytes.extend_from_slice(&tag[..TAG_LEN]);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&NONCE),
+                &associated_data(stream_id),
+                &mut bytes[1..],
+            )
+            .expect("GCM-SIV seals any message shorter than 64 GiB");
+        bytes.extend_from_slice(&tag);
         // Room for the token, the slash and the longest file name in one allocation.
         out.reserve(bytes.len().div_ceil(3) * 4 + 1 + MAX_FILE_LEN);
         URL_SAFE_NO_PAD.encode_string(bytes, out);
     }
 
-    /// Verifies `token` for `stream_id` (in constant time) and returns what it points at.
+    /// Authenticates and opens `token` for `stream_id`, and returns what it points at.
     ///
     /// Only the token is checked: the `file` segment after it is cosmetic, so the caller
     /// passes the token segment alone and ignores the file name.
     pub fn decode(&self, stream_id: &str, token: &str) -> Result<Target, RefError> {
-        let bytes = URL_SAFE_NO_PAD
+        let mut bytes = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| RefError::Malformed("not base64url"))?;
         // Smallest payload: version, kind, client id marker.
         if bytes.len() < 3 + TAG_LEN {
             return Err(RefError::Malformed("too short"));
         }
-        let (payload, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-        let mut mac = self.mac.clone();
-        feed(&mut mac, stream_id, payload);
-        mac.verify_truncated_left(tag)
+        if bytes[0] != VERSION {
+            return Err(RefError::Malformed("unknown version"));
+        }
+        let tag = Tag::clone_from_slice(&bytes[bytes.len() - TAG_LEN..]);
+        let sealed_end = bytes.len() - TAG_LEN;
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&NONCE),
+                &associated_data(stream_id),
+                &mut bytes[1..sealed_end],
+                &tag,
+            )
             .map_err(|_| RefError::BadSignature)?;
-        // Authentic from here on; a parse failure now means a token from a future version.
-        parse_payload(payload)
-    }
-
-    fn tag(&self, stream_id: &str, payload: &[u8]) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        feed(&mut mac, stream_id, payload);
-        mac.finalize().into_bytes().into()
+        // Authentic from here on; a parse failure now means a token from a future layout.
+        parse_payload(&bytes[1..sealed_end])
     }
 }
 
-/// Feeds the MAC input: domain, length-prefixed stream id, payload. The length prefix keeps
-/// (stream "a", payload "bc") apart from (stream "ab", payload "c").
-fn feed(mac: &mut HmacSha256, stream_id: &str, payload: &[u8]) {
-    mac.update(DOMAIN);
-    mac.update(&(stream_id.len() as u64).to_be_bytes());
-    mac.update(stream_id.as_bytes());
-    mac.update(payload);
+/// Domain, version, length-prefixed stream id. The length prefix keeps every stream id
+/// apart from every other whatever their bytes.
+fn associated_data(stream_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(AAD_DOMAIN.len() + 9 + stream_id.len());
+    aad.extend_from_slice(AAD_DOMAIN);
+    aad.push(VERSION);
+    aad.extend_from_slice(&(stream_id.len() as u64).to_be_bytes());
+    aad.extend_from_slice(stream_id.as_bytes());
+    aad
 }
 
-/// `version, kind, varint(client id len + 1, 0 = none), client id, url`. The URL is last so
-/// it needs no length.
+/// `version, kind, varint(client id len + 1, 0 = none), client id, url`: everything after
+/// the version is sealed. The URL is last so it needs no length.
 fn payload(target: &Target) -> Vec<u8> {
     let client = target.client_id.as_deref().map(str::as_bytes);
     let mut out =
@@ -171,13 +203,11 @@ fn payload(target: &Target) -> Vec<u8> {
     out
 }
 
+/// The opened payload, without its version byte.
 fn parse_payload(payload: &[u8]) -> Result<Target, RefError> {
-    let [version, kind, rest @ ..] = payload else {
+    let [kind, rest @ ..] = payload else {
         return Err(RefError::Malformed("too short"));
     };
-    if *version != VERSION {
-        return Err(RefError::Malformed("unknown version"));
-    }
     let kind = match kind {
         0 => UriKind::Playlist,
         1 => UriKind::Media,
@@ -395,6 +425,45 @@ mod tests {
                 "{token:?}"
             );
         }
+    }
+
+    #[test]
+    fn tokens_are_opaque_and_deterministic() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+        let signer = Signer::new(b"secret");
+        let t = target(
+            "http://provider.example:8080/live/alice/hunter2/1804.ts?token=abc123xyz",
+            UriKind::Media,
+            Some("living-room"),
+        );
+        let token = signer.token("s", &t);
+        assert_eq!(token, signer.token("s", &t), "one URL, one reference");
+        assert_ne!(token, signer.token("s2", &t), "bound to the stream");
+        assert_ne!(token, Signer::new(b"other").token("s", &t));
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let padded = format!("{token}{}", "=".repeat((4 - token.len() % 4) % 4));
+            for text in [token.as_str(), padded.as_str()] {
+                let Ok(bytes) = engine.decode(text) else {
+                    continue;
+                };
+                let bytes = String::from_utf8_lossy(&bytes);
+                for secret in ["provider", "alice", "hunter2", "abc123xyz", "living-room"] {
+                    assert!(!bytes.contains(secret), "{secret} readable");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_of_the_hmac_layout_are_refused() {
+        let signer = Signer::new(b"secret");
+        let mut v1 = vec![1u8, 1, 0];
+        v1.extend_from_slice(b"https://cdn.example/a.ts");
+        v1.extend_from_slice(&[0u8; TAG_LEN]);
+        assert_eq!(
+            signer.decode("s", &URL_SAFE_NO_PAD.encode(&v1)),
+            Err(RefError::Malformed("unknown version"))
+        );
     }
 
     #[test]

@@ -46,17 +46,20 @@ pub enum ServerError {
     Serve(#[from] io::Error),
 }
 
-/// Binds `config.host:config.port` and serves until `shutdown` resolves.
+/// Checks every setting and builds the state (secret, data directory, upstream client),
+/// then binds `config.host:config.port` and serves until `shutdown` resolves. A setting
+/// that cannot work fails before anything listens.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = SocketAddr::new(config.host, config.port);
+    let state = build_state(config)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
     tracing::info!(addr = %listener.local_addr()?, "m3u-proxy listening");
-    serve(listener, config, shutdown).await
+    serve_state(listener, state, shutdown).await
 }
 
 /// Serves on an already bound listener (tests bind 127.0.0.1:0 and read the port).
@@ -65,7 +68,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let state = build_state(config)?;
+    serve_state(listener, build_state(config)?, shutdown).await
+}
+
+async fn serve_state(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let maintenance = spawn_maintenance(state.clone());
     let dispatcher = spawn_dispatcher(
         &state.registry.events,

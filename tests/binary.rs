@@ -167,3 +167,138 @@ async fn bad_settings_are_refused_with_a_clear_error() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// Runs `m3u-proxy` on 127.0.0.1 with `envs` and its stdout and stderr captured.
+fn spawn_logged(port: u16, envs: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_m3u-proxy"))
+        .env_remove("LOG_LEVEL")
+        .env_remove("LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .env("M3U_PROXY_HOST", "127.0.0.1")
+        .env("M3U_PROXY_PORT", port.to_string())
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start m3u-proxy")
+}
+
+/// Stops a `spawn_logged` proxy with SIGTERM and returns what it wrote on stdout.
+async fn stop_and_read(mut child: Child) -> String {
+    let (status, _) = stop_with(&mut child, "-TERM").await;
+    assert!(status.success(), "{status}");
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn bad_settings_fail_before_listening_with_one_line() {
+    // The port is taken: a server that bound before checking would complain about that.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let file = std::env::temp_dir().join(format!("m3u-proxy-not-a-dir-{}", std::process::id()));
+    std::fs::write(&file, "a file").unwrap();
+    let under_a_file = file.join("data").display().to_string();
+    for (env, says) in [
+        (
+            ("FANOUT_BUFFER", "70000"),
+            "fan-out buffer must be at most 65536",
+        ),
+        (
+            ("UPSTREAM_READ_TIMEOUT", "0"),
+            "read-stall timeout must be greater than zero",
+        ),
+        (
+            ("UPSTREAM_READ_TIMEOUT", "-1"),
+            "--read-timeout must be a number of seconds",
+        ),
+        (
+            ("M3U_PROXY_DATA_DIR", under_a_file.as_str()),
+            "cannot use data directory",
+        ),
+        (
+            ("LOG_LEVEL", "warnin"),
+            "off, error, warn, info, debug, trace",
+        ),
+        (("LOG_FORMAT", "xml"), "invalid value 'xml'"),
+        (("SLOW_VIEWER", "wait"), "invalid value 'wait'"),
+    ] {
+        let out = spawn_logged(port, &[env]).wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(!stdout.contains("listening"), "{env:?}: {stdout}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(says),
+            "{env:?}: {stderr}"
+        );
+        assert!(!stderr.contains("Caused by"), "{stderr}");
+        assert!(
+            lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")),
+            "{env:?}: {stderr}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    // A good configuration on a taken port: one line, exit 1.
+    let out = spawn_logged(port, &[]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: cannot listen on"), "{stderr}");
+}
+
+#[tokio::test]
+async fn log_level_warning_means_warn_and_a_pipe_gets_no_colour() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = spawn_logged(port, &[("LOG_LEVEL", "warning")]);
+    wait_healthy(&base).await;
+    let http = http_client();
+    let created: serde_json::Value = http
+        .post(format!("{base}/streams"))
+        .json(&serde_json::json!({"url": "http://127.0.0.1:1/x.m3u8"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["stream_id"].as_str().unwrap();
+    let res = http
+        .get(format!("{base}/hls/{id}/playlist.m3u8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    let logs = stop_and_read(child).await;
+    assert!(
+        logs.contains("request failed"),
+        "a warning is logged: {logs}"
+    );
+    assert!(!logs.contains("listening"), "info is below warn: {logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "no colour codes in a pipe: {logs:?}"
+    );
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let port = free_port();
+    let child = spawn_logged(port, &[("LOG_FORMAT", "json")]);
+    wait_healthy(&format!("http://127.0.0.1:{port}")).await;
+    let logs = stop_and_read(child).await;
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let listening = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "m3u-proxy listening")
+        .expect("the start is logged");
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["timestamp"].is_string());
+}

@@ -297,12 +297,12 @@ async fn stats_clients_and_health_show_what_was_watched() {
     wait_for_served(&proxy, &id, 100 * 1024).await;
 
     let stats = success(cli(server, &["stats"]).await);
-    assert!(stats.contains("100.0 KB"), "{stats}");
+    assert!(stats.contains("102.4 kB"), "{stats}");
     let stream_row = row(&stats, &id);
-    assert_eq!(stream_row[3], "100.0 KB", "{stats}");
+    assert_eq!(stream_row[3], "102.4 kB", "{stats}");
     let client_row = row(&stats, "viewer-1");
     assert_eq!(client_row[1], id, "{stats}");
-    assert_eq!(client_row[3], "100.0 KB", "{stats}");
+    assert_eq!(client_row[3], "102.4 kB", "{stats}");
     let stats: Stats = parse(cli(server, &["stats", "--json"]).await);
     assert_eq!(stats.proxy.total_bytes_served, 100 * 1024);
     assert_eq!(stats.streams.len(), 1);
@@ -311,7 +311,7 @@ async fn stats_clients_and_health_show_what_was_watched() {
     let viewer = row(&clients, "viewer-1");
     assert_eq!(viewer[1], id, "{clients}");
     assert_eq!(viewer[2], "127.0.0.1", "{clients}");
-    assert_eq!(viewer[3], "100.0 KB", "{clients}");
+    assert_eq!(viewer[3], "102.4 kB", "{clients}");
     assert_eq!(clients.lines().last(), Some("1 client"), "{clients}");
     let list: ClientList = parse(cli(server, &["clients", "--json"]).await);
     assert_eq!(list.total, 1);
@@ -322,7 +322,7 @@ async fn stats_clients_and_health_show_what_was_watched() {
         "Client       viewer-1".to_owned(),
         format!("Stream       {id}"),
         "IP address   127.0.0.1".to_owned(),
-        "Served       100.0 KB".to_owned(),
+        "Served       102.4 kB".to_owned(),
     ] {
         assert!(one.contains(&part), "{part:?} missing in\n{one}");
     }
@@ -333,7 +333,7 @@ async fn stats_clients_and_health_show_what_was_watched() {
     assert_eq!(line, "error: client not found: nobody");
 
     let info = success(cli(server, &["info", &id]).await);
-    assert_eq!(row(&info, "viewer-1")[3], "100.0 KB", "{info}");
+    assert_eq!(row(&info, "viewer-1")[3], "102.4 kB", "{info}");
 
     let health = success(cli(server, &["health"]).await);
     assert_eq!(health.lines().count(), 1, "{health}");
@@ -491,15 +491,26 @@ impl Screen {
         }
         panic!("only {} frames:\n{}", self.frames().len(), self.text());
     }
+
+    /// Waits until `count` complete lines were printed (`--json` output has no frames).
+    async fn wait_lines(&self, count: usize) {
+        for _ in 0..200 {
+            if self.text().lines().count() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {count} lines:\n{}", self.text());
+    }
 }
 
-/// Parses a size cell such as `195.3 KB` back into bytes.
+/// Parses a size cell such as `195.3 kB` back into bytes.
 fn size(cell: &str) -> f64 {
     let (number, unit) = cell.split_once(' ').unwrap();
     let factor = match unit {
         "B" => 1.0,
-        "KB" => 1024.0,
-        "MB" => 1024.0 * 1024.0,
+        "kB" => 1000.0,
+        "MB" => 1_000_000.0,
         other => panic!("unit {other}"),
     };
     number.parse::<f64>().unwrap() * factor
@@ -581,7 +592,7 @@ async fn monitor_redraws_in_place_with_rising_bytes() {
     assert!(
         frames.iter().any(|f| {
             let rate = row(f, &id)[4];
-            rate.ends_with("KB/s") && size(rate.trim_end_matches("/s")) > 0.0
+            rate.ends_with("kB/s") && size(rate.trim_end_matches("/s")) > 0.0
         }),
         "no measured rate in {frames:#?}"
     );
@@ -630,12 +641,7 @@ async fn monitor_json_prints_one_stats_object_per_refresh() {
         .unwrap();
     let screen = Screen::default();
     screen.capture(child.stdout.take().unwrap());
-    for _ in 0..100 {
-        if screen.text().lines().count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    screen.wait_lines(2).await;
     let pid = child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-INT", &pid])
@@ -721,4 +727,110 @@ async fn monitor_survives_a_server_restart() {
         .await;
     assert!(!frame.contains("unreachable"), "{frame}");
     press_ctrl_c(child).await;
+}
+
+#[tokio::test]
+async fn usage_errors_are_one_error_line_and_at_most_a_hint() {
+    let proxy = Proxy::start().await;
+    for args in [
+        &["lsit"][..],
+        &[],
+        &["create"],
+        &["list", "--bogus"],
+        &["monitor", "--interval", "0"],
+        &["completions", "tcsh"],
+    ] {
+        let run = cli(&proxy.base, args).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{run:?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert!(matches!(lines.len(), 1 | 2), "{args:?}: {run:?}");
+        assert!(lines[0].starts_with("error: "), "{run:?}");
+        if let Some(hint) = lines.get(1) {
+            assert!(hint.starts_with("hint: "), "{run:?}");
+        }
+    }
+    let run = cli(&proxy.base, &["lsit"]).await;
+    assert!(
+        run.stderr.contains("'list'"),
+        "clap's suggestion is kept: {run:?}"
+    );
+    // --help and --version still print in full, and succeed.
+    let help = success(cli(&proxy.base, &["--help"]).await);
+    assert!(help.lines().count() > 10, "{help}");
+}
+
+#[tokio::test]
+async fn a_malformed_id_is_a_usage_error_and_sends_nothing() {
+    let proxy = Proxy::start().await;
+    for id in ["not/valid", "a?b", "with space"] {
+        let line = failure(cli(&proxy.base, &["info", id]).await, 2);
+        assert_eq!(line, format!("error: invalid id {id:?}"));
+    }
+    let line = failure(cli(&proxy.base, &["clients", "x/y"]).await, 2);
+    assert_eq!(line, "error: invalid id \"x/y\"");
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_m3u_proxy_says_so_with_exit_code_4() {
+    // An ordinary web server: 404 pages for every API route, a page for /health.
+    let other = Origin::start().await;
+    other.put("/health", "<html>it works</html>", "text/html");
+    let server = other.url("");
+    let server = server.trim_end_matches('/');
+    for args in [
+        &["list"][..],
+        &["info", "abc"],
+        &["health"],
+        &["stats", "--json"],
+    ] {
+        let line = failure(cli(server, args).await, 4);
+        assert!(
+            line.starts_with(&format!("error: {server} does not look like m3u-proxy: ")),
+            "{args:?}: {line}"
+        );
+    }
+    let line = failure(cli(server, &["info", "abc"]).await, 4);
+    assert!(line.ends_with("HTTP 404 Not Found"), "{line}");
+}
+
+#[tokio::test]
+async fn monitor_json_prints_the_servers_json_as_sent_and_a_json_line_per_failure() {
+    let proxy = Proxy::start().await;
+    let down = closed_port_url();
+    for (server, want) in [
+        (&proxy.base, "{\"proxy\":{\"version\":"),
+        (&down, "{\"error\":"),
+    ] {
+        let mut child = Command::new(BIN)
+            .args(["--server", server, "--json", "monitor", "--interval", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let screen = Screen::default();
+        screen.capture(child.stdout.take().unwrap());
+        screen.wait_lines(2).await;
+        child.kill().await.unwrap();
+        let text = screen.text();
+        for line in text.lines() {
+            // The server's own key order (Stats is proxy, streams, clients), not sorted.
+            assert!(line.starts_with(want), "{line}");
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            if server == &down {
+                let error = value["error"].as_str().unwrap();
+                assert!(error.starts_with("cannot reach m3u-proxy"), "{error}");
+            }
+        }
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+    }
 }

@@ -331,3 +331,52 @@ async fn a_receiver_that_is_down_is_retried_and_never_slows_playback() {
     let stats = proxy.get_json("/clients/during-outage").await;
     assert_eq!(stats["segments_served"], 2);
 }
+
+/// Each retry's failure is stamped when it happens, on the wall clock: the events of one
+/// request's retries are as far apart as the retries were.
+#[tokio::test]
+async fn retry_failures_carry_the_time_each_one_happened() {
+    use crate::util::origin::Fault;
+    let origin = Origin::start().await;
+    origin.fault("/down/index.m3u8", Fault::Status(503));
+    let proxy = Proxy::start_with(|c| {
+        c.failover.retries = 2;
+        c.failover.backoff = Duration::from_millis(200);
+    })
+    .await;
+    let id = proxy.create_stream(&origin.url("/down/index.m3u8")).await["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut feed = Feed::open(&proxy, "?types=upstream_error").await;
+    let res = proxy.get(&format!("/hls/{id}/playlist.m3u8")).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let mut stamps = Vec::new();
+    for _ in 0..3 {
+        let (_, event) = feed.next().await;
+        let at = event["timestamp"].as_str().unwrap().to_owned();
+        stamps.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
+    }
+    for pair in stamps.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        // Backoff is 200 ms × n, jittered ±50%: at least 100 ms between tries.
+        assert!(gap >= 90, "events {gap} ms apart: {stamps:?}");
+    }
+    // Report timestamps are read from the wall clock too, not the start time plus a
+    // monotonic count of milliseconds (which gave them all the start's sub-millisecond digits).
+    let parse = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let started = parse(&proxy.get_json("/health").await["started_at"]);
+    let detail = proxy.get_json(&format!("/streams/{id}")).await;
+    let client = &detail["clients"][0];
+    let stamps = [
+        parse(&client["first_seen"]),
+        parse(&client["last_seen"]),
+        parse(&detail["stream"]["last_access"]),
+    ];
+    assert!(
+        stamps
+            .iter()
+            .any(|t| (*t - started).num_microseconds().unwrap() % 1000 != 0),
+        "start + whole milliseconds: {started} {stamps:?}"
+    );
+}

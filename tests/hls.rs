@@ -436,7 +436,7 @@ async fn failing_origins_give_the_player_a_clear_502_or_504() {
             "{path}"
         );
     }
-    // A missing playlist upstream is also an error for the player, not a hang.
+    // A missing playlist upstream is a 404 for the player (`upstream_not_found`), not a hang.
     let id = proxy.create_stream(&origin.url("/missing.m3u8")).await["stream_id"]
         .as_str()
         .unwrap()
@@ -446,7 +446,7 @@ async fn failing_origins_give_the_player_a_clear_502_or_504() {
             .get(&format!("/hls/{id}/playlist.m3u8"))
             .await
             .status(),
-        StatusCode::BAD_GATEWAY
+        StatusCode::NOT_FOUND
     );
     // A refused connection (the origin is gone).
     origin.kill().await;

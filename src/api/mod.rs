@@ -78,19 +78,25 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(events::sse_router())
         .merge(webhooks::webhooks_router())
+        // Before the layers, so a wrong method meets them like any request.
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let playback = Router::new()
         .route("/hls/{id}/playlist.m3u8", get(playback::master_playlist))
         .route("/hls/{id}/{token}/{file}", get(playback::signed_reference))
         .route("/stream/{id}", get(playback::direct))
+        // Before CORS, which answers a browser's OPTIONS preflight itself.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(cors));
 
     Router::new()
         .route("/health", get(manage::health))
         .merge(management)
         .merge(playback)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,
@@ -100,6 +106,50 @@ pub fn app(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route does not answer {method}; see the Allow header"),
+    )
+}
+
+/// Marks a response relayed from an origin: its status and body are the origin's and pass
+/// as they were sent, even when they are an error.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed;
+
+/// Every error the API itself produces is JSON: the plain-text rejections of axum's
+/// extractors (an unreadable path, a body too large) become `{"detail", "code"}` with their
+/// status and headers kept. Origin answers relayed on playback routes ([`Relayed`]) pass.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !res.status().is_client_error() || is_json || res.extensions().get::<Relayed>().is_some() {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = match text.trim() {
+        "" => parts
+            .status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_owned(),
+        text => text.to_owned(),
+    };
+    let mut out = ApiError::http(parts.status, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
 }
 
 /// Refuses management calls without the configured token. The token may come as
@@ -126,7 +176,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
-            "this route needs the API token (X-API-Token or Authorization: Bearer)",
+            "this route needs the API token (X-API-Token, Authorization: Bearer, or ?api_token=)",
         )
         .into_response(),
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => next.run(req).await,

@@ -1,4 +1,4 @@
-//! Playback routes: rewritten HLS playlists, the media and keys behind signed references,
+//! Playback routes: rewritten HLS playlists, the media and keys behind opaque references,
 //! and direct streams. Bytes are relayed as they arrive and counted as they are handed to
 //! the player; nothing is buffered whole except playlists.
 
@@ -25,10 +25,11 @@ use crate::registry::{ClientEntry, StreamEntry, Viewing};
 use crate::stream::{equivalent, Equivalent, Listing};
 use crate::upstream::direct::{Chunk, DirectFeed};
 use crate::upstream::media::{self, relayed_headers, PLAYLIST_CONTENT_TYPE};
+use crate::upstream::failover::Faults;
 use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
-use super::{AppState, Viewer};
+use super::{AppState, Relayed, Viewer};
 
 /// LL-HLS blocking-reload parameters a player adds to a playlist URL; they are relayed to
 /// the origin so a blocking reload blocks there.
@@ -41,14 +42,13 @@ pub async fn master_playlist(
     viewer: Viewer,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_stream(&state, &id)?;
+    let stream = find_hls_stream(&state, &id, "../../", uri.query())?;
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
-    let mut faults = Vec::new();
     let fetched = state
         .upstream
         .failover()
-        .run(&stream, &mut faults, |_, url| {
+        .run(&stream, &mut &viewing, |_, url| {
             let url = with_ll_hls_params(url, uri.query());
             let settings = stream.settings();
             let (upstream, cache) = (state.upstream.clone(), state.cache.clone());
@@ -62,7 +62,6 @@ pub async fn master_playlist(
             }
         })
         .await;
-    report(&viewing, &faults);
     let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
     let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
     stream
@@ -71,7 +70,7 @@ pub async fn master_playlist(
     Ok(response)
 }
 
-/// `GET /hls/{id}/{token}/{file}`: whatever a signed reference points at.
+/// `GET /hls/{id}/{token}/{file}`: whatever an opaque reference points at.
 pub async fn signed_reference(
     State(state): State<AppState>,
     Path((id, token, _file)): Path<(String, String, String)>,
@@ -80,8 +79,8 @@ pub async fn signed_reference(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_stream(&state, &id)?;
-    // Verified before anything is fetched: a forged or foreign reference costs one HMAC.
+    let stream = find_hls_stream(&state, &id, "../../../", uri.query())?;
+    // Verified before anything is fetched: a forged or foreign reference costs one AEAD open.
     let target = state.signer.decode(&id, &token).map_err(|e| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -100,15 +99,13 @@ pub async fn signed_reference(
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
     match target.kind {
         UriKind::Playlist => {
-            let mut faults = Vec::new();
             let fetched = state
                 .upstream
                 .failover()
-                .run(&stream, &mut faults, |index, _| {
+                .run(&stream, &mut &viewing, |index, _| {
                     nested_playlist(&state, &stream, &url, index, uri.query())
                 })
                 .await;
-            report(&viewing, &faults);
             let (_, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
             Ok(playlist_response(&state, &stream, viewing, &fetched, "../").0)
         }
@@ -215,6 +212,13 @@ fn report(viewing: &Viewing, faults: &[UpstreamError]) {
     }
 }
 
+/// Each failure of a failover walk is counted (and its event emitted) as it happens.
+impl Faults for &Viewing {
+    fn fault(&mut self, error: UpstreamError) {
+        self.upstream_error(&error);
+    }
+}
+
 /// `GET /stream/{id}`: a direct file or live stream, relayed byte for byte with Range.
 pub async fn direct(
     State(state): State<AppState>,
@@ -266,11 +270,10 @@ async fn open_direct(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(usize, Url, reqwest::Response), ApiError> {
-    let mut faults = Vec::new();
     let opened = state
         .upstream
         .failover()
-        .run(stream, &mut faults, |_, url| {
+        .run(stream, &mut { viewing }, |_, url| {
             let (upstream, settings) = (state.upstream.clone(), stream.settings());
             let (method, headers) = (method.clone(), headers.clone());
             async move {
@@ -282,7 +285,6 @@ async fn open_direct(
             }
         })
         .await;
-    report(viewing, &faults);
     let (index, (url, res)) = opened.inspect_err(|e| {
         viewing.upstream_error(e);
         tracing::warn!(stream_id = %stream.id, error = %e, "direct upstream failed");
@@ -326,7 +328,7 @@ fn shared_live_response(
     body: ViewerBody,
     viewing: Viewing,
 ) -> Response {
-    let mut builder = Response::builder().status(status);
+    let mut builder = Response::builder().status(status).extension(Relayed);
     *builder.headers_mut().expect("fresh builder") = headers;
     builder
         .body(counted_body(body, viewing))
@@ -350,7 +352,29 @@ fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError>
         .ok_or_else(|| ApiError::stream_not_found(id))
 }
 
-/// The client behind a request: the id carried in a signed reference, else the one the
+/// The stream behind an `/hls/{id}/...` route. A stream known to be direct has no playlist:
+/// its player is sent to `/stream/{id}` at once (`up` climbs from the route to the root,
+/// relative so a reverse proxy's path prefix is kept), and the origin is not asked for a
+/// playlist it does not have.
+fn find_hls_stream(
+    state: &AppState,
+    id: &str,
+    up: &str,
+    query: Option<&str>,
+) -> Result<Arc<StreamEntry>, ApiError> {
+    let stream = find_stream(state, id)?;
+    if stream.settings().stream_type == StreamType::Direct {
+        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        return Err(ApiError::redirect(
+            "direct_stream",
+            format!("{up}stream/{id}{query}"),
+            format!("stream {id} is a direct stream, not HLS: play /stream/{id}"),
+        ));
+    }
+    Ok(stream)
+}
+
+/// The client behind a request: the id carried in a reference, else the one the
 /// viewer named, else one derived from (ip, user agent, stream).
 fn identify(
     state: &AppState,
@@ -452,7 +476,7 @@ fn relay(
     } else if is_segment {
         viewing.add_segment();
     }
-    let mut builder = Response::builder().status(status);
+    let mut builder = Response::builder().status(status).extension(Relayed);
     *builder.headers_mut().expect("fresh builder") = relayed_headers(&res, url, kind);
     Ok(builder
         .body(counted_body(body(res), viewing))
@@ -471,7 +495,7 @@ fn shared_response(
         viewing.add_segment();
     }
     let body = entry.body().map(|r| r.map(Chunk::Bytes)).boxed();
-    let mut builder = Response::builder().status(head.status);
+    let mut builder = Response::builder().status(head.status).extension(Relayed);
     let headers = builder.headers_mut().expect("fresh builder");
     *headers = head.headers;
     headers.insert("x-cache", HeaderValue::from_static(cache));

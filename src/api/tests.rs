@@ -249,9 +249,13 @@ async fn webhooks_api_registers_lists_shows_and_removes() {
 async fn webhooks_api_refuses_bad_input_with_json_errors() {
     let (webhooks, base, http) = webhooks_api().await;
     let cases = [
-        (r#"{"url": "ftp://host/x"}"#, 422, "invalid_url"),
+        (r#"{"url": "ftp://host/x"}"#, 422, "unsupported_scheme"),
         (r#"{"url": "not a url"}"#, 422, "invalid_url"),
-        (r#"{"url": "file:///etc/passwd"}"#, 422, "invalid_url"),
+        (
+            r#"{"url": "file:///etc/passwd"}"#,
+            422,
+            "unsupported_scheme",
+        ),
         (
             r#"{"url": "http://h/", "events": ["failover", "boom"]}"#,
             422,
@@ -269,8 +273,8 @@ async fn webhooks_api_refuses_bad_input_with_json_errors() {
         ),
         (r#"{"events": []}"#, 422, "invalid_body"),
         (r#"{"url": 5}"#, 422, "invalid_body"),
-        (r#"{"url": "http://h/""#, 400, "invalid_json"),
-        ("", 400, "invalid_json"),
+        (r#"{"url": "http://h/""#, 400, "malformed_json"),
+        ("", 400, "malformed_json"),
     ];
     for (body, status, code) in cases {
         let response = http

@@ -61,7 +61,7 @@ async fn register_webhook(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return ApiError::new(rejection.status(), "invalid_body", rejection.body_text())
+            return ApiError::http(rejection.status(), rejection.body_text())
                 .into_response()
         }
     };
@@ -70,7 +70,7 @@ async fn register_webhook(
         Err(err) if err.is_data() => {
             return ApiError::unprocessable("invalid_body", err.to_string()).into_response()
         }
-        Err(err) => return ApiError::bad_request("invalid_json", err.to_string()).into_response(),
+        Err(err) => return ApiError::bad_request("malformed_json", err.to_string()).into_response(),
     };
     let events = match raw
         .events

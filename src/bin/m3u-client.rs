@@ -96,7 +96,16 @@ impl ApiCommand {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => match cli::usage_error(&err, "m3u-client") {
+            Some(line) => {
+                eprintln!("{line}");
+                return ExitCode::from(cli::exit::USAGE);
+            }
+            None => err.exit(),
+        },
+    };
     let command = match args.command {
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a closed stdout.

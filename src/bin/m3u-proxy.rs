@@ -1,15 +1,18 @@
-//! The server binary: flags and environment → `Config`, logging, `server::run`.
+//! The server binary: flags and environment → `Config`, logging, `server::run`. Every
+//! setting is checked before anything listens; a failure is one `error: ...` line on
+//! stderr, exit code 2 for a setting that cannot work, 1 for a start that failed.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use m3u_proxy::config::{
     CacheSettings, Config, FailoverSettings, FanoutSettings, SlowViewer, UpstreamTimeouts,
 };
-use tracing_subscriber::EnvFilter;
+use m3u_proxy::logging::{self, LogFormat};
+use m3u_proxy::server::ServerError;
 
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
 #[derive(Debug, Parser)]
@@ -24,9 +27,13 @@ struct Args {
     /// Log at debug level (same as LOG_LEVEL=debug).
     #[arg(long)]
     debug: bool,
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    /// Log level or filter (off, error, warn, info, debug, trace, or a filter such as
+    /// m3u_proxy=debug,info).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Log lines as text (coloured only on a terminal, never with NO_COLOR) or JSON.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormatArg,
     /// Seconds after which a client without requests or open connections is forgotten.
     #[arg(long, env = "CLIENT_TIMEOUT", default_value_t = 300)]
     client_timeout: u64,
@@ -100,12 +107,19 @@ enum SlowViewerArg {
     Skip,
 }
 
-fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s).with_context(|| format!("{name} must be a number of seconds"))
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn seconds(name: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("{name} must be a number of seconds of 0 or more, not {s}"))
 }
 
 impl Args {
-    fn into_config(self) -> anyhow::Result<Config> {
+    fn into_config(self) -> Result<Config, String> {
         Ok(Config {
             host: self.host,
             port: self.port,
@@ -164,17 +178,46 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Exit code of a setting that cannot work, as for a usage error.
+const BAD_SETTING: u8 = 2;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let level = if args.debug {
-        "debug".to_string()
-    } else {
-        args.log_level.to_ascii_lowercase()
+async fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => match m3u_proxy::cli::usage_error(&err, "m3u-proxy") {
+            Some(lines) => return fail(BAD_SETTING, &lines),
+            None => err.exit(),
+        },
     };
-    let filter = EnvFilter::try_new(&level).with_context(|| format!("bad LOG_LEVEL {level:?}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let config = args.into_config()?;
-    m3u_proxy::server::run(config, shutdown_signal()).await?;
-    Ok(())
+    let level = if args.debug { "debug" } else { &args.log_level };
+    let filter = match logging::filter(level) {
+        Ok(filter) => filter,
+        Err(err) => return fail(BAD_SETTING, &format!("error: LOG_LEVEL: {err}")),
+    };
+    let format = match args.log_format {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => return fail(BAD_SETTING, &format!("error: {err}")),
+    };
+    if let Err(err) = config.validate() {
+        return fail(BAD_SETTING, &format!("error: invalid configuration: {err}"));
+    }
+    logging::init(&filter, format);
+    match m3u_proxy::server::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // Each error's message already holds its cause: printed once, on one line.
+        Err(err @ (ServerError::Config(_) | ServerError::DataDir { .. })) => {
+            fail(BAD_SETTING, &format!("error: {err}"))
+        }
+        Err(err) => fail(1, &format!("error: {err}")),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(code)
 }

@@ -3,24 +3,26 @@
 
 use chrono::{DateTime, Utc};
 
-const UNITS: [&str; 5] = ["KB", "MB", "GB", "TB", "PB"];
+/// Decimal (SI) units, as disks and network links count: 1 kB is 1,000 bytes.
+const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
 
-/// A byte count for humans: `512 B`, `1.5 KB`, `12.3 MB` (powers of 1024).
+/// A byte count for humans: `512 B`, `1.5 kB`, `22.6 MB` (powers of 1000, like the README
+/// and every figure the proxy prints).
 pub fn bytes(n: u64) -> String {
-    if n < 1024 {
+    if n < 1000 {
         return format!("{n} B");
     }
-    let mut value = n as f64 / 1024.0;
+    let mut value = n as f64 / 1000.0;
     let mut unit = 0;
-    // Round first so 1023.96 KB reads as "1.0 MB", not "1024.0 KB".
-    while (value * 10.0).round() / 10.0 >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
+    // Round first so 999.96 kB reads as "1.0 MB", not "1000.0 kB".
+    while (value * 10.0).round() / 10.0 >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// A transfer rate: `0 B/s`, `1.2 MB/s`. Negative or non-finite input reads as zero.
+/// A transfer rate: `0 B/s`, `1.3 MB/s`. Negative or non-finite input reads as zero.
 pub fn rate(bytes_per_second: f64) -> String {
     let n = if bytes_per_second.is_finite() && bytes_per_second > 0.0 {
         bytes_per_second.round() as u64
@@ -168,13 +170,14 @@ mod tests {
     #[test]
     fn sizes_pick_the_largest_fitting_unit() {
         assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1024), "1.0 KB");
-        assert_eq!(bytes(1536), "1.5 KB");
-        assert_eq!(bytes(12_900_000), "12.3 MB");
-        assert_eq!(bytes(1024 * 1024 - 1), "1.0 MB");
-        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GB");
-        assert_eq!(bytes(u64::MAX), "16384.0 PB");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1000), "1.0 kB");
+        assert_eq!(bytes(1536), "1.5 kB");
+        assert_eq!(bytes(22_584_277), "22.6 MB", "the issue's example");
+        assert_eq!(bytes(12_900_000), "12.9 MB");
+        assert_eq!(bytes(999_999), "1.0 MB");
+        assert_eq!(bytes(5_000_000_000), "5.0 GB");
+        assert_eq!(bytes(u64::MAX), "18446.7 PB");
     }
 
     #[test]
@@ -182,8 +185,9 @@ mod tests {
         assert_eq!(rate(0.0), "0 B/s");
         assert_eq!(rate(-3.0), "0 B/s");
         assert_eq!(rate(f64::NAN), "0 B/s");
-        assert_eq!(rate(1_258_291.2), "1.2 MB/s");
-        assert_eq!(rate(999.6), "1000 B/s");
+        assert_eq!(rate(1_258_291.2), "1.3 MB/s");
+        assert_eq!(rate(999.4), "999 B/s");
+        assert_eq!(rate(999.6), "1.0 kB/s");
     }
 
     #[test]
@@ -226,12 +230,12 @@ mod tests {
             ("SIZE", Align::Right),
             ("URL", Align::Left),
         ]);
-        t.row(vec!["a".into(), "1.0 KB".into(), "http://x".into()]);
+        t.row(vec!["a".into(), "1.0 kB".into(), "http://x".into()]);
         t.row(vec!["long-id".into(), "5 B".into(), String::new()]);
         assert_eq!(
             t.render(),
             "ID         SIZE  URL\n\
-             a        1.0 KB  http://x\n\
+             a        1.0 kB  http://x\n\
              long-id     5 B\n"
         );
     }

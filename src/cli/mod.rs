@@ -18,8 +18,35 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// No answer: connection refused, timeout.
     pub const UNREACHABLE: u8 = 3;
-    /// The server failed (5xx) or answered something that is not the API's JSON.
+    /// The server failed (5xx), or answered something that is not m3u-proxy's API.
     pub const SERVER_ERROR: u8 = 4;
+    /// Every exit code, for the README's table (a test compares the two).
+    pub const ALL: [u8; 5] = [OK, REFUSED, USAGE, UNREACHABLE, SERVER_ERROR];
+}
+
+/// The one line (and at most one hint) a command-line error prints, for both binaries: clap
+/// renders a usage block under its error, which the README promises not to print. `None`
+/// for `--help` and `--version`, whose output is the point.
+pub fn usage_error(err: &clap::Error, program: &str) -> Option<String> {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return None;
+    }
+    let text = err.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = match err.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => "a command is required",
+        _ => first,
+    };
+    let hint = lines
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map_or_else(|| format!("try '{program} --help'"), str::to_owned);
+    Some(format!("error: {first}\nhint: {hint}"))
 }
 
 /// What a command was about, so a 404 can say which thing was not found.
@@ -86,7 +113,9 @@ pub fn exit_code(err: &ClientError) -> u8 {
         ClientError::InvalidServer { .. } | ClientError::InvalidId(_) => exit::USAGE,
         ClientError::Unreachable { .. } => exit::UNREACHABLE,
         ClientError::Api { status, .. } if *status < 500 => exit::REFUSED,
-        ClientError::Api { .. } | ClientError::Decode { .. } => exit::SERVER_ERROR,
+        ClientError::Api { .. } | ClientError::Decode { .. } | ClientError::NotProxy { .. } => {
+            exit::SERVER_ERROR
+        }
     }
 }
 
@@ -203,6 +232,16 @@ mod tests {
             "server error (HTTP 502): upstream failed"
         );
         assert_eq!(exit_code(&broken), exit::SERVER_ERROR);
+        let foreign = ClientError::NotProxy {
+            url: "http://h".into(),
+            answer: "HTTP 404 Not Found".into(),
+        };
+        assert_eq!(
+            error_line(&foreign, Some(Subject::Stream("abc"))),
+            "http://h does not look like m3u-proxy: it answered HTTP 404 Not Found",
+            "not 'stream not found'"
+        );
+        assert_eq!(exit_code(&foreign), exit::SERVER_ERROR);
         let decode = ClientError::Decode {
             url: "http://h/health".into(),
             reason: "EOF".into(),

@@ -197,20 +197,20 @@ async fn refresh(
     meter: &mut RateMeter,
 ) -> Result<String, ClientError> {
     let retryable = |err: &ClientError| match err {
-        ClientError::Unreachable { .. } | ClientError::Decode { .. } => true,
+        ClientError::Unreachable { .. }
+        | ClientError::Decode { .. }
+        | ClientError::NotProxy { .. } => true,
         ClientError::Api { status, .. } => *status >= 500,
         ClientError::InvalidServer { .. } | ClientError::InvalidId(_) => false,
     };
     if json {
         return match client.raw_json(Endpoint::Stats).await {
-            // Re-serialised so each refresh is exactly one line (NDJSON).
-            Ok(text) => Ok(serde_json::from_str::<serde_json::Value>(&text)
-                .map(|v| format!("{v}\n"))
-                .unwrap_or(text)),
-            Err(err) if retryable(&err) => {
-                eprintln!("server unreachable, retrying... ({err})");
-                Ok(String::new())
-            }
+            // As the server sent it, keys in its order, on one line (NDJSON).
+            Ok(text) => Ok(format!("{}\n", one_line(&text))),
+            Err(err) if retryable(&err) => Ok(format!(
+                "{}\n",
+                serde_json::json!({ "error": err.to_string() })
+            )),
             Err(err) => Err(err),
         };
     }
@@ -238,10 +238,41 @@ async fn refresh(
     }
 }
 
+/// `json` on one line: whitespace outside strings dropped, everything else (key order,
+/// number spelling) kept byte for byte.
+pub fn one_line(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !c.is_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::fixtures;
+
+    #[test]
+    fn json_is_put_on_one_line_as_it_was_sent() {
+        let sent = "{\n  \"zeta\": 1,\n  \"alpha\": \"a b\\\" \\n\",\n  \"m\": [1.50, 2]\n}";
+        assert_eq!(
+            one_line(sent),
+            r#"{"zeta":1,"alpha":"a b\" \n","m":[1.50,2]}"#
+        );
+    }
 
     fn stats(streams: Vec<StreamInfo>) -> Stats {
         fixtures::stats(streams)
@@ -283,11 +314,11 @@ mod tests {
     fn frame_lists_busiest_streams_first_with_measured_rates() {
         let mut quiet = fixtures::stream("quiet", 10);
         quiet.client_count = 0;
-        let busy = fixtures::stream("busy", 3 * 1024 * 1024);
+        let busy = fixtures::stream("busy", 3_000_000);
         let stats = stats(vec![quiet, busy]);
         let rates = Rates {
-            total: Some(2048.0),
-            streams: HashMap::from([("busy".to_owned(), 1536.0)]),
+            total: Some(2000.0),
+            streams: HashMap::from([("busy".to_owned(), 1500.0)]),
         };
         let text = frame(
             "http://p:8001",
@@ -301,14 +332,14 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].contains("served 3.0 MB at 2.0 KB/s  errors"),
+            lines[2].contains("served 3.0 MB at 2.0 kB/s  errors"),
             "{text}"
         );
         let busy_at = lines.iter().position(|l| l.starts_with("busy ")).unwrap();
         let quiet_at = lines.iter().position(|l| l.starts_with("quiet ")).unwrap();
         assert!(busy_at < quiet_at, "{text}");
         assert!(
-            lines[busy_at].contains("3.0 MB") && lines[busy_at].contains("1.5 KB/s"),
+            lines[busy_at].contains("3.0 MB") && lines[busy_at].contains("1.5 kB/s"),
             "{text}"
         );
         assert!(lines[quiet_at].contains(" - "), "{text}");

@@ -323,8 +323,8 @@ mod tests {
         for part in [
             "s1",
             "hls",
-            "12.3 MB",
-            "2.0 KB/s",
+            "12.9 MB",
+            "2.0 kB/s",
             "3m ago",
             "http://backup/live.m3u8",
         ] {
@@ -356,7 +356,7 @@ mod tests {
         );
         assert!(text.contains("(2h 0m ago)"), "{text}");
         assert!(text.contains("c1"), "{text}");
-        assert!(text.contains("1.5 KB"), "{text}");
+        assert!(text.contains("1.5 kB"), "{text}");
     }
 
     #[test]

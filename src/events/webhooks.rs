@@ -69,6 +69,9 @@ pub struct Webhook {
 pub enum WebhookError {
     #[error("invalid webhook url: {0}")]
     InvalidUrl(String),
+    /// The same rule as for stream URLs: only http and https.
+    #[error("url: only http and https webhook URLs are allowed, not {0}:")]
+    UnsupportedScheme(String),
     #[error(transparent)]
     UnknownEventType(#[from] UnknownEventType),
     #[error("{0}")]
@@ -82,6 +85,7 @@ impl WebhookError {
     pub fn code(&self) -> &'static str {
         match self {
             WebhookError::InvalidUrl(_) => "invalid_url",
+            WebhookError::UnsupportedScheme(_) => "unsupported_scheme",
             WebhookError::UnknownEventType(_) => "unknown_event_type",
             WebhookError::InvalidSetting(_) => "invalid_setting",
             WebhookError::TooMany(_) => "too_many_webhooks",
@@ -312,10 +316,7 @@ fn valid_url(raw: &str) -> Result<url::Url, WebhookError> {
     let url =
         url::Url::parse(raw.trim()).map_err(|err| WebhookError::InvalidUrl(err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(WebhookError::InvalidUrl(format!(
-            "scheme must be http or https, not {:?}",
-            url.scheme()
-        )));
+        return Err(WebhookError::UnsupportedScheme(url.scheme().to_owned()));
     }
     Ok(url)
 }

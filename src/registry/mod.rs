@@ -9,7 +9,7 @@
 //! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -44,16 +44,33 @@ impl Clock {
         self.start.elapsed().as_millis() as u64
     }
 
-    pub fn to_utc(&self, ms: u64) -> DateTime<Utc> {
-        self.start_utc + chrono::Duration::milliseconds(ms as i64)
-    }
-
     pub fn started_at(&self) -> DateTime<Utc> {
         self.start_utc
     }
 
     pub fn uptime_seconds(&self) -> u64 {
         self.start.elapsed().as_secs()
+    }
+}
+
+/// The wall-clock time of the latest of many moments, read when it happened (not derived
+/// from the monotonic clock, which only measures how long ago): microseconds since the
+/// epoch, so touching it from many requests is one atomic max.
+#[derive(Debug)]
+pub struct WallStamp(AtomicI64);
+
+impl WallStamp {
+    fn now() -> Self {
+        Self(AtomicI64::new(Utc::now().timestamp_micros()))
+    }
+
+    fn stamp(&self) {
+        self.0
+            .fetch_max(Utc::now().timestamp_micros(), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.0.load(Ordering::Relaxed)).unwrap_or_default()
     }
 }
 
@@ -101,6 +118,8 @@ pub struct StreamEntry {
     pub listings: Listings,
     pub counters: Counters,
     last_access_ms: AtomicU64,
+    /// When `last_access_ms` was last moved, on the wall clock, for reports.
+    last_access_at: WallStamp,
     /// One more than the time of the last viewer request (0: never viewed). Unlike
     /// `last_access_ms`, registering the stream again does not count as viewing it.
     last_viewed_ms_plus_one: AtomicU64,
@@ -184,6 +203,7 @@ impl StreamEntry {
 
     pub fn touch(&self, now_ms: u64) {
         self.last_access_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.last_access_at.stamp();
     }
 
     pub fn last_access_ms(&self) -> u64 {
@@ -230,13 +250,18 @@ pub struct ClientEntry {
     pub ip: String,
     pub user_agent: String,
     pub first_seen_ms: u64,
+    /// `first_seen_ms` on the wall clock.
+    pub first_seen: DateTime<Utc>,
     last_seen_ms: AtomicU64,
+    /// When `last_seen_ms` was last moved, on the wall clock, for reports.
+    last_seen_at: WallStamp,
     pub counters: Counters,
 }
 
 impl ClientEntry {
     pub fn touch(&self, now_ms: u64) {
         self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.last_seen_at.stamp();
     }
 
     pub fn last_seen_ms(&self) -> u64 {
@@ -327,11 +352,11 @@ impl Registry {
 
     /// When something was last seen, for reports: now while a connection is open (a live
     /// viewer makes one request and then watches for hours), else its last request's end.
-    fn last_seen_utc(&self, counters: &Counters, last_ms: u64) -> DateTime<Utc> {
+    fn last_seen_utc(&self, counters: &Counters, last: &WallStamp) -> DateTime<Utc> {
         if Counters::get(&counters.active_connections) > 0 {
-            self.clock.to_utc(self.clock.now_ms().max(last_ms))
+            Utc::now()
         } else {
-            self.clock.to_utc(last_ms)
+            last.get()
         }
     }
 
@@ -394,6 +419,7 @@ impl Registry {
             listings: Listings::default(),
             counters: Counters::default(),
             last_access_ms: AtomicU64::new(now),
+            last_access_at: WallStamp::now(),
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
             closed: CancellationToken::new(),
@@ -531,6 +557,8 @@ impl Registry {
             ip: ip.to_string(),
             user_agent: user_agent.to_string(),
             first_seen_ms: now,
+            first_seen: Utc::now(),
+            last_seen_at: WallStamp::now(),
             last_seen_ms: AtomicU64::new(now),
             counters: Counters::default(),
         });
@@ -708,7 +736,7 @@ impl Registry {
             bytes_per_second: s.counters.bytes_per_second(),
             is_active: self.stream_is_active(s),
             created_at: s.created_at,
-            last_access: self.last_seen_utc(&s.counters, s.last_access_ms()),
+            last_access: self.last_seen_utc(&s.counters, &s.last_access_at),
         }
     }
 
@@ -718,8 +746,8 @@ impl Registry {
             stream_id: Some(c.stream_id.clone()),
             user_agent: c.user_agent.clone(),
             ip_address: c.ip.clone(),
-            first_seen: self.clock.to_utc(c.first_seen_ms),
-            last_seen: self.last_seen_utc(&c.counters, c.last_seen_ms()),
+            first_seen: c.first_seen,
+            last_seen: self.last_seen_utc(&c.counters, &c.last_seen_at),
             bytes_served: Counters::get(&c.counters.bytes),
             segments_served: Counters::get(&c.counters.segments),
             active_connections: Counters::get(&c.counters.active_connections),
@@ -904,17 +932,19 @@ mod tests {
         let viewing = Viewing::new(r.clone(), s.clone(), c.clone());
         tokio::time::advance(Duration::from_secs(1000)).await;
         let info = r.client_info(&c);
-        assert_eq!(info.last_seen, r.clock.to_utc(1_000_000));
+        let seen_now = |t: DateTime<Utc>| (Utc::now() - t).num_milliseconds().abs() < 1000;
+        assert!(seen_now(info.last_seen), "an open connection is seen now");
         assert!(info.is_active);
-        assert_eq!(r.stream_info(&s).last_access, r.clock.to_utc(1_000_000));
+        assert!(seen_now(r.stream_info(&s).last_access));
         drop(viewing); // hangs up at 1000 s
+        let hung_up = r.client_info(&c).last_seen;
         tokio::time::advance(Duration::from_millis(299_999)).await;
         assert!(r.client_info(&c).is_active);
         assert!(r.stream_info(&s).is_active);
         tokio::time::advance(Duration::from_millis(1)).await;
         let info = r.client_info(&c);
         assert!(!info.is_active);
-        assert_eq!(info.last_seen, r.clock.to_utc(1_000_000));
+        assert_eq!(info.last_seen, hung_up, "the wall time of the hang-up");
         assert!(!r.stream_info(&s).is_active);
     }
 

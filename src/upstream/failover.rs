@@ -46,13 +46,13 @@ impl FailoverPolicy {
     /// there, then moving down the URL list until an attempt succeeds, every URL was tried
     /// once, or the switch cap is reached. Returns the index that answered and its answer.
     ///
-    /// Every failure met on the way, except the one returned, is pushed to `faults` so the
-    /// caller can count it. A non-retryable error (a 404, say) ends the walk at once: it is
+    /// Every failure met on the way, except the one returned, goes to `faults` as it happens
+    /// (so an event about it carries the time it happened) for the caller to count. A non-retryable error (a 404, say) ends the walk at once: it is
     /// the origin's considered answer, and another URL would not be asked the same question.
     pub async fn run<T, F, Fut>(
         &self,
         stream: &StreamEntry,
-        faults: &mut Vec<UpstreamError>,
+        faults: &mut impl Faults,
         mut attempt: F,
     ) -> Result<(usize, T), UpstreamError>
     where
@@ -74,7 +74,7 @@ impl FailoverPolicy {
                             && stream.current_index() == index =>
                     {
                         retries += 1;
-                        faults.push(e);
+                        faults.fault(e);
                         tokio::time::sleep(self.backoff(retries)).await;
                     }
                     Err(e) => break e,
@@ -84,7 +84,7 @@ impl FailoverPolicy {
             if tried >= count || !self.switch_after_failure(stream, index, &error) {
                 return Err(error);
             }
-            faults.push(error);
+            faults.fault(error);
         }
     }
 
@@ -113,6 +113,18 @@ impl FailoverPolicy {
             }
             Switched::Single => false,
         }
+    }
+}
+
+/// Where [`FailoverPolicy::run`] reports each failure it meets, the moment it meets it.
+pub trait Faults {
+    fn fault(&mut self, error: UpstreamError);
+}
+
+/// Collected, for a caller that reports them later (the direct feed yields them in order).
+impl Faults for Vec<UpstreamError> {
+    fn fault(&mut self, error: UpstreamError) {
+        self.push(error);
     }
 }
 
