@@ -16,5 +16,6 @@ mod hls;
 mod live;
 mod metrics;
 mod origin_selftest;
+mod repost;
 mod stats;
 mod util;

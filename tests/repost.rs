@@ -1,0 +1,228 @@
+//! Posting a stream again while it plays: its running viewers (a live TS feed shared by a
+//! hub, an HLS player polling a variant) take the new URLs, user agent and headers, at the
+//! latest on their next upstream request.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::util::origin::Origin;
+use crate::util::ts_viewer::TsViewer;
+use crate::util::{eventually, Proxy};
+
+const MPEGURL: &str = "application/vnd.apple.mpegurl";
+const WITHIN: Duration = Duration::from_secs(5);
+
+/// An origin named `name` with a live TS channel at `/ch.ts` and a master at
+/// `/master.m3u8` whose `lo` variant lists one segment whose body names the origin.
+async fn origin(name: &str, bytes_per_sec: u64) -> Origin {
+    let o = Origin::start().await;
+    o.live_ts("/ch.ts", bytes_per_sec);
+    o.put(
+        "/master.m3u8",
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nlo/index.m3u8\n",
+        MPEGURL,
+    );
+    o.put(
+        "/lo/index.m3u8",
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n\
+             #EXTINF:2.0,\n{name}/seg7.ts\n"
+        ),
+        MPEGURL,
+    );
+    o.put(
+        &format!("/lo/{name}/seg7.ts"),
+        format!("{name}/seg7"),
+        "video/mp2t",
+    );
+    o
+}
+
+fn uri_line(text: &str) -> String {
+    text.lines()
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap()
+        .to_string()
+}
+
+fn resolve(base: &str, reference: &str) -> String {
+    url::Url::parse(base)
+        .unwrap()
+        .join(reference)
+        .unwrap()
+        .to_string()
+}
+
+async fn get_text(proxy: &Proxy, url: &str) -> String {
+    let res = proxy.http.get(url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{url}");
+    res.text().await.unwrap()
+}
+
+/// A player of an HLS stream: its variant reference, refreshed like a live playlist.
+struct HlsPlayer {
+    variant: String,
+}
+
+impl HlsPlayer {
+    async fn start(proxy: &Proxy, id: &str) -> HlsPlayer {
+        let master_url = proxy.url(&format!("/hls/{id}/playlist.m3u8"));
+        let master = get_text(proxy, &master_url).await;
+        HlsPlayer {
+            variant: resolve(&master_url, &uri_line(&master)),
+        }
+    }
+
+    /// Refreshes the variant and fetches its segment: the body names the origin.
+    async fn refresh(&self, proxy: &Proxy) -> String {
+        let media = get_text(proxy, &self.variant).await;
+        let segment = resolve(&self.variant, &uri_line(&media));
+        get_text(proxy, &segment).await
+    }
+}
+
+async fn repost(proxy: &Proxy, url: &str, backups: &[String], token: &str) {
+    let (status, _) = proxy
+        .post_stream(json!({
+            "url": url,
+            "failover_urls": backups,
+            "user_agent": format!("box/{token}"),
+            "headers": {"x-account": token},
+        }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "an update");
+}
+
+fn saw(origin: &Origin, path: &str, token: &str) -> bool {
+    origin.last_request(path).is_some_and(|seen| {
+        let header = |name| seen.headers.get(name).and_then(|v| v.to_str().ok());
+        header("x-account") == Some(token)
+            && header("user-agent") == Some(format!("box/{token}").as_str())
+    })
+}
+
+/// A proxy with quick retries and two streams on `a` with `b` as backup, a live TS one
+/// and an HLS one, each with a player; `c` is there to be posted.
+struct Playing {
+    a: Origin,
+    b: Origin,
+    c: Origin,
+    proxy: Proxy,
+    ts_id: String,
+    hls_id: String,
+    viewer: TsViewer,
+    player: HlsPlayer,
+}
+
+async fn playing() -> Playing {
+    // Distinct rates, so a move between origins shows as a jump in packet numbers.
+    let (a, b, c) = (
+        origin("a", 100_000).await,
+        origin("b", 150_000).await,
+        origin("c", 200_000).await,
+    );
+    let proxy = Proxy::start_with(|c| c.failover.backoff = Duration::from_millis(50)).await;
+    let (ts_id, ts_endpoint) = proxy.register(&a.url("/ch.ts"), &[b.url("/ch.ts")]).await;
+    let (hls_id, _) = proxy
+        .register(&a.url("/master.m3u8"), &[b.url("/master.m3u8")])
+        .await;
+    let mut viewer = TsViewer::open(&proxy, &ts_endpoint).await;
+    viewer.read_packets(20, WITHIN).await;
+    let player = HlsPlayer::start(&proxy, &hls_id).await;
+    assert_eq!(player.refresh(&proxy).await, "a/seg7");
+    Playing {
+        a,
+        b,
+        c,
+        proxy,
+        ts_id,
+        hls_id,
+        viewer,
+        player,
+    }
+}
+
+#[tokio::test]
+async fn a_repost_moves_viewers_off_a_backup_it_removed_with_the_new_headers() {
+    let Playing {
+        a,
+        b,
+        c,
+        proxy,
+        ts_id,
+        hls_id,
+        mut viewer,
+        player,
+    } = playing().await;
+    // Both streams fail over to the backup b.
+    proxy.switch_now(&ts_id).await;
+    proxy.switch_now(&hls_id).await;
+    viewer.read_past_switch(20, WITHIN).await;
+    assert_eq!(player.refresh(&proxy).await, "b/seg7");
+
+    // The operator replaces b with c, with a new account header and user agent.
+    repost(&proxy, &a.url("/ch.ts"), &[c.url("/ch.ts")], "new").await;
+    repost(
+        &proxy,
+        &a.url("/master.m3u8"),
+        &[c.url("/master.m3u8")],
+        "new",
+    )
+    .await;
+
+    // The HLS player's next refresh comes from c, asked with the new settings.
+    assert_eq!(player.refresh(&proxy).await, "c/seg7");
+    assert!(saw(&c, "/lo/index.m3u8", "new"));
+    assert!(saw(&c, "/lo/c/seg7.ts", "new"));
+    // The live viewer moves to c on its connection, asked with the new settings.
+    viewer.read_past_switch(20, WITHIN).await;
+    assert_eq!(c.hits("/ch.ts"), 1);
+    assert!(saw(&c, "/ch.ts", "new"));
+    let b_hits = b.hits("/ch.ts") + b.hits("/lo/index.m3u8");
+    assert_eq!(player.refresh(&proxy).await, "c/seg7");
+    assert_eq!(
+        b.hits("/ch.ts") + b.hits("/lo/index.m3u8"),
+        b_hits,
+        "b is left"
+    );
+}
+
+#[tokio::test]
+async fn after_a_repost_a_manual_failover_goes_to_the_new_backup_with_the_new_headers() {
+    let Playing {
+        a,
+        b,
+        c,
+        proxy,
+        ts_id,
+        hls_id,
+        mut viewer,
+        player,
+    } = playing().await;
+    repost(&proxy, &a.url("/ch.ts"), &[c.url("/ch.ts")], "new").await;
+    repost(
+        &proxy,
+        &a.url("/master.m3u8"),
+        &[c.url("/master.m3u8")],
+        "new",
+    )
+    .await;
+    // The URLs in use did not change: nobody is cut, and the next upstream requests
+    // (once the playlist cache's short lifetime is over) carry the new headers.
+    eventually(WITHIN, "a refresh asked with the new headers", || async {
+        assert_eq!(player.refresh(&proxy).await, "a/seg7");
+        saw(&a, "/lo/index.m3u8", "new").then_some(())
+    })
+    .await;
+
+    let done = proxy.switch_now(&ts_id).await;
+    assert_eq!(done["current_url"], c.url("/ch.ts"));
+    proxy.switch_now(&hls_id).await;
+    viewer.read_past_switch(20, WITHIN).await;
+    assert!(saw(&c, "/ch.ts", "new"));
+    assert_eq!(player.refresh(&proxy).await, "c/seg7");
+    assert!(saw(&c, "/lo/index.m3u8", "new"));
+    assert_eq!(b.hits("/ch.ts") + b.hits("/master.m3u8"), 0);
+}
