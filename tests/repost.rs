@@ -116,6 +116,16 @@ struct Playing {
     player: HlsPlayer,
 }
 
+impl Playing {
+    /// Posts both streams again with `c` instead of `b` as backup, and with the account
+    /// header and user agent `token`.
+    async fn replace_backup_with_c(&self, token: &str) {
+        for path in ["/ch.ts", "/master.m3u8"] {
+            repost(&self.proxy, &self.a.url(path), &[self.c.url(path)], token).await;
+        }
+    }
+}
+
 async fn playing() -> Playing {
     // Distinct rates, so a move between origins shows as a jump in packet numbers.
     let (a, b, c) = (
@@ -146,44 +156,28 @@ async fn playing() -> Playing {
 
 #[tokio::test]
 async fn a_repost_moves_viewers_off_a_backup_it_removed_with_the_new_headers() {
-    let Playing {
-        a,
-        b,
-        c,
-        proxy,
-        ts_id,
-        hls_id,
-        mut viewer,
-        player,
-    } = playing().await;
+    let mut p = playing().await;
     // Both streams fail over to the backup b.
-    proxy.switch_now(&ts_id).await;
-    proxy.switch_now(&hls_id).await;
-    viewer.read_past_switch(20, WITHIN).await;
-    assert_eq!(player.refresh(&proxy).await, "b/seg7");
+    p.proxy.switch_now(&p.ts_id).await;
+    p.proxy.switch_now(&p.hls_id).await;
+    p.viewer.read_past_switch(20, WITHIN).await;
+    assert_eq!(p.player.refresh(&p.proxy).await, "b/seg7");
 
     // The operator replaces b with c, with a new account header and user agent.
-    repost(&proxy, &a.url("/ch.ts"), &[c.url("/ch.ts")], "new").await;
-    repost(
-        &proxy,
-        &a.url("/master.m3u8"),
-        &[c.url("/master.m3u8")],
-        "new",
-    )
-    .await;
+    p.replace_backup_with_c("new").await;
 
     // The HLS player's next refresh comes from c, asked with the new settings.
-    assert_eq!(player.refresh(&proxy).await, "c/seg7");
-    assert!(saw(&c, "/lo/index.m3u8", "new"));
-    assert!(saw(&c, "/lo/c/seg7.ts", "new"));
+    assert_eq!(p.player.refresh(&p.proxy).await, "c/seg7");
+    assert!(saw(&p.c, "/lo/index.m3u8", "new"));
+    assert!(saw(&p.c, "/lo/c/seg7.ts", "new"));
     // The live viewer moves to c on its connection, asked with the new settings.
-    viewer.read_past_switch(20, WITHIN).await;
-    assert_eq!(c.hits("/ch.ts"), 1);
-    assert!(saw(&c, "/ch.ts", "new"));
-    let b_hits = b.hits("/ch.ts") + b.hits("/lo/index.m3u8");
-    assert_eq!(player.refresh(&proxy).await, "c/seg7");
+    p.viewer.read_past_switch(20, WITHIN).await;
+    assert_eq!(p.c.hits("/ch.ts"), 1);
+    assert!(saw(&p.c, "/ch.ts", "new"));
+    let b_hits = p.b.hits("/ch.ts") + p.b.hits("/lo/index.m3u8");
+    assert_eq!(p.player.refresh(&p.proxy).await, "c/seg7");
     assert_eq!(
-        b.hits("/ch.ts") + b.hits("/lo/index.m3u8"),
+        p.b.hits("/ch.ts") + p.b.hits("/lo/index.m3u8"),
         b_hits,
         "b is left"
     );
@@ -191,38 +185,25 @@ async fn a_repost_moves_viewers_off_a_backup_it_removed_with_the_new_headers() {
 
 #[tokio::test]
 async fn after_a_repost_a_manual_failover_goes_to_the_new_backup_with_the_new_headers() {
-    let Playing {
-        a,
-        b,
-        c,
-        proxy,
-        ts_id,
-        hls_id,
-        mut viewer,
-        player,
-    } = playing().await;
-    repost(&proxy, &a.url("/ch.ts"), &[c.url("/ch.ts")], "new").await;
-    repost(
-        &proxy,
-        &a.url("/master.m3u8"),
-        &[c.url("/master.m3u8")],
-        "new",
-    )
-    .await;
+    let mut p = playing().await;
+    p.replace_backup_with_c("new").await;
     // The URLs in use did not change: nobody is cut, and the next upstream requests
     // (once the playlist cache's short lifetime is over) carry the new headers.
     eventually(WITHIN, "a refresh asked with the new headers", || async {
-        assert_eq!(player.refresh(&proxy).await, "a/seg7");
-        saw(&a, "/lo/index.m3u8", "new").then_some(())
+        assert_eq!(p.player.refresh(&p.proxy).await, "a/seg7");
+        saw(&p.a, "/lo/index.m3u8", "new").then_some(())
     })
     .await;
+    let read = p.viewer.numbers().len();
+    p.viewer.read_packets(read + 20, WITHIN).await;
+    assert!(p.viewer.discontinuities().is_empty(), "nobody is cut");
 
-    let done = proxy.switch_now(&ts_id).await;
-    assert_eq!(done["current_url"], c.url("/ch.ts"));
-    proxy.switch_now(&hls_id).await;
-    viewer.read_past_switch(20, WITHIN).await;
-    assert!(saw(&c, "/ch.ts", "new"));
-    assert_eq!(player.refresh(&proxy).await, "c/seg7");
-    assert!(saw(&c, "/lo/index.m3u8", "new"));
-    assert_eq!(b.hits("/ch.ts") + b.hits("/master.m3u8"), 0);
+    let done = p.proxy.switch_now(&p.ts_id).await;
+    assert_eq!(done["current_url"], p.c.url("/ch.ts"));
+    p.proxy.switch_now(&p.hls_id).await;
+    p.viewer.read_past_switch(20, WITHIN).await;
+    assert!(saw(&p.c, "/ch.ts", "new"));
+    assert_eq!(p.player.refresh(&p.proxy).await, "c/seg7");
+    assert!(saw(&p.c, "/lo/index.m3u8", "new"));
+    assert_eq!(p.b.hits("/ch.ts") + p.b.hits("/master.m3u8"), 0);
 }
