@@ -19,5 +19,6 @@ mod live;
 mod metrics;
 mod origin_selftest;
 mod references;
+mod repost;
 mod stats;
 mod util;

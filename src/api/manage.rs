@@ -215,6 +215,7 @@ pub async fn delete_stream(
         .registry
         .remove_stream(&id, Removal::Deleted)
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
+    state.live.forget_file(&id);
     tracing::info!(stream_id = %id, "stream deleted");
     Ok(Json(StreamDeleted {
         message: format!("stream {id} deleted"),

@@ -49,24 +49,25 @@ pub async fn master_playlist(
         .upstream
         .failover()
         .run(&stream, &mut &viewing, |_, url| {
-            let url = with_ll_hls_params(url, uri.query());
+            let asked = with_ll_hls_params(url.clone(), uri.query());
             let settings = stream.settings();
             let (upstream, cache) = (state.upstream.clone(), state.cache.clone());
             let stream_id = stream.id.clone();
             async move {
-                cache
-                    .playlist(&stream_id, &url, || {
-                        upstream.fetch_playlist(&url, &settings)
+                let fetched = cache
+                    .playlist(&stream_id, &asked, || {
+                        upstream.fetch_playlist(&asked, &settings)
                     })
-                    .await
+                    .await?;
+                Ok((url, fetched))
             }
         })
         .await;
-    let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
+    let (_, (url, fetched)) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
     let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
     stream
         .listings
-        .remember(index, Listing::new(stream.generation(), &info));
+        .remember(&url, Listing::new(stream.generation(), &info));
     Ok(response)
 }
 
@@ -173,25 +174,23 @@ async fn nested_playlist(
     query: Option<&str>,
 ) -> Result<Arc<FetchedPlaylist>, UpstreamError> {
     let settings = stream.settings();
+    let current = settings.url_at(index);
     let mut url = target.clone();
-    if let Some(old) = stream.listings.listed_elsewhere(target.as_str(), index) {
+    if let Some(old) = stream.listings.listed_elsewhere(target.as_str(), current) {
         let generation = stream.generation();
-        let new = match stream.listings.listing(index, generation) {
+        let new = match stream.listings.listing(current, generation) {
             Some(listing) => listing,
             None => {
-                let top = state
-                    .upstream
-                    .fetch_playlist(settings.url_at(index), &settings)
-                    .await?;
+                let top = state.upstream.fetch_playlist(current, &settings).await?;
                 let info = playlist::rewrite(&top.text, &top.final_url, |u, _| u.to_string()).info;
                 let listing = Listing::new(generation, &info);
-                stream.listings.remember(index, listing.clone());
+                stream.listings.remember(current, listing.clone());
                 listing
             }
         };
         url = match equivalent(&old, &new, target.as_str()) {
             Equivalent::Same => url,
-            Equivalent::StreamUrl => settings.url_at(index).clone(),
+            Equivalent::StreamUrl => current.clone(),
             Equivalent::Listed(u) => {
                 Url::parse(&u).map_err(|e| UpstreamError::InvalidListedUrl(e.to_string()))?
             }

@@ -71,8 +71,8 @@ impl Live {
         self.fanout.enabled() && !matches!(self.slots.lock().get(&stream.id), Some(Slot::File))
     }
 
-    /// Forgets what the stream's answers were, after its URLs changed: a file before may
-    /// be a live channel now.
+    /// Forgets what the stream's answers were, after its URLs changed (a file before may
+    /// be a live channel now) or the stream was deleted. A running hub leaves by itself.
     pub fn forget_file(&self, stream_id: &str) {
         let mut slots = self.slots.lock();
         if matches!(slots.get(stream_id), Some(Slot::File)) {

@@ -185,7 +185,8 @@ impl StreamEntry {
         self.cursor.subscribe()
     }
 
-    /// How many times the stream has switched URL since it was registered.
+    /// How many times the stream switched URL, or had its URLs changed by a re-post,
+    /// since it was registered.
     pub fn generation(&self) -> u64 {
         self.cursor.generation()
     }
@@ -405,9 +406,15 @@ impl Registry {
         let mut streams = self.streams.write().expect("streams lock");
         if let Some(entry) = streams.get(&id) {
             let count = settings.url_count();
+            let new_urls = !entry.settings().urls().eq(settings.urls());
             *entry.settings.write().expect("settings lock") = Arc::new(settings);
             // A shorter failover list may leave the index out of range.
             entry.cursor.clamp(count);
+            if new_urls {
+                // Running viewers look again: a feed whose URL is no longer the one in
+                // use moves to it, and variant listings of the old URLs are refetched.
+                entry.cursor.renew();
+            }
             entry.touch(now);
             return (entry.clone(), Upsert::Updated);
         }

@@ -21,7 +21,7 @@ pub struct UrlCursor {
     generation: watch::Sender<u64>,
     /// The same count as an atomic, for readers that look per chunk: reading the watch
     /// takes its lock.
-    switches_made: AtomicU64,
+    changes: AtomicU64,
     /// When capped switches happened, for the per-minute cap.
     switches: Mutex<VecDeque<Instant>>,
 }
@@ -31,7 +31,7 @@ impl Default for UrlCursor {
         Self {
             current: AtomicUsize::new(0),
             generation: watch::Sender::new(0),
-            switches_made: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             switches: Mutex::default(),
         }
     }
@@ -55,9 +55,9 @@ impl UrlCursor {
         self.current.load(Ordering::Acquire)
     }
 
-    /// How many times the URL in use changed.
+    /// How many times the URL in use, or the list of URLs, changed.
     pub fn generation(&self) -> u64 {
-        self.switches_made.load(Ordering::Acquire)
+        self.changes.load(Ordering::Acquire)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -93,13 +93,20 @@ impl UrlCursor {
                 if cap.is_some() {
                     recent.push_back(now);
                 }
-                let made = self.switches_made.fetch_add(1, Ordering::AcqRel) + 1;
-                self.generation.send_replace(made);
+                self.renew();
                 Switched::Moved { from, to }
             }
             // Someone else switched first: use their choice rather than switching twice.
             Err(now) => Switched::Followed(now),
         }
+    }
+
+    /// Bumps the generation without moving: the stream's URLs changed (a re-post), so
+    /// what was learned under the old ones (variant listings) is stale, and every feed
+    /// checks whether the URL it reads is still the one in use.
+    pub fn renew(&self) {
+        let made = self.changes.fetch_add(1, Ordering::AcqRel) + 1;
+        self.generation.send_replace(made);
     }
 
     /// Brings the index back to the original URL when a shorter URL list leaves it out of

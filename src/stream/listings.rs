@@ -4,13 +4,20 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use url::Url;
+
 use crate::playlist::PlaylistInfo;
 
-/// What the playlist at each URL index of a stream listed when last fetched.
+/// What the playlist at each of a stream's URLs listed when last fetched, by URL: a
+/// re-post may put another URL at an index, and a player may still hold references of
+/// the old one.
 #[derive(Debug, Default)]
 pub struct Listings {
-    by_index: Mutex<HashMap<usize, Listing>>,
+    by_url: Mutex<HashMap<Url, Listing>>,
 }
+
+/// Listings kept per stream: its URLs and a few it had before a re-post.
+const MAX_LISTINGS: usize = 16;
 
 /// The playlists a stream URL's playlist lists, in playlist order: enough to find the
 /// equivalent of a variant under another URL.
@@ -58,30 +65,37 @@ pub enum Equivalent {
 }
 
 impl Listings {
-    /// Remembers what the playlist at URL `index` lists.
-    pub fn remember(&self, index: usize, listing: Listing) {
-        self.by_index
-            .lock()
-            .expect("listings lock")
-            .insert(index, listing);
+    /// Remembers what the playlist at the stream URL `url` lists.
+    pub fn remember(&self, url: &Url, listing: Listing) {
+        let mut listings = self.by_url.lock().expect("listings lock");
+        if !listings.contains_key(url) && listings.len() >= MAX_LISTINGS {
+            let oldest = listings
+                .iter()
+                .min_by_key(|(_, l)| l.generation)
+                .map(|(u, _)| u.clone());
+            if let Some(oldest) = oldest {
+                listings.remove(&oldest);
+            }
+        }
+        listings.insert(url.clone(), listing);
     }
 
-    /// The listing of URL `index` if it was fetched in `generation`.
-    pub fn listing(&self, index: usize, generation: u64) -> Option<Listing> {
-        self.by_index
+    /// The listing of `url` if it was fetched in `generation`.
+    pub fn listing(&self, url: &Url, generation: u64) -> Option<Listing> {
+        self.by_url
             .lock()
             .expect("listings lock")
-            .get(&index)
+            .get(url)
             .filter(|l| l.generation == generation)
             .cloned()
     }
 
-    /// The URL index whose playlist listed `target`, if any did, other than `current`.
-    /// `None` when `target` belongs to the current URL or to no known listing (a nested
-    /// playlist deeper down, or one from before a restart): it is fetched as it is.
-    pub fn listed_elsewhere(&self, target: &str, current: usize) -> Option<Listing> {
-        let listings = self.by_index.lock().expect("listings lock");
-        if listings.get(&current).is_some_and(|l| l.contains(target)) {
+    /// The listing that showed `target`, unless it is the current URL's. `None` when
+    /// `target` belongs to the current URL or to no known listing (a nested playlist
+    /// deeper down, or one from before a restart): it is fetched as it is.
+    pub fn listed_elsewhere(&self, target: &str, current: &Url) -> Option<Listing> {
+        let listings = self.by_url.lock().expect("listings lock");
+        if listings.get(current).is_some_and(|l| l.contains(target)) {
             return None;
         }
         listings.values().find(|l| l.contains(target)).cloned()
@@ -139,16 +153,41 @@ mod tests {
 
     #[test]
     fn a_reference_of_the_current_url_or_of_none_is_fetched_as_is() {
+        let (a, b, c) = (
+            Url::parse("http://a/m.m3u8").unwrap(),
+            Url::parse("http://b/m.m3u8").unwrap(),
+            Url::parse("http://c/m.m3u8").unwrap(),
+        );
         let book = Listings::default();
-        book.remember(0, listing(&["a/lo"], &[]));
-        book.remember(1, listing(&["b/lo"], &[]));
-        assert_eq!(book.listed_elsewhere("a/lo", 0), None);
+        book.remember(&a, listing(&["a/lo"], &[]));
+        book.remember(&b, listing(&["b/lo"], &[]));
+        assert_eq!(book.listed_elsewhere("a/lo", &a), None);
         assert_eq!(
-            book.listed_elsewhere("a/lo", 1),
+            book.listed_elsewhere("a/lo", &b),
             Some(listing(&["a/lo"], &[]))
         );
-        assert_eq!(book.listed_elsewhere("a/deeper", 1), None);
-        assert!(book.listing(1, 0).is_some());
-        assert!(book.listing(1, 1).is_none(), "stale after a switch");
+        assert_eq!(book.listed_elsewhere("a/deeper", &b), None);
+        assert!(book.listing(&b, 0).is_some());
+        assert!(book.listing(&b, 1).is_none(), "stale after a switch");
+        // A re-post put c where b was: b's variants are still known to be b's.
+        book.remember(&c, listing(&["c/lo"], &[]));
+        assert_eq!(
+            book.listed_elsewhere("b/lo", &c),
+            Some(listing(&["b/lo"], &[]))
+        );
+    }
+
+    #[test]
+    fn listings_are_bounded_and_the_oldest_go_first() {
+        let book = Listings::default();
+        for i in 0..MAX_LISTINGS as u64 + 4 {
+            let url = Url::parse(&format!("http://o{i}/m.m3u8")).unwrap();
+            let mut l = listing(&[&format!("o{i}/lo")], &[]);
+            l.generation = i;
+            book.remember(&url, l);
+        }
+        assert_eq!(book.by_url.lock().unwrap().len(), MAX_LISTINGS);
+        let first = Url::parse("http://o0/m.m3u8").unwrap();
+        assert!(book.listing(&first, 0).is_none());
     }
 }

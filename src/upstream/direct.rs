@@ -168,8 +168,10 @@ impl Packets {
 pub struct DirectFeed {
     upstream: Upstream,
     stream: Arc<StreamEntry>,
-    /// The URL index the current body comes from.
+    /// The URL index the current body comes from, and that URL: a re-post of the stream
+    /// may put another URL at the same index.
     index: usize,
+    url: Url,
     body: Option<BoxStream<'static, Result<Bytes, reqwest::Error>>>,
     shape: Shape,
     packets: Packets,
@@ -210,6 +212,7 @@ impl DirectFeed {
         Self {
             upstream,
             index,
+            url: stream.settings().url_at(index).clone(),
             body: Some(res.bytes_stream().boxed()),
             shape,
             packets: Packets::default(),
@@ -250,9 +253,12 @@ impl DirectFeed {
             let generation = self.stream.generation();
             if generation != self.generation {
                 self.generation = generation;
-                // Someone switched the stream: follow at once, no failure of ours. A
-                // body that cannot be resumed finishes where it is.
-                if self.stream.current_index() != self.index && self.shape != Shape::Once {
+                // Someone switched the stream, or a re-post changed its URLs: follow at
+                // once, no failure of ours. A body that cannot be resumed finishes where
+                // it is.
+                if self.stream.current_url() != (self.index, self.url.clone())
+                    && self.shape != Shape::Once
+                {
                     self.drop_upstream();
                 }
             }
@@ -376,16 +382,20 @@ impl DirectFeed {
                     .as_ref()
                     .filter(|(i, _)| *i == index)
                     .map(|(_, v)| v.clone());
-                async move { reopen(&upstream, &url, &settings, resume, etag).await }
+                async move {
+                    let res = reopen(&upstream, &url, &settings, resume, etag).await?;
+                    Ok((url, res))
+                }
             })
             .await;
         self.faults.extend(faults);
-        let (index, res) = opened?;
+        let (index, (url, res)) = opened?;
         tracing::info!(stream_id = %self.stream.id, url_index = index, "direct upstream reconnected");
         if index != self.index {
             self.short_runs = 0;
         }
         self.index = index;
+        self.url = url;
         self.connected_at = Instant::now();
         self.body = Some(res.bytes_stream().boxed());
         Ok(())
