@@ -144,7 +144,13 @@ impl StreamEntry {
     /// Like [`StreamEntry::switch_from`], at most `cap` times a minute when `cap` is set
     /// (automatic switches); says what happened.
     pub fn switch(&self, from: usize, reason: &str, cap: Option<u32>) -> Switched {
-        let switched = self.cursor.switch(from, self.settings().url_count(), cap);
+        // Under the settings read lock: an upsert (which writes settings and clamps the
+        // cursor under the write lock) cannot shorten the URL list between the count read
+        // here and the move, which would leave the index past the end.
+        let switched = {
+            let settings = self.settings.read().expect("settings lock");
+            self.cursor.switch(from, settings.url_count(), cap)
+        };
         if let Switched::Moved { from, to } = switched {
             self.counters.failovers.fetch_add(1, Ordering::Relaxed);
             self.totals.failovers.fetch_add(1, Ordering::Relaxed);
@@ -376,9 +382,12 @@ impl Registry {
         let mut streams = self.streams.write().expect("streams lock");
         if let Some(entry) = streams.get(&id) {
             let count = settings.url_count();
-            *entry.settings.write().expect("settings lock") = Arc::new(settings);
-            // A shorter failover list may leave the index out of range.
+            let mut current = entry.settings.write().expect("settings lock");
+            *current = Arc::new(settings);
+            // A shorter failover list may leave the index out of range; clamped before the
+            // lock is released, so no switch sees the new list with the old index.
             entry.cursor.clamp(count);
+            drop(current);
             entry.touch(now);
             return (entry.clone(), Upsert::Updated);
         }
@@ -868,6 +877,32 @@ mod tests {
         );
         let (single, _) = r.upsert(settings("http://o/single", &[]));
         assert_eq!(single.switch_from(0, "test"), None);
+    }
+
+    #[test]
+    fn a_switch_racing_an_upsert_that_shortens_the_list_never_leaves_the_index_out_of_range() {
+        let r = Registry::new(b"k");
+        let long = || settings("http://o/a", &["http://o/b", "http://o/c"]);
+        let (s, _) = r.upsert(long());
+        for round in 0..500 {
+            r.upsert(long());
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        s.switch_from(s.current_url().0, "test");
+                    }
+                });
+                scope.spawn(|| r.upsert(settings("http://o/a", &[])));
+            });
+            assert_eq!(
+                s.current_index(),
+                0,
+                "round {round}: index past the single URL"
+            );
+        }
+        // And a stream stuck past its end could not be switched any more.
+        r.upsert(long());
+        assert_eq!(s.switch_from(s.current_url().0, "test"), Some(1));
     }
 
     #[tokio::test(start_paused = true)]
