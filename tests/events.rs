@@ -9,8 +9,9 @@ use axum::{Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::util::origin::Origin;
+use crate::util::origin::{Fault, Origin};
 use crate::util::player::Player;
+use crate::util::ts_viewer::TsViewer;
 use crate::util::{eventually, Proxy};
 
 const MPEGURL: &str = "application/vnd.apple.mpegurl";
@@ -330,4 +331,34 @@ async fn a_receiver_that_is_down_is_retried_and_never_slows_playback() {
     );
     let stats = proxy.get_json("/clients/during-outage").await;
     assert_eq!(stats["segments_served"], 2);
+}
+
+#[tokio::test]
+async fn the_failures_of_a_reconnect_are_announced_oldest_first() {
+    let origin = Origin::start().await;
+    origin.live_ts("/a.ts", 200_000);
+    origin.live_ts("/b.ts", 200_000);
+    origin.fault("/b.ts", Fault::Status(503));
+    origin.live_ts("/c.ts", 200_000);
+    origin.fault("/c.ts", Fault::Status(502));
+    let proxy = Proxy::start_with(|c| c.failover.retries = 0).await;
+    let (id, endpoint) = proxy
+        .register(
+            &origin.url("/a.ts"),
+            &[origin.url("/b.ts"), origin.url("/c.ts")],
+        )
+        .await;
+    let mut feed = Feed::open(&proxy, &format!("?stream_id={id}&types=upstream_error")).await;
+    let mut viewer = TsViewer::open(&proxy, &endpoint).await;
+    viewer.read_packets(50, Duration::from_secs(5)).await;
+    // Off to b, which answers 503; then c, 502; then back to a, which plays.
+    proxy.switch_now(&id).await;
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        let (_, event) = feed.next().await;
+        errors.push(event["data"]["error"].as_str().unwrap().to_string());
+    }
+    assert_eq!(errors, ["upstream answered 503", "upstream answered 502"]);
+    let read = viewer.numbers().len();
+    viewer.read_packets(read + 50, Duration::from_secs(5)).await;
 }
