@@ -225,6 +225,13 @@ async fn direct_failures_are_clear_and_fail_over_before_the_first_byte() {
     let endpoint = direct_stream(&proxy, &origin.url("/html.ts")).await;
     let res = proxy.get(&endpoint).await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    // An HTML page where media was asked for is a media error, not a playlist error.
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "upstream_not_media", "{body}");
+    assert_eq!(
+        body["detail"], "upstream answered an HTML page instead of media",
+        "{body}"
+    );
 
     origin.put("/hang.ts", "x", "video/mp2t");
     origin.fault("/hang.ts", Fault::Hang);

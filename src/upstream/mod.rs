@@ -288,7 +288,7 @@ pub fn check_media_status(res: &reqwest::Response) -> Result<(), UpstreamError> 
         return Err(UpstreamError::Status(status.as_u16()));
     }
     if status.is_success() && is_html(res.headers()) {
-        return Err(UpstreamError::NotPlaylist("an HTML page"));
+        return Err(UpstreamError::NotMedia("an HTML page"));
     }
     Ok(())
 }
