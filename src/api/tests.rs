@@ -269,8 +269,8 @@ async fn webhooks_api_refuses_bad_input_with_json_errors() {
         ),
         (r#"{"events": []}"#, 422, "invalid_body"),
         (r#"{"url": 5}"#, 422, "invalid_body"),
-        (r#"{"url": "http://h/""#, 400, "invalid_json"),
-        ("", 400, "invalid_json"),
+        (r#"{"url": "http://h/""#, 400, "malformed_json"),
+        ("", 400, "malformed_json"),
     ];
     for (body, status, code) in cases {
         let response = http
