@@ -362,3 +362,17 @@ async fn the_failures_of_a_reconnect_are_announced_oldest_first() {
     let read = viewer.numbers().len();
     viewer.read_packets(read + 50, Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_an_events_reader() {
+    let proxy = Proxy::start().await;
+    let feed = Feed::open(&proxy, "").await;
+    let started = Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?} with an /events reader connected",
+        started.elapsed()
+    );
+    drop(feed);
+}

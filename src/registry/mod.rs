@@ -401,7 +401,7 @@ impl Registry {
             last_access_ms: AtomicU64::new(now),
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
-            closed: CancellationToken::new(),
+            closed: self.events.shutdown().child_token(),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
@@ -499,11 +499,11 @@ impl Registry {
         );
     }
 
-    /// Ends every open viewer connection (shutdown). The streams stay registered.
+    /// Shuts down: cancels the one shutdown token, which ends every open viewer connection
+    /// and live hub (each stream's `closed` is its child), every `/events` feed and the
+    /// webhook deliveries. The streams stay registered.
     pub fn close_all(&self) {
-        for s in self.streams.read().expect("streams lock").values() {
-            s.closed.cancel();
-        }
+        self.events.shutdown().cancel();
     }
 
     /// The client with this id on this stream, created on first sight. The boolean is true
