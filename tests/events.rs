@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::util::origin::{Fault, Origin};
 use crate::util::player::Player;
 use crate::util::ts_viewer::TsViewer;
-use crate::util::{eventually, Proxy};
+use crate::util::{eventually, refused_addr, Proxy};
 
 const MPEGURL: &str = "application/vnd.apple.mpegurl";
 
@@ -274,10 +274,7 @@ async fn a_receiver_that_is_down_is_retried_and_never_slows_playback() {
     let origin = Origin::start().await;
     put_stream(&origin, "main");
     // A port nobody listens on.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_guard, closed) = refused_addr();
     let proxy = Proxy::start().await;
     let hook = register(
         &proxy,

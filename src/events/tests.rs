@@ -226,11 +226,10 @@ async fn webhook_answering_503_is_retried_until_it_accepts() {
 
 #[tokio::test]
 async fn webhook_that_is_down_is_retried_then_failed() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Bound but not listening: refused, and no other process can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = closed.local_addr().unwrap().port();
     let bus = EventBus::new(64);
     let webhooks = Arc::new(Webhooks::new(quick_limits()));
     let hook = webhooks
