@@ -308,8 +308,11 @@ async fn emit_stays_fast_while_a_webhook_hangs_and_every_event_is_accounted_for(
         );
     }
     let elapsed = started.elapsed();
+    // An emit that waited on the hanging receiver would take its 1 s timeout, so 10,000 of
+    // them hours; the bound is loose so that a busy machine (a debug build beside other
+    // work takes about 0.6 s) does not fail it.
     assert!(
-        elapsed < Duration::from_millis(500),
+        elapsed < Duration::from_secs(5),
         "10,000 emits took {elapsed:?}"
     );
 
