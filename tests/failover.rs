@@ -626,11 +626,19 @@ async fn a_failing_variant_refresh_switches_to_the_backups_variant_within_the_re
     assert_eq!(status, StatusCode::OK);
 
     a.fault("/hi/index.m3u8", Fault::Status(503));
-    // The player refreshes a target duration (2 s) later; by then the shared copy of the
-    // playlist (kept at most half a target duration) is gone, so the refresh asks the origin.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, media) = get_text(&proxy, &hi).await;
-    assert_eq!(status, StatusCode::OK);
+    // The player refreshes until the shared copy of the playlist (kept at most half a
+    // target duration) is gone and a refresh asks the origin, which fails: that same
+    // request answers with the backup's variant.
+    let media = eventually(
+        Duration::from_secs(5),
+        "a refresh past the cache",
+        || async {
+            let (status, media) = get_text(&proxy, &hi).await;
+            assert_eq!(status, StatusCode::OK);
+            (b.hits("/hi/index.m3u8") == 1).then_some(media)
+        },
+    )
+    .await;
     let segment = resolve(&proxy, &hi, &uri_lines(&media)[0]);
     assert_eq!(proxy.http.get(&segment).send().await.unwrap().status(), 200);
     assert!(
