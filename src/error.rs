@@ -25,6 +25,10 @@ pub enum UpstreamError {
     Status(u16),
     #[error("upstream answered {0} instead of a playlist")]
     NotPlaylist(&'static str),
+    /// A media request (segment, key, direct stream) was answered with something no player
+    /// can play, such as an HTML page.
+    #[error("upstream answered {0} instead of media")]
+    NotMedia(&'static str),
     #[error("upstream playlist is larger than {0} bytes")]
     TooLarge(usize),
     /// A request or body read failed after connecting (a reset, a broken transfer).
@@ -80,7 +84,7 @@ impl UpstreamError {
             Status(_) | TooLarge(_) | CannotResume | Client(_) => Remedy::GiveUp,
             // Waiting for the same silent origin again only doubles the gap.
             FirstByteTimeout(_) | Stalled => Remedy::TryOtherUrl,
-            Connect(_) | NotPlaylist(_) | Transport(_) | EndedEarly | LiveEnded
+            Connect(_) | NotPlaylist(_) | NotMedia(_) | Transport(_) | EndedEarly | LiveEnded
             | ResumeMismatch | KeepsFailing | ReconnectStatus(_) | InvalidListedUrl(_) => {
                 Remedy::RetrySameUrl
             }
@@ -150,6 +154,7 @@ pub const ERROR_CODES: &[(u16, &str)] = &[
     (502, "upstream_unreachable"),
     (502, "upstream_status"),
     (502, "upstream_not_playlist"),
+    (502, "upstream_not_media"),
     (502, "upstream_too_large"),
     (502, "upstream_error"),
     (504, "upstream_timeout"),
@@ -223,6 +228,7 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Status(404 | 410) => (StatusCode::NOT_FOUND, "upstream_not_found"),
             UpstreamError::Status(_) => (StatusCode::BAD_GATEWAY, "upstream_status"),
             UpstreamError::NotPlaylist(_) => (StatusCode::BAD_GATEWAY, "upstream_not_playlist"),
+            UpstreamError::NotMedia(_) => (StatusCode::BAD_GATEWAY, "upstream_not_media"),
             UpstreamError::TooLarge(_) => (StatusCode::BAD_GATEWAY, "upstream_too_large"),
             UpstreamError::Transport(_)
             | UpstreamError::EndedEarly

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 pub use webhooks::{
     retry_delay, spawn_dispatcher, Webhook, WebhookError, WebhookLimits, WebhookSpec, Webhooks,
@@ -147,6 +148,10 @@ struct BusInner {
     /// covers no await and no I/O, only a counter bump and a non-blocking channel send.
     last_id: Mutex<u64>,
     sender: broadcast::Sender<Event>,
+    /// The process's shutdown signal. It lives here because every long-lived reader of the
+    /// bus (an `/events` feed, the webhook dispatcher and its deliveries) must end on it;
+    /// the registry derives each stream's `closed` token (viewer bodies, live hubs) from it.
+    shutdown: CancellationToken,
 }
 
 impl EventBus {
@@ -157,6 +162,7 @@ impl EventBus {
             inner: Arc::new(BusInner {
                 last_id: Mutex::new(0),
                 sender,
+                shutdown: CancellationToken::new(),
             }),
         }
     }
@@ -213,6 +219,11 @@ impl EventBus {
             .last_id
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cancelled when the process shuts down: readers of the bus stop reading.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     /// Readers currently subscribed (SSE connections, the webhook dispatcher, ...).

@@ -1,7 +1,8 @@
 //! `run(config, shutdown)`: build the state, start the background tasks, serve, drain.
 //!
-//! Shutdown ends every open viewer connection (live streams never end by themselves), lets
-//! in-flight requests finish for a short grace period, and returns.
+//! Shutdown cancels the one shutdown token (see [`Registry::close_all`]): every open viewer
+//! connection, live hub, `/events` feed and webhook delivery ends on it (live streams never
+//! end by themselves); other in-flight requests may finish for a short grace period.
 
 use std::future::Future;
 use std::io;

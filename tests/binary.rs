@@ -4,10 +4,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::http_client;
 use crate::util::origin::Origin;
+use crate::util::{eventually, http_client};
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago (see [`start`] for the race).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -16,7 +16,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(envs: &[(&str, String)], args: &[&str]) -> Child {
+fn spawn(envs: &[(&str, String)], args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_m3u-proxy"))
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
@@ -26,18 +26,40 @@ fn spawn(envs: &[(&str, String)], args: &[&str]) -> Child {
         .expect("start m3u-proxy")
 }
 
-async fn wait_healthy(base: &str) {
+/// Starts m3u-proxy with the environment and arguments `setup` gives for a port, and waits
+/// until it answers `/health`; returns it and its base URL. The binary needs a port number,
+/// so the port is one that was free a moment ago: when another process took it first, the
+/// proxy exits (address in use) and is started again on another port.
+async fn start(
+    setup: impl Fn(u16) -> (Vec<(&'static str, String)>, Vec<String>),
+) -> (Child, String) {
     let http = http_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(res) = http.get(format!("{base}/health")).send().await {
-            if res.status().is_success() {
-                return;
-            }
+    for _ in 0..5 {
+        let port = free_port();
+        let (envs, args) = setup(port);
+        let mut child = spawn(&envs, &args);
+        let base = format!("http://127.0.0.1:{port}");
+        let up = eventually(
+            Duration::from_secs(10),
+            "m3u-proxy answering /health",
+            || {
+                let exited = child.try_wait().unwrap().is_some();
+                let health = http.get(format!("{base}/health")).send();
+                async move {
+                    if exited {
+                        return Some(false);
+                    }
+                    let res = health.await.ok()?;
+                    res.status().is_success().then_some(true)
+                }
+            },
+        )
+        .await;
+        if up {
+            return (child, base);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("m3u-proxy did not come up at {base}");
+    panic!("m3u-proxy exited at start five times (no free port?)");
 }
 
 /// Sends `signal` and waits for the process to exit; returns its status and how long it took.
@@ -48,34 +70,28 @@ async fn stop_with(child: &mut Child, signal: &str) -> (std::process::ExitStatus
         .status()
         .expect("kill");
     assert!(sent.success());
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "m3u-proxy ignored {signal}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = eventually(Duration::from_secs(10), "m3u-proxy to exit", || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    (status, started.elapsed())
 }
 
 #[tokio::test]
 async fn settings_come_from_the_environment_and_sigterm_stops_it_with_viewers_connected() {
     let origin = Origin::start().await;
     origin.live_ts("/live.ts", 50_000);
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn(
-        &[
+    let (mut child, base) = start(|port| {
+        let envs = vec![
             ("M3U_PROXY_HOST", "127.0.0.1".into()),
             ("M3U_PROXY_PORT", port.to_string()),
             ("LOG_LEVEL", "warn".into()),
             ("API_TOKEN", "env-token".into()),
-        ],
-        &[],
-    );
-    wait_healthy(&base).await;
+        ];
+        (envs, vec![])
+    })
+    .await;
     let http = http_client();
     let refused = http.get(format!("{base}/streams")).send().await.unwrap();
     assert_eq!(
@@ -110,22 +126,21 @@ async fn settings_come_from_the_environment_and_sigterm_stops_it_with_viewers_co
 
 #[tokio::test]
 async fn flags_override_the_environment_and_sigint_stops_it() {
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn(
-        &[
+    let (mut child, _) = start(|port| {
+        let envs = vec![
             ("M3U_PROXY_PORT", "1".into()),
             ("M3U_PROXY_HOST", "0.0.0.0".into()),
-        ],
-        &[
+        ];
+        let args = [
             "--host",
             "127.0.0.1",
             "--port",
             &port.to_string(),
             "--debug",
-        ],
-    );
-    wait_healthy(&base).await;
+        ];
+        (envs, args.map(String::from).to_vec())
+    })
+    .await;
     let (status, _) = stop_with(&mut child, "-INT").await;
     assert!(status.success(), "clean exit on SIGINT: {status}");
 }

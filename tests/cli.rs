@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::util::origin::Origin;
-use crate::util::Proxy;
+use crate::util::{eventually, refused_addr, Proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_m3u-client");
 /// The ANSI sequence `monitor` starts each frame with on a terminal.
@@ -91,37 +91,26 @@ fn row<'a>(table: &'a str, first_cell: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no row {first_cell} in\n{table}"))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
+/// A server URL that refuses connections while the guard lives.
+fn closed_port_url() -> (tokio::net::TcpSocket, String) {
+    let (guard, addr) = refused_addr();
+    (guard, format!("http://{addr}"))
 }
 
 /// Polls `GET /stats` until the proxy reports at least `bytes` served by `stream_id`;
 /// counters reach the API shortly after the bytes reach the player.
 async fn wait_for_served(proxy: &Proxy, stream_id: &str, bytes: u64) {
-    for _ in 0..100 {
-        let stats: Stats = proxy
-            .http
-            .get(format!("{}/stats", proxy.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let what = format!("stream {stream_id} reporting {bytes} bytes served");
+    eventually(Duration::from_secs(5), &what, || async {
+        let stats: Stats = serde_json::from_value(proxy.get_json("/stats").await).unwrap();
         let served = stats
             .streams
             .iter()
             .find(|s| s.stream_id == stream_id)
             .map_or(0, |s| s.total_bytes_served);
-        if served >= bytes {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("stream {stream_id} never reported {bytes} bytes served");
+        (served >= bytes).then_some(())
+    })
+    .await;
 }
 
 async fn watch(proxy: &Proxy, stream_id: &str, client_id: &str) -> usize {
@@ -346,7 +335,7 @@ async fn stats_clients_and_health_show_what_was_watched() {
 
 #[tokio::test]
 async fn a_server_that_is_down_is_one_line_and_exit_code_3() {
-    let down = closed_port_url();
+    let (_guard, down) = closed_port_url();
     for args in [
         &["list"][..],
         &["health"],
@@ -472,35 +461,32 @@ impl Screen {
 
     /// Waits until a complete frame satisfies `want`, and returns it.
     async fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        for _ in 0..300 {
-            if let Some(frame) = self.frames().into_iter().rev().find(|f| want(f)) {
-                return frame;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no frame with {what}:\n{}", self.text());
+        let what = format!("a frame with {what}");
+        eventually(Duration::from_secs(15), &what, || {
+            let found = self.frames().into_iter().rev().find(|f| want(f));
+            async move { found }
+        })
+        .await
     }
 
     /// Waits until `count` complete frames exist.
     async fn wait_frames(&self, count: usize) {
-        for _ in 0..200 {
-            if self.frames().len() >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("only {} frames:\n{}", self.frames().len(), self.text());
+        let what = format!("{count} frames");
+        eventually(Duration::from_secs(10), &what, || {
+            let enough = self.frames().len() >= count;
+            async move { enough.then_some(()) }
+        })
+        .await;
     }
 
     /// Waits until `count` complete lines were printed (`--json` output has no frames).
     async fn wait_lines(&self, count: usize) {
-        for _ in 0..200 {
-            if self.text().lines().count() >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("fewer than {count} lines:\n{}", self.text());
+        let what = format!("{count} lines");
+        eventually(Duration::from_secs(10), &what, || {
+            let enough = self.text().lines().count() >= count;
+            async move { enough.then_some(()) }
+        })
+        .await;
     }
 }
 
@@ -605,7 +591,7 @@ async fn monitor_redraws_in_place_with_rising_bytes() {
 
 #[tokio::test]
 async fn monitor_keeps_going_while_the_server_is_down() {
-    let down = closed_port_url();
+    let (_guard, down) = closed_port_url();
     let screen = Screen::default();
     let child = spawn_monitor_in_pty(&down, &screen);
     screen.wait_frames(2).await;
@@ -641,7 +627,11 @@ async fn monitor_json_prints_one_stats_object_per_refresh() {
         .unwrap();
     let screen = Screen::default();
     screen.capture(child.stdout.take().unwrap());
-    screen.wait_lines(2).await;
+    eventually(Duration::from_secs(5), "two lines of output", || {
+        let two = screen.text().lines().count() >= 2;
+        async move { two.then_some(()) }
+    })
+    .await;
     let pid = child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-INT", &pid])

@@ -15,7 +15,7 @@ use crate::util::media::{
     PLAYER_MARK,
 };
 use crate::util::origin::{Origin, Seen};
-use crate::util::Proxy;
+use crate::util::{poll_for, Proxy};
 
 /// Decoders may add a frame's worth at either end; anything beyond means lost media.
 const TOLERANCE: f64 = 0.25;
@@ -377,17 +377,10 @@ async fn two_players_share_one_live_upstream_and_both_decode() {
     };
     // Once both play (and before the 4 s recording ends, when the proxy reconnects as for
     // any live stream that ends), the origin has been asked once.
-    let while_both_play = async {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(3500) {
-            let info = proxy.get_json(&format!("/streams/{id}")).await;
-            if info["stream"]["active_connections"] == 2 {
-                return Some(origin.hits("/channel/shared.ts"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    };
+    let while_both_play = poll_for(Duration::from_millis(3500), || async {
+        let info = proxy.get_json(&format!("/streams/{id}")).await;
+        (info["stream"]["active_connections"] == 2).then(|| origin.hits("/channel/shared.ts"))
+    });
     let (first, second, hits) = tokio::join!(decode_first(&url, 2.0), second, while_both_play);
     let hits = hits.expect("both players connected at once");
     assert_eq!(hits, 1, "both players on one upstream");

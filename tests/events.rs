@@ -9,9 +9,10 @@ use axum::{Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::util::origin::Origin;
+use crate::util::origin::{Fault, Origin};
 use crate::util::player::Player;
-use crate::util::{eventually, Proxy};
+use crate::util::ts_viewer::TsViewer;
+use crate::util::{eventually, refused_addr, Proxy};
 
 const MPEGURL: &str = "application/vnd.apple.mpegurl";
 
@@ -273,10 +274,7 @@ async fn a_receiver_that_is_down_is_retried_and_never_slows_playback() {
     let origin = Origin::start().await;
     put_stream(&origin, "main");
     // A port nobody listens on.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_guard, closed) = refused_addr();
     let proxy = Proxy::start().await;
     let hook = register(
         &proxy,
@@ -379,4 +377,46 @@ async fn retry_failures_carry_the_time_each_one_happened() {
             .any(|t| (*t - started).num_microseconds().unwrap() % 1000 != 0),
         "start + whole milliseconds: {started} {stamps:?}"
     );
+#[tokio::test]
+async fn the_failures_of_a_reconnect_are_announced_oldest_first() {
+    let origin = Origin::start().await;
+    origin.live_ts("/a.ts", 200_000);
+    origin.live_ts("/b.ts", 200_000);
+    origin.fault("/b.ts", Fault::Status(503));
+    origin.live_ts("/c.ts", 200_000);
+    origin.fault("/c.ts", Fault::Status(502));
+    let proxy = Proxy::start_with(|c| c.failover.retries = 0).await;
+    let (id, endpoint) = proxy
+        .register(
+            &origin.url("/a.ts"),
+            &[origin.url("/b.ts"), origin.url("/c.ts")],
+        )
+        .await;
+    let mut feed = Feed::open(&proxy, &format!("?stream_id={id}&types=upstream_error")).await;
+    let mut viewer = TsViewer::open(&proxy, &endpoint).await;
+    viewer.read_packets(50, Duration::from_secs(5)).await;
+    // Off to b, which answers 503; then c, 502; then back to a, which plays.
+    proxy.switch_now(&id).await;
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        let (_, event) = feed.next().await;
+        errors.push(event["data"]["error"].as_str().unwrap().to_string());
+    }
+    assert_eq!(errors, ["upstream answered 503", "upstream answered 502"]);
+    let read = viewer.numbers().len();
+    viewer.read_packets(read + 50, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_an_events_reader() {
+    let proxy = Proxy::start().await;
+    let feed = Feed::open(&proxy, "").await;
+    let started = Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?} with an /events reader connected",
+        started.elapsed()
+    );
+    drop(feed);
 }

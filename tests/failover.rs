@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::util::origin::{Fault, Origin, TS_PACKET};
 use crate::util::ts_viewer::TsViewer;
-use crate::util::Proxy;
+use crate::util::{eventually, refused_addr, Proxy};
 
 const MPEGURL: &str = "application/vnd.apple.mpegurl";
 
@@ -27,15 +27,29 @@ async fn proxy() -> Proxy {
     .await
 }
 
+/// The stream's info once its last viewer connection is released.
+async fn released(proxy: &Proxy, id: &str) -> Value {
+    eventually(
+        Duration::from_secs(3),
+        "the connection released",
+        || async {
+            let info = stream_info(proxy, id).await;
+            (info["active_connections"] == 0).then_some(info)
+        },
+    )
+    .await
+}
+
 async fn stream_info(proxy: &Proxy, id: &str) -> Value {
     proxy.get_json(&format!("/streams/{id}")).await["stream"].clone()
 }
 
-/// A URL on which nothing listens any more.
+/// A URL that refuses connections for the rest of the test run (its port stays bound, so
+/// no other process can take it and answer).
 async fn refused_url(path: &str) -> String {
-    let dead = Origin::start().await;
-    dead.kill().await;
-    dead.url(path)
+    let (guard, addr) = refused_addr();
+    std::mem::forget(guard);
+    format!("http://{addr}{path}")
 }
 
 /// A live TS channel on two origins, registered as primary and backup.
@@ -246,9 +260,7 @@ async fn a_viewer_hanging_up_is_not_a_failure() {
     let mut viewer = TsViewer::open(&proxy, &endpoint).await;
     viewer.read_packets(20, Duration::from_secs(3)).await;
     drop(viewer);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let info = stream_info(&proxy, &id).await;
-    assert_eq!(info["active_connections"], 0);
+    let info = released(&proxy, &id).await;
     assert_eq!(info["failover_count"], 0);
     assert_eq!(info["error_count"], 0);
     assert_eq!(b.hits("/ch.ts"), 0);
@@ -614,11 +626,19 @@ async fn a_failing_variant_refresh_switches_to_the_backups_variant_within_the_re
     assert_eq!(status, StatusCode::OK);
 
     a.fault("/hi/index.m3u8", Fault::Status(503));
-    // The player refreshes a target duration (2 s) later; by then the shared copy of the
-    // playlist (kept at most half a target duration) is gone, so the refresh asks the origin.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, media) = get_text(&proxy, &hi).await;
-    assert_eq!(status, StatusCode::OK);
+    // The player refreshes until the shared copy of the playlist (kept at most half a
+    // target duration) is gone and a refresh asks the origin, which fails: that same
+    // request answers with the backup's variant.
+    let media = eventually(
+        Duration::from_secs(5),
+        "a refresh past the cache",
+        || async {
+            let (status, media) = get_text(&proxy, &hi).await;
+            assert_eq!(status, StatusCode::OK);
+            (b.hits("/hi/index.m3u8") == 1).then_some(media)
+        },
+    )
+    .await;
     let segment = resolve(&proxy, &hi, &uri_lines(&media)[0]);
     assert_eq!(proxy.http.get(&segment).send().await.unwrap().status(), 200);
     assert!(
@@ -762,9 +782,7 @@ async fn a_viewer_hanging_up_mid_segment_is_not_a_failure() {
     let mut body = res.bytes_stream();
     body.next().await.unwrap().unwrap();
     drop(body);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let info = stream_info(&proxy, &id).await;
-    assert_eq!(info["active_connections"], 0);
+    let info = released(&proxy, &id).await;
     assert_eq!(info["failover_count"], 0);
     assert_eq!(info["error_count"], 0);
     assert_eq!(b.hits("/live.m3u8"), 0);

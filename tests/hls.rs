@@ -436,6 +436,24 @@ async fn failing_origins_give_the_player_a_clear_502_or_504() {
             "{path}"
         );
     }
+    // A deadline for the whole playlist shorter than the first-byte timeout: an origin that
+    // never answers is reported as silent, not as one that stopped sending data.
+    let proxy = Proxy::start_with(|c| {
+        c.upstream.first_byte = Duration::from_secs(5);
+        c.upstream.playlist_total = Duration::from_millis(600);
+    })
+    .await;
+    let id = proxy.create_stream(&origin.url("/bad/hang.m3u8")).await["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let res = proxy.get(&format!("/hls/{id}/playlist.m3u8")).await;
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["detail"], "upstream did not answer within 600ms",
+        "{body}"
+    );
     // A missing playlist upstream is a 404 for the player (`upstream_not_found`), not a hang.
     let id = proxy.create_stream(&origin.url("/missing.m3u8")).await["stream_id"]
         .as_str()

@@ -106,7 +106,8 @@ async fn metrics_parse_and_agree_with_stats() {
     assert_eq!(m["m3u_proxy_streams"], 2.0);
     assert_eq!(m["m3u_proxy_clients"], num(&p["total_clients"]));
     assert_eq!(m["m3u_proxy_active_clients"], num(&p["active_clients"]));
-    assert_eq!(m["m3u_proxy_active_clients"], 2.0, "v0 and v1");
+    // v0 plays both streams: a client on each.
+    assert_eq!(m["m3u_proxy_active_clients"], 3.0, "v0 twice and v1");
     assert_eq!(m["m3u_proxy_active_streams"], num(&p["active_streams"]));
     assert_eq!(m["m3u_proxy_active_streams"], 2.0);
     assert_eq!(m["m3u_proxy_failovers_total"], 0.0);

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use reqwest::header;
 use reqwest::StatusCode;
 
+use crate::util::eventually;
 use crate::util::origin::{ts_packet_number, Fault, Origin, TS_PACKET};
 use crate::util::temp_dir::TempDir;
 
@@ -341,7 +342,10 @@ async fn kill_drops_open_streams_and_refuses_new_connections() {
     let mut live = client().get(origin.url("/live.ts")).send().await.unwrap();
     read_live(&mut live, 188).await;
     let hanging = tokio::spawn(client().get(origin.url("/file.bin")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(Duration::from_secs(3), "the hanging request", || async {
+        (origin.hits("/file.bin") == 1).then_some(())
+    })
+    .await;
 
     origin.kill().await;
 

@@ -39,7 +39,8 @@ async fn event_feed(State(bus): State<EventBus>, RawQuery(query): RawQuery) -> R
         }
     };
     // Subscribe before answering, so every event emitted after the response head is seen.
-    let feed = feed(bus.subscribe(), filter);
+    // At shutdown the feed ends, so the connection does not hold the drain open.
+    let feed = feed(bus.subscribe(), filter).take_until(bus.shutdown().clone().cancelled_owned());
     let sse = Sse::new(feed).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
     // nginx buffers responses unless told otherwise, which would hold events back.
     let no_buffering = (

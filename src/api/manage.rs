@@ -1,6 +1,5 @@
 //! Management routes: streams, failover, statistics, clients, health.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
@@ -15,6 +14,7 @@ use crate::model::{
 use crate::registry::{Counters, Removal, Upsert};
 use crate::stream::StreamSettings;
 
+use super::json::AppJson;
 use super::AppState;
 
 /// Request headers a caller may not set for the upstream: they describe the connection,
@@ -37,9 +37,8 @@ const DIRECT_EXTENSIONS: [&str; 16] = [
 
 pub async fn create_stream(
     State(state): State<AppState>,
-    body: Bytes,
+    AppJson(req): AppJson<CreateStream>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let req = parse_json::<CreateStream>(&body)?;
     let original_url = parse_upstream_url("url", &req.url)?;
     let failover_urls = req
         .failover_urls
@@ -93,17 +92,6 @@ pub async fn create_stream(
         Upsert::Updated => StatusCode::OK,
     };
     Ok((status, Json(body)))
-}
-
-/// Decodes a JSON body whatever its content type, telling syntax errors (400) from
-/// well-formed JSON of the wrong shape (422).
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable("invalid_body", format!("invalid request body: {e}"))
-        }
-        _ => ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")),
-    })
 }
 
 /// An absolute http(s) URL with a host: the only kind of upstream the proxy will fetch.

@@ -6,6 +6,7 @@
 //! upstream client; they hold no lock across an `.await`.
 
 mod events;
+mod json;
 mod manage;
 mod metrics;
 mod playback;

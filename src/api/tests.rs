@@ -1,5 +1,6 @@
-//! The `/events` and `/webhooks` routes over real loopback sockets (the bus, the webhook
-//! registry and deliveries are tested in `events`).
+//! The `/events` routes over real loopback sockets (a feed is read as it streams) and the
+//! `/webhooks` routes called in process (the bus, the webhook registry and deliveries are
+//! tested in `events`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::http::StatusCode;
 use axum::Router;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 use super::events::sse_router;
 use super::webhooks::webhooks_router;
@@ -162,32 +164,42 @@ async fn sse_unknown_type_filter_is_a_json_422() {
     assert!(body["detail"].as_str().unwrap().contains("\"nope\""));
 }
 
-async fn webhooks_api() -> (Arc<Webhooks>, String, reqwest::Client) {
+/// The `/webhooks` router, called without a socket.
+fn webhooks_api() -> (Arc<Webhooks>, Router) {
     let webhooks = Arc::new(Webhooks::default());
-    let addr = serve(webhooks_router().with_state(webhooks.clone())).await;
-    (
-        webhooks,
-        format!("http://{addr}/webhooks"),
-        reqwest::Client::new(),
-    )
+    let router = webhooks_router().with_state(webhooks.clone());
+    (webhooks, router)
+}
+
+/// Calls `router` in process (tower's `oneshot`, no socket) and returns the status and the
+/// JSON answer.
+async fn call(router: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_owned()))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
 }
 
 #[tokio::test]
 async fn webhooks_api_registers_lists_shows_and_removes() {
-    let (webhooks, base, http) = webhooks_api().await;
-    let created = http
-        .post(&base)
-        .json(&json!({
-            "url": "http://127.0.0.1:9/hook",
-            "events": ["failover", "stream_deleted"],
-            "stream_id": "s1",
-            "timeout_secs": 5,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let created: Webhook = created.json().await.unwrap();
+    let (webhooks, api) = webhooks_api();
+    let body = json!({
+        "url": "http://127.0.0.1:9/hook",
+        "events": ["failover", "stream_deleted"],
+        "stream_id": "s1",
+        "timeout_secs": 5,
+    });
+    let (status, created) = call(&api, "POST", "/webhooks", &body.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let created: Webhook = serde_json::from_value(created).unwrap();
     assert_eq!(created.id.len(), 32);
     assert_eq!(
         created.events,
@@ -196,58 +208,36 @@ async fn webhooks_api_registers_lists_shows_and_removes() {
     assert_eq!((created.timeout_secs, created.max_retries), (5, 3));
     assert_eq!(created.stream_id.as_deref(), Some("s1"));
 
-    let second: Webhook = http
-        .post(&base)
-        .json(&json!({ "url": "https://example.invalid/x" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({ "url": "https://example.invalid/x" }).to_string();
+    let (_, second) = call(&api, "POST", "/webhooks", &body).await;
+    let second: Webhook = serde_json::from_value(second).unwrap();
     assert_ne!(second.id, created.id);
     assert!(second.events.is_empty());
 
-    let list: Value = http.get(&base).send().await.unwrap().json().await.unwrap();
+    let (_, list) = call(&api, "GET", "/webhooks", "").await;
     assert_eq!(list["total"], 2);
     assert_eq!(list["webhooks"][0]["id"], created.id.as_str());
     assert_eq!(list["webhooks"][1]["id"], second.id.as_str());
     assert_eq!(list["webhooks"][0]["delivered"], 0);
 
-    let shown = http
-        .get(format!("{base}/{}", created.id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(shown.status(), StatusCode::OK);
-    assert_eq!(shown.json::<Webhook>().await.unwrap(), created);
+    let one = format!("/webhooks/{}", created.id);
+    let (status, shown) = call(&api, "GET", &one, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_value::<Webhook>(shown).unwrap(), created);
 
-    let deleted = http
-        .delete(format!("{base}/{}", created.id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), StatusCode::OK);
+    let (status, _) = call(&api, "DELETE", &one, "").await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(webhooks.len(), 1);
-    for response in [
-        http.delete(format!("{base}/{}", created.id))
-            .send()
-            .await
-            .unwrap(),
-        http.get(format!("{base}/{}", created.id))
-            .send()
-            .await
-            .unwrap(),
-    ] {
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let body: Value = response.json().await.unwrap();
+    for method in ["DELETE", "GET"] {
+        let (status, body) = call(&api, method, &one, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["code"], "webhook_not_found");
     }
 }
 
 #[tokio::test]
 async fn webhooks_api_refuses_bad_input_with_json_errors() {
-    let (webhooks, base, http) = webhooks_api().await;
+    let (webhooks, api) = webhooks_api();
     let cases = [
         (r#"{"url": "ftp://host/x"}"#, 422, "unsupported_scheme"),
         (r#"{"url": "not a url"}"#, 422, "invalid_url"),
@@ -277,15 +267,8 @@ async fn webhooks_api_refuses_bad_input_with_json_errors() {
         ("", 400, "malformed_json"),
     ];
     for (body, status, code) in cases {
-        let response = http
-            .post(&base)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "{body}");
-        let answer: Value = response.json().await.unwrap();
+        let (answered, answer) = call(&api, "POST", "/webhooks", body).await;
+        assert_eq!(answered.as_u16(), status, "{body}");
         assert_eq!(answer["code"], code, "{body}: {answer}");
         assert!(answer["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }

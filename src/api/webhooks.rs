@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::json::AppJson;
 use crate::error::ApiError;
 use crate::events::{EventType, Webhook, WebhookError, WebhookSpec, Webhooks};
 
@@ -56,31 +55,14 @@ struct RawSpec {
 
 async fn register_webhook(
     State(webhooks): State<Arc<Webhooks>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return ApiError::http(rejection.status(), rejection.body_text())
-                .into_response()
-        }
-    };
-    let raw: RawSpec = match serde_json::from_slice(&body) {
-        Ok(raw) => raw,
-        Err(err) if err.is_data() => {
-            return ApiError::unprocessable("invalid_body", err.to_string()).into_response()
-        }
-        Err(err) => return ApiError::bad_request("malformed_json", err.to_string()).into_response(),
-    };
-    let events = match raw
+    AppJson(raw): AppJson<RawSpec>,
+) -> Result<Response, ApiError> {
+    let events = raw
         .events
         .iter()
         .map(|name| name.parse())
         .collect::<Result<Vec<EventType>, _>>()
-    {
-        Ok(events) => events,
-        Err(unknown) => return ApiError::from(WebhookError::from(unknown)).into_response(),
-    };
+        .map_err(WebhookError::from)?;
     let spec = WebhookSpec {
         url: raw.url,
         events,
@@ -88,10 +70,8 @@ async fn register_webhook(
         timeout_secs: raw.timeout_secs,
         max_retries: raw.max_retries,
     };
-    match webhooks.register(spec) {
-        Ok(webhook) => (StatusCode::CREATED, Json(webhook)).into_response(),
-        Err(err) => ApiError::from(err).into_response(),
-    }
+    let webhook = webhooks.register(spec)?;
+    Ok((StatusCode::CREATED, Json(webhook)).into_response())
 }
 
 async fn list_webhooks(State(webhooks): State<Arc<Webhooks>>) -> Json<WebhookList> {

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{Event, EventBus, EventFilter, EventType, UnknownEventType};
 
@@ -283,8 +284,9 @@ impl Webhooks {
             .clone()
     }
 
-    /// Starts one delivery task per matching webhook. Must run inside a tokio runtime.
-    fn dispatch(&self, event: &Event, http: &reqwest::Client) {
+    /// Starts one delivery task per matching webhook, which gives up at `shutdown`. Must
+    /// run inside a tokio runtime.
+    fn dispatch(&self, event: &Event, http: &reqwest::Client, shutdown: &CancellationToken) {
         let mut body = None;
         for entry in self.entries() {
             if !entry.filter.matches(event) {
@@ -307,7 +309,13 @@ impl Webhooks {
                 base_backoff: self.limits.base_backoff,
                 max_backoff: self.limits.max_backoff,
             };
-            tokio::spawn(delivery.run());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = delivery.run() => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
         }
     }
 }
@@ -480,17 +488,23 @@ fn transport_error(err: &reqwest::Error, timeout: Duration) -> String {
 }
 
 /// Reads the bus and starts the deliveries of each event. Subscribes before returning, so
-/// every event emitted afterwards is considered. Ends when every [`EventBus`] clone is gone.
+/// every event emitted afterwards is considered. Ends at the bus's shutdown, or when every
+/// [`EventBus`] clone is gone.
 pub fn spawn_dispatcher(
     bus: &EventBus,
     webhooks: Arc<Webhooks>,
     http: reqwest::Client,
 ) -> JoinHandle<()> {
     let mut receiver = bus.subscribe();
+    let shutdown = bus.shutdown().clone();
     tokio::spawn(async move {
         loop {
-            match receiver.recv().await {
-                Ok(event) => webhooks.dispatch(&event, &http),
+            let received = tokio::select! {
+                received = receiver.recv() => received,
+                () = shutdown.cancelled() => return,
+            };
+            match received {
+                Ok(event) => webhooks.dispatch(&event, &http, &shutdown),
                 Err(RecvError::Lagged(missed)) => {
                     webhooks.missed_events.fetch_add(missed, Relaxed);
                     tracing::warn!(missed, "webhook dispatcher fell behind the event bus");

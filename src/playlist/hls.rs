@@ -81,9 +81,13 @@ pub struct PlaylistInfo {
     pub ended: bool,
     /// URI lines that are media (segments), whether or not they were rewritten.
     pub segments: usize,
-    /// Absolute http(s) URLs of the variant (`EXT-X-STREAM-INF`), I-frame and image
-    /// playlists, in playlist order.
+    /// Absolute http(s) URLs of the variant playlists (`EXT-X-STREAM-INF`), in playlist
+    /// order.
     pub variants: Vec<String>,
+    /// The same for the I-frame playlists (`EXT-X-I-FRAME-STREAM-INF`).
+    pub i_frames: Vec<String>,
+    /// The same for the image playlists (`EXT-X-IMAGE-STREAM-INF`).
+    pub images: Vec<String>,
     /// Absolute http(s) URLs of the `EXT-X-MEDIA` renditions, in playlist order.
     pub renditions: Vec<String>,
 }
@@ -149,6 +153,8 @@ fn is_blank(c: char) -> bool {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Listed {
     Variant,
+    IFrame,
+    Image,
     Rendition,
     Nowhere,
 }
@@ -159,7 +165,8 @@ fn uri_attributes(tag: &str) -> &'static [(&'static str, UriKind, Listed)] {
     use UriKind::*;
     match tag {
         "EXT-X-MEDIA" => &[("URI", Playlist, Rendition)],
-        "EXT-X-I-FRAME-STREAM-INF" | "EXT-X-IMAGE-STREAM-INF" => &[("URI", Playlist, Variant)],
+        "EXT-X-I-FRAME-STREAM-INF" => &[("URI", Playlist, IFrame)],
+        "EXT-X-IMAGE-STREAM-INF" => &[("URI", Playlist, Image)],
         "EXT-X-RENDITION-REPORT" => &[("URI", Playlist, Nowhere)],
         "EXT-X-MAP" | "EXT-X-PART" | "EXT-X-PRELOAD-HINT" | "EXT-X-SESSION-DATA" => {
             &[("URI", Media, Nowhere)]
@@ -296,6 +303,8 @@ impl<'a, F: FnMut(&Url, UriKind) -> String> Rewriter<'a, F> {
         self.copied = span.end;
         match listed {
             Listed::Variant => self.info.variants.push(url.into()),
+            Listed::IFrame => self.info.i_frames.push(url.into()),
+            Listed::Image => self.info.images.push(url.into()),
             Listed::Rendition => self.info.renditions.push(url.into()),
             Listed::Nowhere => {}
         }

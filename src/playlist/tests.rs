@@ -446,6 +446,8 @@ fn playlist_info_is_collected() {
             ended: true,
             segments: 2,
             variants: vec![],
+            i_frames: vec![],
+            images: vec![],
             renditions: vec![],
         }
     );
@@ -458,10 +460,9 @@ fn playlist_info_is_collected() {
             media_sequence: None,
             ended: false,
             segments: 0,
-            variants: vec![
-                "https://origin.example.com/live/ch1/v1".into(),
-                "https://origin.example.com/live/ch1/if.m3u8".into()
-            ],
+            variants: vec!["https://origin.example.com/live/ch1/v1".into()],
+            i_frames: vec!["https://origin.example.com/live/ch1/if.m3u8".into()],
+            images: vec![],
             renditions: vec!["https://origin.example.com/live/ch1/a/en.m3u8".into()],
         }
     );
@@ -731,6 +732,8 @@ struct GenLine {
 enum Collect {
     Segment,
     Variant,
+    IFrame,
+    Image,
     Rendition,
     Nothing,
 }
@@ -776,13 +779,13 @@ const URI_TAGS: &[(&str, &str, UriKind, Collect)] = &[
         "EXT-X-I-FRAME-STREAM-INF",
         "URI",
         UriKind::Playlist,
-        Collect::Variant,
+        Collect::IFrame,
     ),
     (
         "EXT-X-IMAGE-STREAM-INF",
         "URI",
         UriKind::Playlist,
-        Collect::Variant,
+        Collect::Image,
     ),
     (
         "EXT-X-RENDITION-REPORT",
@@ -975,6 +978,8 @@ proptest! {
                         expected.push_str(&marker(&url, *kind));
                         match collect {
                             Collect::Variant => info.variants.push(url.to_string()),
+                            Collect::IFrame => info.i_frames.push(url.to_string()),
+                            Collect::Image => info.images.push(url.to_string()),
                             Collect::Rendition => info.renditions.push(url.to_string()),
                             _ => {}
                         }

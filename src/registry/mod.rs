@@ -8,7 +8,7 @@
 //! maps are behind `std::sync::RwLock`s that are only held for map operations, never
 //! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -167,7 +167,13 @@ impl StreamEntry {
     /// Like [`StreamEntry::switch_from`], at most `cap` times a minute when `cap` is set
     /// (automatic switches); says what happened.
     pub fn switch(&self, from: usize, reason: &str, cap: Option<u32>) -> Switched {
-        let switched = self.cursor.switch(from, self.settings().url_count(), cap);
+        // Under the settings read lock: an upsert (which writes settings and clamps the
+        // cursor under the write lock) cannot shorten the URL list between the count read
+        // here and the move, which would leave the index past the end.
+        let switched = {
+            let settings = self.settings.read().expect("settings lock");
+            self.cursor.switch(from, settings.url_count(), cap)
+        };
         if let Switched::Moved { from, to } = switched {
             self.counters.failovers.fetch_add(1, Ordering::Relaxed);
             self.totals.failovers.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +249,9 @@ impl StreamEntry {
     }
 }
 
-/// One viewer, identified by `?client_id=` or by (ip, user agent, stream).
+/// One viewer of one stream, identified by `?client_id=` or by (ip, user agent, stream). A
+/// named client that plays two streams at once (a multiview player) is two entries, one per
+/// stream, so neither session ends when the other makes a request.
 #[derive(Debug)]
 pub struct ClientEntry {
     pub id: String,
@@ -293,13 +301,22 @@ pub struct Swept {
     pub streams: Vec<String>,
 }
 
+/// A client's key in the registry: (client id, stream id).
+type ClientKey = (String, String);
+
+fn client_key(client_id: &str, stream_id: &str) -> ClientKey {
+    (client_id.to_string(), stream_id.to_string())
+}
+
 /// All streams and clients of this process.
 #[derive(Debug)]
 pub struct Registry {
     pub clock: Clock,
     id_key: Hmac<Sha256>,
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
-    clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
+    /// Every client, keyed by (client id, stream id): ordered so the sessions of one id are
+    /// neighbours for `GET /clients/{id}`.
+    clients: RwLock<BTreeMap<ClientKey, Arc<ClientEntry>>>,
     /// Proxy-wide totals, including streams since deleted. Shared with every stream so a
     /// switch of URL counts in both.
     pub totals: Arc<Counters>,
@@ -407,9 +424,12 @@ impl Registry {
         if let Some(entry) = streams.get(&id) {
             let count = settings.url_count();
             let new_urls = !entry.settings().urls().eq(settings.urls());
-            *entry.settings.write().expect("settings lock") = Arc::new(settings);
-            // A shorter failover list may leave the index out of range.
+            let mut current = entry.settings.write().expect("settings lock");
+            *current = Arc::new(settings);
+            // A shorter failover list may leave the index out of range; clamped before the
+            // lock is released, so no switch sees the new list with the old index.
             entry.cursor.clamp(count);
+            drop(current);
             if new_urls {
                 // Running viewers look again: a feed whose URL is no longer the one in
                 // use moves to it, and variant listings of the old URLs are refetched.
@@ -429,7 +449,7 @@ impl Registry {
             last_access_at: WallStamp::now(),
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
-            closed: CancellationToken::new(),
+            closed: self.events.shutdown().child_token(),
             is_closed: AtomicBool::new(false),
             events: self.events.clone(),
             totals: self.totals.clone(),
@@ -492,7 +512,7 @@ impl Registry {
             let mut gone: Vec<_> = own.drain().map(|(_, c)| c).collect();
             sort_clients(&mut gone);
             for c in &gone {
-                clients.remove(&c.id);
+                clients.remove(&client_key(&c.id, id));
             }
             gone.iter().map(|c| c.id.clone()).collect()
         };
@@ -528,14 +548,18 @@ impl Registry {
         );
     }
 
-    /// Ends every open viewer connection (shutdown). The streams stay registered.
+    /// Shuts down: cancels the one shutdown token, which ends every open viewer connection
+    /// and live hub (each stream's `closed` is its child), every `/events` feed and the
+    /// webhook deliveries. The streams stay registered.
     pub fn close_all(&self) {
         for s in self.streams.read().expect("streams lock").values() {
             s.close();
         }
+        self.events.shutdown().cancel();
     }
 
-    /// The client with this id, created on first sight. The boolean is true when new.
+    /// The client with this id on this stream, created on first sight. The boolean is true
+    /// when new.
     pub fn client(
         &self,
         id: &str,
@@ -544,19 +568,23 @@ impl Registry {
         user_agent: &str,
     ) -> (Arc<ClientEntry>, bool) {
         let now = self.clock.now_ms();
-        if let Some(c) = self.clients.read().expect("clients lock").get(id) {
-            if c.stream_id == stream_id {
-                c.touch(now);
-                return (c.clone(), false);
-            }
-        }
         let stream = self.stream(stream_id);
+        let known = |s: &StreamEntry| {
+            s.clients
+                .read()
+                .expect("stream clients lock")
+                .get(id)
+                .cloned()
+        };
+        if let Some(c) = stream.as_deref().and_then(known) {
+            c.touch(now);
+            return (c, false);
+        }
         let mut clients = self.clients.write().expect("clients lock");
-        if let Some(c) = clients.get(id) {
-            if c.stream_id == stream_id {
-                c.touch(now);
-                return (c.clone(), false);
-            }
+        let key = client_key(id, stream_id);
+        if let Some(c) = clients.get(&key) {
+            c.touch(now);
+            return (c.clone(), false);
         }
         let entry = Arc::new(ClientEntry {
             id: id.to_string(),
@@ -574,26 +602,13 @@ impl Registry {
         let Some(stream) = stream.filter(|s| !s.closed.is_cancelled()) else {
             return (entry, false);
         };
-        // A named client that moved to another stream starts a new session there.
-        let moved = clients.insert(id.to_string(), entry.clone());
-        if let Some(old) = &moved {
-            if let Some(old_stream) = self.stream(&old.stream_id) {
-                old_stream
-                    .clients
-                    .write()
-                    .expect("stream clients lock")
-                    .remove(id);
-            }
-        }
+        clients.insert(key, entry.clone());
         stream
             .clients
             .write()
             .expect("stream clients lock")
             .insert(id.to_string(), entry.clone());
         drop(clients);
-        if let Some(old) = moved {
-            self.client_gone(&old.id, &old.stream_id, "moved_to_other_stream");
-        }
         self.events.emit(
             EventType::ClientConnected,
             Some(stream_id),
@@ -603,8 +618,16 @@ impl Registry {
         (entry, true)
     }
 
+    /// The client with this id; of a named client playing several streams, the session
+    /// seen last.
     pub fn client_by_id(&self, id: &str) -> Option<Arc<ClientEntry>> {
-        self.clients.read().expect("clients lock").get(id).cloned()
+        let clients = self.clients.read().expect("clients lock");
+        clients
+            .range(client_key(id, "")..)
+            .take_while(|((client_id, _), _)| client_id == id)
+            .map(|(_, c)| c)
+            .max_by_key(|c| c.last_seen_ms())
+            .cloned()
     }
 
     pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
@@ -910,6 +933,32 @@ mod tests {
         assert_eq!(single.switch_from(0, "test"), None);
     }
 
+    #[test]
+    fn a_switch_racing_an_upsert_that_shortens_the_list_never_leaves_the_index_out_of_range() {
+        let r = Registry::new(b"k");
+        let long = || settings("http://o/a", &["http://o/b", "http://o/c"]);
+        let (s, _) = r.upsert(long());
+        for round in 0..500 {
+            r.upsert(long());
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        s.switch_from(s.current_url().0, "test");
+                    }
+                });
+                scope.spawn(|| r.upsert(settings("http://o/a", &[])));
+            });
+            assert_eq!(
+                s.current_index(),
+                0,
+                "round {round}: index past the single URL"
+            );
+        }
+        // And a stream stuck past its end could not be switched any more.
+        r.upsert(long());
+        assert_eq!(s.switch_from(s.current_url().0, "test"), Some(1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sweep_keeps_open_connections_and_removes_idle_ones() {
         let r = Arc::new(Registry::new(b"k"));
@@ -956,7 +1005,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_stream_lists_only_its_own_clients_and_a_moving_client_changes_lists() {
+    async fn a_named_client_on_two_streams_is_one_session_on_each_and_never_flaps() {
         let r = Registry::new(b"k");
         let (a, _) = r.upsert(settings("http://o/a", &[]));
         let (b, _) = r.upsert(settings("http://o/b", &[]));
@@ -966,39 +1015,42 @@ mod tests {
         r.client("phone", &b.id, "1.1.1.2", "ua");
         assert_eq!(a.client_count(), 1);
         assert_eq!(r.clients_of(&b.id)[0].id, "phone");
-        // The named client "tv" switches channel: a new session on b.
+        // The named client "tv" plays b beside a (a multiview player): a session on each,
+        // and its requests to either keep both.
         assert!(r.client("tv", &b.id, "1.1.1.1", "ua").1);
-        assert_eq!((a.client_count(), b.client_count()), (0, 2));
-        assert_eq!(r.client_count(), 2);
+        for _ in 0..3 {
+            assert!(
+                !r.client("tv", &a.id, "1.1.1.1", "ua").1,
+                "tv flapped back to a"
+            );
+            assert!(
+                !r.client("tv", &b.id, "1.1.1.1", "ua").1,
+                "tv flapped back to b"
+            );
+        }
+        assert_eq!((a.client_count(), b.client_count()), (1, 2));
+        assert_eq!(r.client_count(), 3);
         assert!(r.clients_of("unknown").is_empty());
         let kinds: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
-            .map(|e| (e.event_type, e.client_id.unwrap(), e.data["reason"].clone()))
+            .map(|e| (e.event_type, e.client_id.unwrap(), e.stream_id.unwrap()))
             .collect();
         assert_eq!(
             kinds,
             vec![
-                (
-                    EventType::ClientConnected,
-                    "tv".into(),
-                    serde_json::Value::Null
-                ),
-                (
-                    EventType::ClientConnected,
-                    "phone".into(),
-                    serde_json::Value::Null
-                ),
-                (
-                    EventType::ClientDisconnected,
-                    "tv".into(),
-                    "moved_to_other_stream".into()
-                ),
-                (
-                    EventType::ClientConnected,
-                    "tv".into(),
-                    serde_json::Value::Null
-                ),
+                (EventType::ClientConnected, "tv".into(), a.id.clone()),
+                (EventType::ClientConnected, "phone".into(), b.id.clone()),
+                (EventType::ClientConnected, "tv".into(), b.id.clone()),
             ]
         );
+        // `GET /clients/tv` shows the session seen last.
+        tokio::time::pause();
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        r.client("tv", &a.id, "1.1.1.1", "ua");
+        assert_eq!(r.client_by_id("tv").unwrap().stream_id, a.id);
+        // Deleting one stream ends only that session.
+        r.remove_stream(&b.id, Removal::Deleted);
+        assert_eq!(r.client_by_id("tv").unwrap().stream_id, a.id);
+        assert_eq!(r.client_count(), 1);
         // A request that arrives as its stream is deleted is served but not tracked.
         r.remove_stream(&a.id, Removal::Deleted);
         let (ghost, new) = r.client("late", &a.id, "1.1.1.3", "ua");

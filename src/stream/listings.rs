@@ -19,37 +19,43 @@ pub struct Listings {
 /// Listings kept per stream: its URLs and a few it had before a re-post.
 const MAX_LISTINGS: usize = 16;
 
-/// The playlists a stream URL's playlist lists, in playlist order: enough to find the
-/// equivalent of a variant under another URL.
+/// The playlists a stream URL's playlist lists, one list per tag in playlist order: enough
+/// to find the equivalent of a variant under another URL. Positions are compared within a
+/// tag only, so an I-frame playlist never stands in for a variant.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Listing {
     /// The stream's switch generation when this was fetched.
     pub generation: u64,
-    /// Variant (and I-frame) playlist URLs; empty for a media playlist.
-    pub variants: Vec<String>,
-    /// `EXT-X-MEDIA` rendition URLs.
-    pub renditions: Vec<String>,
+    /// Playlist URLs by tag: `EXT-X-STREAM-INF`, `EXT-X-I-FRAME-STREAM-INF`,
+    /// `EXT-X-IMAGE-STREAM-INF`, `EXT-X-MEDIA`; all empty for a media playlist.
+    pub by_tag: [Vec<String>; 4],
 }
 
 impl Listing {
     pub fn new(generation: u64, info: &PlaylistInfo) -> Self {
         Self {
             generation,
-            variants: info.variants.clone(),
-            renditions: info.renditions.clone(),
+            by_tag: [
+                info.variants.clone(),
+                info.i_frames.clone(),
+                info.images.clone(),
+                info.renditions.clone(),
+            ],
         }
     }
 
     /// A media playlist: the URL itself is the only "variant".
     fn is_media(&self) -> bool {
-        self.variants.is_empty() && self.renditions.is_empty()
+        self.by_tag.iter().all(Vec::is_empty)
     }
 
     fn contains(&self, target: &str) -> bool {
-        self.variants
-            .iter()
-            .chain(&self.renditions)
-            .any(|u| u == target)
+        self.by_tag.iter().flatten().any(|u| u == target)
+    }
+
+    /// The variants (`EXT-X-STREAM-INF`).
+    fn variants(&self) -> &[String] {
+        &self.by_tag[0]
     }
 }
 
@@ -103,7 +109,8 @@ impl Listings {
 }
 
 /// The equivalent under `new` of `target`, a playlist that `old` listed: the one at the
-/// same position among variants (or renditions), or the last one when `new` lists fewer.
+/// same position among the playlists of the same tag, or the last one when `new` lists
+/// fewer.
 pub fn equivalent(old: &Listing, new: &Listing, target: &str) -> Equivalent {
     if new.is_media() {
         return Equivalent::StreamUrl;
@@ -112,10 +119,12 @@ pub fn equivalent(old: &Listing, new: &Listing, target: &str) -> Equivalent {
         let at = from.iter().position(|u| u == target)?;
         to.get(at.min(to.len().checked_sub(1)?)).cloned()
     };
-    pick(&old.variants, &new.variants)
-        .or_else(|| pick(&old.renditions, &new.renditions))
-        // A rendition with no counterpart: the first variant still plays.
-        .or_else(|| new.variants.first().cloned())
+    old.by_tag
+        .iter()
+        .zip(&new.by_tag)
+        .find_map(|(from, to)| pick(from, to))
+        // A playlist with no counterpart of its tag: the first variant still plays.
+        .or_else(|| new.variants().first().cloned())
         .map_or(Equivalent::Same, Equivalent::Listed)
 }
 
@@ -123,12 +132,44 @@ pub fn equivalent(old: &Listing, new: &Listing, target: &str) -> Equivalent {
 mod tests {
     use super::*;
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
     fn listing(variants: &[&str], renditions: &[&str]) -> Listing {
+        with_i_frames(variants, &[], renditions)
+    }
+
+    fn with_i_frames(variants: &[&str], i_frames: &[&str], renditions: &[&str]) -> Listing {
         Listing {
             generation: 0,
-            variants: variants.iter().map(|s| s.to_string()).collect(),
-            renditions: renditions.iter().map(|s| s.to_string()).collect(),
+            by_tag: [
+                strings(variants),
+                strings(i_frames),
+                vec![],
+                strings(renditions),
+            ],
         }
+    }
+
+    #[test]
+    fn i_frame_playlists_map_among_i_frame_playlists_only() {
+        // Two variants and two I-frame playlists before; three variants and one I-frame
+        // playlist after. By position in one mixed list, a/if-lo (3rd) would become the
+        // variant b/hi; each maps within its own tag.
+        let old = with_i_frames(&["a/lo", "a/hi"], &["a/if-lo", "a/if-hi"], &[]);
+        let new = with_i_frames(&["b/lo", "b/mid", "b/hi"], &["b/if"], &[]);
+        let eq = |t| equivalent(&old, &new, t);
+        assert_eq!(eq("a/lo"), Equivalent::Listed("b/lo".into()));
+        assert_eq!(eq("a/hi"), Equivalent::Listed("b/mid".into()));
+        assert_eq!(eq("a/if-lo"), Equivalent::Listed("b/if".into()));
+        assert_eq!(eq("a/if-hi"), Equivalent::Listed("b/if".into()));
+        // No I-frame playlist after the switch: the first variant still plays.
+        let bare = with_i_frames(&["c/lo"], &[], &[]);
+        assert_eq!(
+            equivalent(&old, &bare, "a/if-lo"),
+            Equivalent::Listed("c/lo".into())
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! refused rather than spliced in. Per chunk this does no lock and no await on the registry.
 //! It does not count bytes or answer players; it yields [`Chunk`]s to whoever does.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -191,8 +192,8 @@ pub struct DirectFeed {
     short_runs: u32,
     /// The last loss was a timeout: move to the next URL rather than wait on this one again.
     move_on: bool,
-    /// Failures to report before anything else.
-    faults: Vec<UpstreamError>,
+    /// Failures to report before anything else, oldest first.
+    faults: VecDeque<UpstreamError>,
     /// The failure that ends the feed, yielded once the faults before it are out.
     failed: Option<UpstreamError>,
     done: bool,
@@ -222,7 +223,7 @@ impl DirectFeed {
             connected_at: Instant::now(),
             short_runs: 0,
             move_on: false,
-            faults: Vec::new(),
+            faults: VecDeque::new(),
             failed: None,
             done: false,
             stream,
@@ -240,7 +241,7 @@ impl DirectFeed {
 
     async fn next(&mut self) -> Option<Result<Chunk, UpstreamError>> {
         loop {
-            if let Some(fault) = self.faults.pop() {
+            if let Some(fault) = self.faults.pop_front() {
                 return Some(Ok(Chunk::Fault(fault)));
             }
             if let Some(e) = self.failed.take() {
@@ -334,7 +335,7 @@ impl DirectFeed {
         }
         self.move_on = !error.retries_on_same_url();
         tracing::info!(stream_id = %self.stream.id, url_index = self.index, error = %error, "direct upstream lost");
-        self.faults.push(error);
+        self.faults.push_back(error);
         self.drop_upstream();
     }
 

@@ -175,6 +175,9 @@ impl Upstream {
         settings: &StreamSettings,
     ) -> Result<FetchedPlaylist, UpstreamError> {
         let deadline = self.timeouts.playlist_total;
+        // Whether the head arrived before the deadline: if not, the origin never answered,
+        // which is not the same as a body that stopped coming.
+        let answered = std::sync::atomic::AtomicBool::new(false);
         let fetch = async {
             let res = self
                 .send(
@@ -185,6 +188,7 @@ impl Upstream {
                     &HeaderMap::new(),
                 )
                 .await?;
+            answered.store(true, std::sync::atomic::Ordering::Relaxed);
             let status = res.status();
             if !status.is_success() {
                 return Err(UpstreamError::Status(status.as_u16()));
@@ -213,6 +217,9 @@ impl Upstream {
         };
         match tokio::time::timeout(deadline, fetch).await {
             Ok(result) => result,
+            Err(_) if !answered.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(UpstreamError::FirstByteTimeout(deadline))
+            }
             Err(_) => Err(UpstreamError::Stalled),
         }
     }
@@ -281,7 +288,7 @@ pub fn check_media_status(res: &reqwest::Response) -> Result<(), UpstreamError> 
         return Err(UpstreamError::Status(status.as_u16()));
     }
     if status.is_success() && is_html(res.headers()) {
-        return Err(UpstreamError::NotPlaylist("an HTML page"));
+        return Err(UpstreamError::NotMedia("an HTML page"));
     }
     Ok(())
 }

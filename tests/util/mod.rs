@@ -159,10 +159,34 @@ impl Drop for Proxy {
     }
 }
 
+/// An address where nothing listens and nothing will while the guard lives: a socket bound
+/// to a free port but not listening, so connections to it are refused. (Binding a listener
+/// and dropping it leaves the port free for any other process to take.)
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("bound address");
+    (socket, addr)
+}
+
 /// Polls `check` every 20 ms until it gives `Some`, and panics with `what` after `within`.
-/// For effects that land just after a response ends (a connection released, a webhook
-/// delivered).
-pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+/// The one way tests wait for a condition (a connection released, a webhook delivered, a
+/// cache entry expired): never a fixed sleep.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_for(within, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
+}
+
+/// [`eventually`] that gives `None` after `within` instead of panicking, for a caller that
+/// has more to say about the failure (a child's stderr, say).
+pub async fn poll_for<T, F, Fut>(within: std::time::Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -170,12 +194,11 @@ where
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
