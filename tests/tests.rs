@@ -13,6 +13,7 @@ mod failover;
 mod failover_e2e;
 mod fanout;
 mod hls;
+mod lengthless;
 mod metrics;
 mod origin_selftest;
 mod stats;

@@ -359,7 +359,7 @@ async fn direct_shared(
     }
     let opened = open_direct(state, &stream, &viewing, &Method::GET, headers).await;
     let (index, url, res) = opened.inspect_err(|e| slot.record_failure(e))?;
-    let shape = Shape::of(res.status(), res.headers());
+    let shape = Shape::of_answer(&res);
     if slot.hub.is_none() && LiveHub::can_share(res.status(), &shape) {
         let headers = relayed_headers(&res, &url, UriKind::Media);
         let ts = shape == (Shape::Live { ts: Some(true) });

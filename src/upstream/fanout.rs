@@ -314,13 +314,14 @@ async fn run(
                 }
                 // A failure the feed recovers from belongs to the stream, not to a viewer.
                 Some(Ok(Chunk::Fault(e))) => registry.stream_upstream_error(&stream, &e, None),
-                Some(Ok(Chunk::Abort(_))) | None => break None,
-                Some(Err(e)) => {
-                    // What arrived before the failure still reaches the viewers.
+                Some(Ok(Chunk::Abort(_))) => break None,
+                end @ (None | Some(Err(_))) => {
+                    // What arrived before the end (of a file) or the failure still
+                    // reaches the viewers.
                     if gathered.due.is_some() {
                         hub.share(gathered.take(), &stream, &fanout).await;
                     }
-                    break Some(e.to_string());
+                    break end.and_then(Result::err).map(|e| e.to_string());
                 }
             },
         }
