@@ -14,6 +14,7 @@ mod failover_e2e;
 mod fanout;
 mod hls;
 mod lengthless;
+mod memory;
 mod metrics;
 mod origin_selftest;
 mod stats;

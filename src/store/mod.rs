@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::config::ClientLimits;
 use crate::events::{EventBus, EventType};
 use crate::model::{ClientInfo, StreamInfo, StreamType};
 
@@ -301,6 +302,10 @@ pub struct Registry {
     pub events: EventBus,
     /// `CLIENT_TIMEOUT`: how long after its last request a viewer still counts as active.
     client_timeout_ms: u64,
+    /// How many clients are tracked at most, per stream and in all.
+    client_limits: ClientLimits,
+    /// Viewers served without being tracked because a limit was reached.
+    untracked_clients: AtomicU64,
 }
 
 impl Registry {
@@ -315,7 +320,28 @@ impl Registry {
             totals: Arc::default(),
             events: EventBus::default(),
             client_timeout_ms: 300_000,
+            client_limits: ClientLimits::default(),
+            untracked_clients: AtomicU64::new(0),
         }
+    }
+
+    /// Sets how many clients are tracked at most (`MAX_CLIENTS_PER_STREAM`, `MAX_CLIENTS`).
+    pub fn with_client_limits(mut self, limits: ClientLimits) -> Self {
+        self.client_limits = limits;
+        self
+    }
+
+    /// Viewers served without a client entry of their own because a limit was reached.
+    pub fn untracked_clients(&self) -> u64 {
+        self.untracked_clients.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more client may be tracked on `stream` (`known`: its id is tracked
+    /// already, on another stream, so the total does not grow).
+    fn has_room_for_client(&self, total: usize, known: bool, stream: &StreamEntry) -> bool {
+        let limits = self.client_limits;
+        let under = |limit: usize, count: usize| limit == 0 || count < limit;
+        (known || under(limits.total, total)) && under(limits.per_stream, stream.client_count())
     }
 
     /// Sets how long after its last request a viewer (and its stream) still counts as
@@ -564,6 +590,11 @@ impl Registry {
         let Some(stream) = stream.filter(|s| !s.closed.is_cancelled()) else {
             return (entry, false);
         };
+        if !self.has_room_for_client(clients.len(), clients.contains_key(id), &stream) {
+            // Served and counted in the stream's figures, but not tracked on its own.
+            self.untracked_clients.fetch_add(1, Ordering::Relaxed);
+            return (entry, false);
+        }
         // A named client that moved to another stream starts a new session there.
         let moved = clients.insert(id.to_string(), entry.clone());
         if let Some(old) = &moved {
