@@ -9,11 +9,12 @@
 #                           non-zero if any request failed
 #
 # Knobs (environment): ROUNDS, DURATION (s per flat-out run), HLS_DURATION, HLS_RAMP,
-# HLS_VIEWERS ("100 1000 5000"), DIRECT_VIEWERS, LIVE_VIEWERS, LIVE_BITRATE,
+# HLS_VIEWERS ("100 1000 5000"), DIRECT_VIEWERS, FILE_VIEWERS, LIVE_VIEWERS, LIVE_BITRATE,
 # LATENCY_REQUESTS, RANGE_REQUESTS, ORIGIN (auto | nginx |
 # builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy), WORKLOADS (a subset
-# of "latency playlist segment direct live range hls"), BENCH_OUT (where the JSON reports
-# and the table are kept; default target/bench).
+# of "latency playlist segment direct file live range hls"), BENCH_OUT (where the JSON
+# reports and the table are kept; default target/bench), SETTLE (seconds to wait after the
+# last workload before the settled RSS; default 35, past the 30 s segment cache TTL).
 #
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
@@ -30,7 +31,7 @@ if [[ $SMOKE == 1 ]]; then
     ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-2} HLS_DURATION=${HLS_DURATION:-5}
     HLS_RAMP=${HLS_RAMP:-1} HLS_VIEWERS=${HLS_VIEWERS:-20} DIRECT_VIEWERS=${DIRECT_VIEWERS:-4}
     LATENCY_REQUESTS=${LATENCY_REQUESTS:-200} RANGE_REQUESTS=${RANGE_REQUESTS:-500}
-    LIVE_VIEWERS=${LIVE_VIEWERS:-4}
+    LIVE_VIEWERS=${LIVE_VIEWERS:-4} FILE_VIEWERS=${FILE_VIEWERS:-4} SETTLE=${SETTLE:-2}
     GEN_ARGS=(--segments 10 --file-mb 8)
     # Shares the CI test build instead of compiling a release.
     cargo build --bin m3u-proxy --example m3u-load
@@ -40,12 +41,13 @@ else
     HLS_RAMP=${HLS_RAMP:-5} HLS_VIEWERS=${HLS_VIEWERS:-"100 1000 5000"}
     DIRECT_VIEWERS=${DIRECT_VIEWERS:-50} LATENCY_REQUESTS=${LATENCY_REQUESTS:-2000}
     RANGE_REQUESTS=${RANGE_REQUESTS:-20000} LIVE_VIEWERS=${LIVE_VIEWERS:-50}
+    FILE_VIEWERS=${FILE_VIEWERS:-100} SETTLE=${SETTLE:-35}
     GEN_ARGS=(--segments 150 --file-mb 64)
     cargo build --release --bin m3u-proxy --example m3u-load
     PROFILE=release
 fi
 TARGETS=${TARGETS:-"direct proxy"}
-WORKLOADS=${WORKLOADS:-"latency playlist segment direct live range hls"}
+WORKLOADS=${WORKLOADS:-"latency playlist segment direct file live range hls"}
 LIVE_BITRATE=${LIVE_BITRATE:-4000000}
 ORIGIN=${ORIGIN:-auto}
 BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
@@ -223,6 +225,8 @@ workload playlist "playlist, 64 connections" get MEDIA --concurrency 64 --durati
 workload segment "segment, 64 connections" get SEGMENT --concurrency 64 --duration "$DURATION"
 workload direct "direct, $DIRECT_VIEWERS flat out" direct BIG --viewers "$DIRECT_VIEWERS" \
     --duration "$DURATION"
+workload file "direct file, $FILE_VIEWERS viewers at $((LIVE_BITRATE / 1000)) kbit/s" direct BIG \
+    --viewers "$FILE_VIEWERS" --duration "$DURATION" --bitrate "$LIVE_BITRATE"
 workload live "live TS, $LIVE_VIEWERS viewers at $((LIVE_BITRATE / 1000)) kbit/s" direct LIVE \
     --viewers "$LIVE_VIEWERS" --duration "$DURATION" --bitrate "$LIVE_BITRATE"
 workload range "range, 16 connections" range BIG --concurrency 16 --requests "$RANGE_REQUESTS"
@@ -232,7 +236,17 @@ for n in $HLS_VIEWERS; do
 done
 
 FINAL_RSS=""
-[[ -n $PROXY_PID ]] && FINAL_RSS=$(rss_kb "$PROXY_PID")
+# The segment cache's bytes, as the proxy reports them, beside each RSS figure.
+cache_mb() {
+    curl -sf "$PROXY_URL/metrics" | awk '/^m3u_proxy_cache_bytes / {printf "%.1f", $2 / 1048576}'
+}
+if [[ -n $PROXY_PID ]]; then
+    FINAL_RSS=$(rss_kb "$PROXY_PID")
+    FINAL_CACHE=$(cache_mb)
+    sleep "$SETTLE"
+    SETTLED_RSS=$(rss_kb "$PROXY_PID")
+    SETTLED_CACHE=$(cache_mb)
+fi
 TABLE=$OUT/results-$STAMP.md
 {
     echo "Command: bench/run.sh${1:+ $1} (ROUNDS=$ROUNDS DURATION=$DURATION HLS_DURATION=$HLS_DURATION HLS_RAMP=$HLS_RAMP)"
@@ -242,6 +256,10 @@ TABLE=$OUT/results-$STAMP.md
     echo
     "$LOAD" table --input "$RESULTS" ${IDLE_RSS:+--idle-rss-kb "$IDLE_RSS"} \
         ${FINAL_RSS:+--final-rss-kb "$FINAL_RSS"}
+    if [[ -n $PROXY_PID ]]; then
+        echo
+        echo "Proxy RSS: idle $((IDLE_RSS / 1024)) MB; right after the last workload $((FINAL_RSS / 1024)) MB with $FINAL_CACHE MB in the segment cache; ${SETTLE} s later $((SETTLED_RSS / 1024)) MB with $SETTLED_CACHE MB in the cache."
+    fi
 } >"$TABLE"
 echo
 cat "$TABLE"

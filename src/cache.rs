@@ -13,6 +13,10 @@
 //! Playlists: the fetched upstream text is shared for a short TTL (at most half a target
 //! duration) by concurrent and following requests; each client still gets its own rewrite.
 //!
+//! Expiry is by deadline: the maintenance task calls [`Cache::purge`] every second, so once
+//! traffic stops (or a stream is deleted) every entry leaves within its TTL and a second,
+//! and the bytes held go back to zero, without waiting for a lookup that may never come.
+//!
 //! It must not: count bytes or segments (the playback route does, per viewer), hold a lock
 //! across `.await`, share a failure as if it were content, or cache Range or LL-HLS
 //! blocking requests (the route never asks it to).
@@ -34,10 +38,6 @@ use url::Url;
 use crate::config::CacheSettings;
 use crate::error::UpstreamError;
 use crate::upstream::FetchedPlaylist;
-
-/// Past this many playlist slots, expired ones are swept on insert, so the map stays as
-/// small as the set of playlists polled within a TTL.
-const PLAYLIST_SWEEP_AT: usize = 256;
 
 /// The cache shared by every playback request.
 pub struct Cache {
@@ -423,6 +423,32 @@ impl Cache {
         self.segments.lock().expect("segment cache lock").bytes
     }
 
+    /// Segment entries and playlist slots held (fills and fetches under way included).
+    pub fn entries(&self) -> usize {
+        let segments = self
+            .segments
+            .lock()
+            .expect("segment cache lock")
+            .entries
+            .len();
+        segments + self.playlists.lock().expect("playlist cache lock").len()
+    }
+
+    /// Drops every completed segment and playlist past its deadline. Segments expire in
+    /// completion order, so this stops at the first one still fresh; playlist slots are
+    /// as many as the playlists polled within a TTL.
+    pub fn purge(&self) {
+        let now = Instant::now();
+        self.segments
+            .lock()
+            .expect("segment cache lock")
+            .expire(now, self.settings.segment_ttl);
+        self.playlists
+            .lock()
+            .expect("playlist cache lock")
+            .retain(|_, s| s.expires.is_none_or(|t| now < t));
+    }
+
     /// Joins or leads the fetch of `url` for `stream`; `None` when segment caching is off.
     pub fn segment(self: &Arc<Self>, stream: &str, url: &Url) -> Option<Lookup> {
         if self.settings.max_bytes == 0 || self.settings.segment_ttl.is_zero() {
@@ -519,9 +545,6 @@ impl Cache {
             match current {
                 Some(rx) => Ok(rx),
                 None => {
-                    if map.len() >= PLAYLIST_SWEEP_AT {
-                        map.retain(|_, s| s.expires.is_none_or(|t| now < t));
-                    }
                     let (tx, rx) = watch::channel(Shared::Pending);
                     map.insert(key.clone(), PlaylistSlot { rx, expires: None });
                     Err(tx)

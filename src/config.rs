@@ -15,6 +15,8 @@ pub struct Config {
     pub port: u16,
     /// A client with no open connection and no request for this long is forgotten.
     pub client_timeout: Duration,
+    /// How many clients are tracked at most; see [`ClientLimits`].
+    pub client_limits: ClientLimits,
     /// How often idle clients and streams are swept.
     pub cleanup_interval: Duration,
     /// A stream nobody played for this long is removed; `None` keeps streams forever.
@@ -41,13 +43,35 @@ pub struct Config {
     pub fanout: FanoutSettings,
 }
 
+/// Bounds on the clients tracked, so a player that varies `?client_id=` or its user agent
+/// cannot grow memory, events and webhook deliveries without limit. A viewer past a limit
+/// is served as any other and counted in its stream's figures, but not tracked as a client
+/// of its own (no entry, no `client_connected` event) until tracked ones time out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Clients tracked per stream; zero means no limit.
+    pub per_stream: usize,
+    /// Clients tracked in all; zero means no limit.
+    pub total: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            per_stream: 2_000,
+            total: 20_000,
+        }
+    }
+}
+
 /// Live TS fan-out: all viewers of a live stream read one upstream connection through a
 /// buffer of recent chunks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FanoutSettings {
     /// Chunks held for viewers that fall behind; zero turns sharing off, so each viewer
-    /// opens its own upstream. Upstream reads are gathered into chunks of 20 ms of stream or
-    /// 16 KB, whichever comes first: 256 chunks are about 5 s of a channel up to 6 Mbit/s.
+    /// opens its own upstream. Upstream reads are gathered or cut into chunks of at most
+    /// 16 KB (less when 20 ms of stream bring less): 256 chunks are at most 4 MB, about 5 s
+    /// of a channel up to 6 Mbit/s.
     pub buffer: usize,
     /// What happens to a viewer that falls further behind than the buffer.
     pub slow_viewer: SlowViewer,
@@ -158,6 +182,7 @@ impl Default for Config {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 8001,
             client_timeout: Duration::from_secs(300),
+            client_limits: ClientLimits::default(),
             cleanup_interval: Duration::from_secs(60),
             stream_timeout: Some(Duration::from_secs(3600)),
             api_token: None,
@@ -232,6 +257,8 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.port, 8001);
         assert_eq!(c.client_timeout, Duration::from_secs(300));
+        assert_eq!(c.client_limits.per_stream, 2_000);
+        assert_eq!(c.client_limits.total, 20_000);
         assert_eq!(c.cleanup_interval, Duration::from_secs(60));
         assert_eq!(c.stream_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(c.failover.retries, 2);

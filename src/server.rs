@@ -126,7 +126,11 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         }
     };
     Ok(AppState {
-        registry: Arc::new(Registry::new(&secret).with_client_timeout(config.client_timeout)),
+        registry: Arc::new(
+            Registry::new(&secret)
+                .with_client_timeout(config.client_timeout)
+                .with_client_limits(config.client_limits),
+        ),
         upstream: Upstream::new(&config)?,
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(Webhooks::default()),
@@ -176,7 +180,8 @@ fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// Starts the background task: bytes-per-second figures every second, and the idle sweep
+/// Starts the background task: bytes-per-second figures and the purge of expired cache
+/// entries every second, and the idle sweep
 /// every `cleanup_interval` from now (the first sweep one interval after the start, never
 /// before). It runs on the tokio clock, so tests drive it with paused time. Abort the
 /// handle to stop it.
@@ -198,6 +203,7 @@ async fn maintain(state: AppState) {
                 let now = tokio::time::Instant::now();
                 state.registry.tick_rates((now - last_rate).as_secs_f64());
                 last_rate = now;
+                state.cache.purge();
             }
             _ = sweep.tick() => {
                 let swept = state.registry.sweep(

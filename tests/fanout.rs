@@ -45,12 +45,13 @@ async fn wait_upstream_closed(origin: &Origin, proxy: &Proxy, within: Duration) 
 }
 
 /// A channel fast enough (8 MB/s) to overrun a stalled reader's socket buffers and a
-/// fan-out buffer of 8 chunks; returns the origin, the proxy and the channel's endpoint.
+/// fan-out buffer of 64 chunks (1 MB, an eighth of a second of it, while the origin
+/// sends 160 KB every 20 ms); returns the origin, the proxy and the channel's endpoint.
 async fn fast_channel(slow_viewer: SlowViewer) -> (Origin, Proxy, String) {
     let origin = Origin::start().await;
     origin.live_ts("/fast.ts", 8_000_000);
     let proxy = Proxy::start_with(|c| {
-        c.fanout.buffer = 8;
+        c.fanout.buffer = 64;
         c.fanout.slow_viewer = slow_viewer;
     })
     .await;

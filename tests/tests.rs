@@ -16,6 +16,8 @@ mod failover_e2e;
 mod fanout;
 mod hls;
 mod live;
+mod lengthless;
+mod memory;
 mod metrics;
 mod origin_selftest;
 mod references;

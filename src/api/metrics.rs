@@ -147,6 +147,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[],
         r.client_count(),
     )
+    .counter(
+        "m3u_proxy_clients_untracked_total",
+        "Viewers served without a client entry because MAX_CLIENTS or MAX_CLIENTS_PER_STREAM was reached.",
+        &[],
+        r.untracked_clients(),
+    )
     .gauge(
         "m3u_proxy_active_streams",
         "Streams with an open connection or a viewer request within CLIENT_TIMEOUT.",
@@ -183,6 +189,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
         "Bytes of segments held in the shared cache (fills under way included).",
         &[],
         cache.bytes(),
+    )
+    .gauge(
+        "m3u_proxy_cache_entries",
+        "Segment entries and playlist slots held in the shared cache.",
+        &[],
+        cache.entries(),
     );
     let fanout = &state.live.fanout;
     page.gauge(

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use m3u_proxy::config::{
-    CacheSettings, Config, FailoverSettings, FanoutSettings, SlowViewer, UpstreamTimeouts,
+    CacheSettings, ClientLimits, Config, FailoverSettings, FanoutSettings, SlowViewer,
+    UpstreamTimeouts,
 };
 use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;
@@ -37,6 +38,12 @@ struct Args {
     /// Seconds after which a client without requests or open connections is forgotten.
     #[arg(long, env = "CLIENT_TIMEOUT", default_value_t = 300)]
     client_timeout: u64,
+    /// Clients tracked per stream at most (0 = no limit); more viewers are served untracked.
+    #[arg(long, env = "MAX_CLIENTS_PER_STREAM", default_value_t = 2_000)]
+    max_clients_per_stream: usize,
+    /// Clients tracked in all at most (0 = no limit); more viewers are served untracked.
+    #[arg(long, env = "MAX_CLIENTS", default_value_t = 20_000)]
+    max_clients: usize,
     /// Seconds between sweeps of idle clients and streams.
     #[arg(long, env = "CLEANUP_INTERVAL", default_value_t = 60)]
     cleanup_interval: u64,
@@ -124,6 +131,10 @@ impl Args {
             host: self.host,
             port: self.port,
             client_timeout: Duration::from_secs(self.client_timeout),
+            client_limits: ClientLimits {
+                per_stream: self.max_clients_per_stream,
+                total: self.max_clients,
+            },
             cleanup_interval: Duration::from_secs(self.cleanup_interval),
             stream_timeout: (self.stream_timeout > 0)
                 .then(|| Duration::from_secs(self.stream_timeout)),

@@ -27,10 +27,13 @@ use crate::upstream::direct::{looks_like_ts, Chunk, DirectFeed, Shape};
 
 /// How often a hub whose upstream sends nothing checks whether anyone still watches.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
-/// Upstream reads smaller than this are gathered into one chunk before they are shared, so
-/// the buffer's length in chunks means about the same stretch of stream whatever size the
-/// origin's reads come in, and each viewer is woken per chunk, not per network read.
-const MIN_CHUNK: usize = 16 * 1024;
+/// The most bytes a shared chunk holds: small upstream reads are gathered up to it and big
+/// ones cut into it, so the buffer holds at most `FANOUT_BUFFER` × 16 KB (4 MB with the
+/// default 256 chunks) whatever size the origin's reads come in, and each viewer is woken
+/// per chunk, not per network read. A whole number of TS packets (87), so a cut keeps every
+/// chunk on a packet boundary.
+pub const CHUNK: usize = 87 * crate::upstream::direct::TS_PACKET;
+const _: () = assert!(CHUNK <= 16 * 1024);
 /// The longest a gathered chunk waits for more bytes: live players buffer seconds.
 const MAX_GATHER: Duration = Duration::from_millis(20);
 
@@ -251,7 +254,7 @@ async fn run(
     let mut idle = tokio::time::interval(IDLE_CHECK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gathered = Gathered::default();
-    let failure = loop {
+    let failure = 'feed: loop {
         let ready = match gathered.due {
             Some(due) => tokio::time::sleep_until(due),
             None => tokio::time::sleep(IDLE_CHECK),
@@ -270,25 +273,26 @@ async fn run(
                 }
             }
             item = feed.next() => match item {
-                Some(Ok(Chunk::Bytes(bytes))) => {
+                Some(Ok(Chunk::Bytes(mut bytes))) => {
                     if !hub.joinable.load(Ordering::Relaxed) && looks_like_ts(&bytes) {
                         hub.joinable.store(true, Ordering::Release);
                     }
-                    if let Some(chunk) = gathered.add(bytes) {
+                    while let Some(chunk) = gathered.add(&mut bytes) {
                         if !hub.share(chunk, &fanout) {
-                            break None;
+                            break 'feed None;
                         }
                     }
                 }
                 // A failure the feed recovers from belongs to the stream, not to a viewer.
                 Some(Ok(Chunk::Fault(e))) => registry.stream_upstream_error(&stream, &e, None),
-                Some(Ok(Chunk::Abort(_))) | None => break None,
-                Some(Err(e)) => {
-                    // What arrived before the failure still reaches the viewers.
+                Some(Ok(Chunk::Abort(_))) => break None,
+                end @ (None | Some(Err(_))) => {
+                    // What arrived before the end (of a file) or the failure still
+                    // reaches the viewers.
                     if gathered.due.is_some() {
                         hub.share(gathered.take(), &fanout);
                     }
-                    break Some(e);
+                    break end.and_then(Result::err);
                 }
             },
         }
@@ -305,8 +309,7 @@ async fn run(
     tracing::debug!(stream_id = %stream.id, "shared live upstream closed");
 }
 
-/// Small upstream reads gathered into one chunk of at least [`MIN_CHUNK`] bytes, or what
-/// arrived within [`MAX_GATHER`].
+/// Upstream reads as chunks of [`CHUNK`] bytes, or of what arrived within [`MAX_GATHER`].
 #[derive(Default)]
 struct Gathered {
     bytes: BytesMut,
@@ -315,15 +318,20 @@ struct Gathered {
 }
 
 impl Gathered {
-    /// Adds one read; returns a chunk to share when there is one. A read of a whole
-    /// chunk's size with nothing gathered before it goes out as it is, without a copy.
-    fn add(&mut self, read: Bytes) -> Option<Bytes> {
-        if self.due.is_none() && read.len() >= MIN_CHUNK {
-            return Some(read);
+    /// Takes bytes of `read` and returns a full chunk to share when there is one: call it
+    /// again until `None`, when `read` is used up. With nothing gathered before it, a read
+    /// of a chunk or more is cut into chunks without a copy.
+    fn add(&mut self, read: &mut Bytes) -> Option<Bytes> {
+        if self.due.is_none() && read.len() >= CHUNK {
+            return Some(read.split_to(CHUNK));
         }
-        self.bytes.extend_from_slice(&read);
+        if read.is_empty() {
+            return None;
+        }
+        let n = (CHUNK - self.bytes.len()).min(read.len());
+        self.bytes.extend_from_slice(&read.split_to(n));
         self.due.get_or_insert_with(|| Instant::now() + MAX_GATHER);
-        (self.bytes.len() >= MIN_CHUNK).then(|| self.take())
+        (self.bytes.len() >= CHUNK).then(|| self.take())
     }
 
     /// The bytes gathered so far, as one chunk.
@@ -385,28 +393,41 @@ mod tests {
             .collect()
     }
 
+    /// Every chunk `read` makes, and what stays gathered after it.
+    fn chunks(g: &mut Gathered, read: &Bytes) -> Vec<Bytes> {
+        let mut read = read.clone();
+        std::iter::from_fn(|| g.add(&mut read)).collect()
+    }
+
     #[test]
-    fn small_reads_are_gathered_and_big_ones_pass_as_they_are() {
+    fn small_reads_are_gathered_and_big_ones_cut_into_chunks() {
         let mut g = Gathered::default();
-        let big = Bytes::from(vec![1u8; MIN_CHUNK]);
-        let out = g.add(big.clone()).unwrap();
-        assert_eq!(out.as_ptr(), big.as_ptr(), "passed without a copy");
-        assert!(g.due.is_none());
+        let big = Bytes::from(vec![1u8; 3 * CHUNK + 1000]);
+        let out = chunks(&mut g, &big);
+        assert_eq!(out.len(), 3);
+        assert!(
+            out.iter().all(|c| c.len() == CHUNK),
+            "no chunk above the bound"
+        );
+        assert_eq!(out[0].as_ptr(), big.as_ptr(), "cut without a copy");
+        assert_eq!(g.bytes.len(), 1000, "the rest waits for more");
+        assert!(g.due.is_some(), "a deadline while bytes wait");
+        assert_eq!(g.take().len(), 1000);
 
         let small = Bytes::from(vec![2u8; 1500]);
-        for _ in 0..MIN_CHUNK / 1500 {
-            assert_eq!(g.add(small.clone()), None);
+        for _ in 0..CHUNK / 1500 {
+            assert!(chunks(&mut g, &small).is_empty());
         }
-        assert!(g.due.is_some(), "a deadline while bytes wait");
-        let out = g.add(small.clone()).unwrap();
-        assert_eq!(out.len(), (MIN_CHUNK / 1500 + 1) * 1500);
-        assert!(g.due.is_none());
+        let out = chunks(&mut g, &small);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), CHUNK, "gathered up to one chunk, never more");
+        assert_eq!(g.bytes.len(), (CHUNK / 1500 + 1) * 1500 - CHUNK);
 
-        // Bytes already waiting go first: a big read after them is appended, not passed.
-        assert_eq!(g.add(small.clone()), None);
-        let out = g.add(big).unwrap();
-        assert_eq!(out.len(), 1500 + MIN_CHUNK);
-        assert_eq!(out[0], 2);
+        // Bytes already waiting go first: a big read after them fills their chunk.
+        let out = chunks(&mut g, &big);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0][0], 2);
+        assert!(out.iter().all(|c| c.len() == CHUNK));
     }
 
     #[test]

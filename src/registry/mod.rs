@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::config::ClientLimits;
 use crate::events::{EventBus, EventType};
 use crate::model::{ClientInfo, StreamInfo};
 use crate::stream::{Listings, StreamSettings, Switched, UrlCursor};
@@ -324,6 +325,10 @@ pub struct Registry {
     pub events: EventBus,
     /// `CLIENT_TIMEOUT`: how long after its last request a viewer still counts as active.
     client_timeout_ms: u64,
+    /// How many clients are tracked at most, per stream and in all.
+    client_limits: ClientLimits,
+    /// Viewers served without being tracked because a limit was reached.
+    untracked_clients: AtomicU64,
 }
 
 impl Registry {
@@ -338,7 +343,28 @@ impl Registry {
             totals: Arc::default(),
             events: EventBus::default(),
             client_timeout_ms: 300_000,
+            client_limits: ClientLimits::default(),
+            untracked_clients: AtomicU64::new(0),
         }
+    }
+
+    /// Sets how many clients are tracked at most (`MAX_CLIENTS_PER_STREAM`, `MAX_CLIENTS`).
+    pub fn with_client_limits(mut self, limits: ClientLimits) -> Self {
+        self.client_limits = limits;
+        self
+    }
+
+    /// Viewers served without a client entry of their own because a limit was reached.
+    pub fn untracked_clients(&self) -> u64 {
+        self.untracked_clients.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more client may be tracked on `stream`, within the per-stream and the
+    /// total limits.
+    fn has_room_for_client(&self, total: usize, stream: &StreamEntry) -> bool {
+        let limits = self.client_limits;
+        let under = |limit: usize, count: usize| limit == 0 || count < limit;
+        under(limits.total, total) && under(limits.per_stream, stream.client_count())
     }
 
     /// Sets how long after its last request a viewer (and its stream) still counts as
@@ -602,6 +628,11 @@ impl Registry {
         let Some(stream) = stream.filter(|s| !s.closed.is_cancelled()) else {
             return (entry, false);
         };
+        if !self.has_room_for_client(clients.len(), &stream) {
+            // Served and counted in the stream's figures, but not tracked on its own.
+            self.untracked_clients.fetch_add(1, Ordering::Relaxed);
+            return (entry, false);
+        }
         clients.insert(key, entry.clone());
         stream
             .clients

@@ -1,6 +1,15 @@
 //! A direct stream's bytes across upstream failures: one player connection, as many
 //! upstream connections as it takes.
 //!
+//! Whether an answer without a length is live or a file is read from the evidence at hand:
+//! a file's container (by content type or the URL's extension: `.mp4`, `.mkv`, ...) or an
+//! offer of byte ranges on a stream that does not say it is TS make it a file, relayed once
+//! and ended where the origin ends it. TS says nothing either way (IPTV serves live channels
+//! and recordings alike as `.ts`), so a TS answer is taken as live, and the proof comes when
+//! it ends: the reconnection's first bytes are compared with the feed's first bytes, and an
+//! origin that starts over from byte 0 was a file that has ended. Time would not tell:
+//! a recording served in real time ends after as long as a live connection does.
+//!
 //! A live stream (no length) that ends, errors, stalls, or whose stream is switched
 //! (`POST /streams/{id}/failover` or another viewer's failure, seen through the stream's
 //! switch generation) is reconnected on the current URL under the [`FailoverPolicy`](super::failover::FailoverPolicy); an
@@ -51,10 +60,34 @@ pub enum Chunk {
     Abort(&'static str),
 }
 
+/// Content types of file containers: an answer of one of these is a file even without a
+/// length (a live channel comes as TS, HLS or FLV, not as one of these).
+const FILE_TYPES: &[&str] = &[
+    "video/mp4",
+    "video/x-m4v",
+    "video/quicktime",
+    "video/x-matroska",
+    "video/webm",
+    "video/x-msvideo",
+    "video/x-ms-wmv",
+    "audio/mp4",
+    "audio/x-m4a",
+    "audio/mpeg",
+    "audio/flac",
+];
+/// URL extensions of file containers, for origins that send no useful content type.
+const FILE_EXTENSIONS: &[&str] = &[
+    "mp4", "m4v", "mov", "mkv", "webm", "avi", "wmv", "m4a", "mp3", "flac",
+];
+/// How many of a live feed's first bytes are kept to recognise an origin that sends them
+/// again after a reconnection (a file replayed from byte 0, not a live stream).
+const REPLAY_PROBE: usize = 16 * 1024;
+
 /// How a direct answer can be continued after a cut.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
-    /// No length: reconnect and carry on. `ts` is `None` until the first bytes tell.
+    /// No length and no sign of a file: reconnect and carry on, unless the reconnection
+    /// starts over with the feed's first bytes. `ts` is `None` until the first bytes tell.
     Live { ts: Option<bool> },
     /// A byte range of a file that accepts ranges: resume from `next`.
     File {
@@ -65,12 +98,30 @@ pub enum Shape {
         /// The file's length, which every resumed answer must repeat.
         total: u64,
     },
-    /// A known length without ranges: relayed once, a cut ends it.
+    /// A file that cannot be resumed (a known length without ranges, or a file without a
+    /// length): relayed once, its end is the end and a cut ends it.
     Once,
 }
 
 impl Shape {
-    /// Reads the shape of an origin's successful answer to a GET.
+    /// Reads the shape of an origin's answer to a GET, from its head and its URL (after
+    /// redirects): a lengthless answer from a path such as `/films/movie.mp4` is a file.
+    pub fn of_answer(res: &reqwest::Response) -> Shape {
+        let shape = Shape::of(res.status(), res.headers());
+        let extension = res
+            .url()
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .and_then(|name| name.rsplit_once('.'))
+            .map(|(_, ext)| ext.to_ascii_lowercase());
+        let file = extension.is_some_and(|ext| FILE_EXTENSIONS.contains(&ext.as_str()));
+        match shape {
+            Shape::Live { ts: None } if file => Shape::Once,
+            shape => shape,
+        }
+    }
+
+    /// Reads the shape of an origin's successful answer to a GET from its head.
     pub fn of(status: StatusCode, headers: &HeaderMap) -> Shape {
         let text = |name| {
             headers
@@ -85,11 +136,17 @@ impl Shape {
         }
         let length = text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
         let ranges = text(header::ACCEPT_RANGES).is_some_and(|v| v.contains("bytes"));
+        let content_type = text(header::CONTENT_TYPE).map(str::to_ascii_lowercase);
+        let is_type = |types: &[&str]| {
+            content_type
+                .as_deref()
+                .is_some_and(|ct| types.iter().any(|t| ct.starts_with(t)))
+        };
         match length {
+            // IPTV panels offer ranges on live TS channels too: for TS they prove nothing.
+            None if is_type(FILE_TYPES) || (ranges && !is_type(&["video/mp2t"])) => Shape::Once,
             None => Shape::Live {
-                ts: text(header::CONTENT_TYPE)
-                    .filter(|ct| ct.to_ascii_lowercase().contains("mp2t"))
-                    .map(|_| true),
+                ts: content_type.filter(|ct| ct.contains("mp2t")).map(|_| true),
             },
             Some(len) if ranges && len > 0 => Shape::File {
                 next: 0,
@@ -192,6 +249,17 @@ pub struct DirectFeed {
     short_runs: u32,
     /// The last loss was a timeout: move to the next URL rather than wait on this one again.
     move_on: bool,
+    /// The first bytes of a live feed as its origin sent them, up to [`REPLAY_PROBE`].
+    first: BytesMut,
+    /// Whether `first` is still being recorded (the first connection is open).
+    recording: bool,
+    /// After a live feed reconnected: the new connection's bytes that so far repeat
+    /// `first`, held back until they differ (a live stream) or all of `first` has come
+    /// again (a file replayed from byte 0: the feed ends there).
+    replay: Option<BytesMut>,
+    /// The clean end of a live feed, reported only once the reconnection shows it was not
+    /// the end of a file.
+    unconfirmed_end: Option<UpstreamError>,
     /// Failures to report before anything else, oldest first.
     faults: VecDeque<UpstreamError>,
     /// The failure that ends the feed, yielded once the faults before it are out.
@@ -207,7 +275,8 @@ impl DirectFeed {
         index: usize,
         res: reqwest::Response,
     ) -> Self {
-        let shape = Shape::of(res.status(), res.headers());
+        let shape = Shape::of_answer(&res);
+        let live = matches!(shape, Shape::Live { .. });
         let etag = res.headers().get(header::ETAG).map(|v| (index, v.clone()));
         let switches = stream.subscribe_switches();
         Self {
@@ -217,6 +286,10 @@ impl DirectFeed {
             body: Some(res.bytes_stream().boxed()),
             shape,
             packets: Packets::default(),
+            recording: live,
+            first: BytesMut::new(),
+            replay: None,
+            unconfirmed_end: None,
             etag,
             switched: arm(switches),
             generation: stream.generation(),
@@ -265,6 +338,7 @@ impl DirectFeed {
             }
             let Some(body) = self.body.as_mut() else {
                 if let Err(e) = self.reconnect().await {
+                    self.confirm_end();
                     self.failed = Some(e);
                 }
                 continue;
@@ -274,7 +348,7 @@ impl DirectFeed {
                 biased;
                 chunk = body.next() => match chunk {
                     Some(Ok(bytes)) => {
-                        if let Some(out) = self.take(bytes) {
+                        if let Some(out) = self.screen(bytes).and_then(|b| self.take(b)) {
                             return Some(Ok(Chunk::Bytes(out)));
                         }
                     }
@@ -283,8 +357,13 @@ impl DirectFeed {
                         Shape::File { next, last, .. } if next <= last => {
                             self.lost(UpstreamError::EndedEarly)
                         }
+                        Shape::Live { .. } if self.replay.as_ref().is_some_and(|h| !h.is_empty()) => {
+                            // The reconnection repeated the first bytes, then ended.
+                            self.replayed();
+                        }
                         Shape::Live { .. } => {
-                            self.lost(UpstreamError::LiveEnded)
+                            let end = self.lose(UpstreamError::LiveEnded);
+                            self.unconfirmed_end = Some(end);
                         }
                         _ => return None,
                     },
@@ -294,6 +373,57 @@ impl DirectFeed {
                     self.switched = arm(switches);
                 }
             }
+        }
+    }
+
+    /// Records a live feed's first bytes and, after a reconnection, holds back bytes that
+    /// repeat them: `None` while held (or once they proved a replay, which ends the feed).
+    fn screen(&mut self, bytes: Bytes) -> Option<Bytes> {
+        let Some(held) = self.replay.as_mut() else {
+            if self.recording {
+                let n = (REPLAY_PROBE - self.first.len()).min(bytes.len());
+                self.first.extend_from_slice(&bytes[..n]);
+            }
+            return Some(bytes);
+        };
+        let at = held.len();
+        let n = (self.first.len() - at).min(bytes.len());
+        if bytes[..n] == self.first[at..at + n] {
+            if at + n == self.first.len() {
+                self.replayed();
+            } else {
+                held.extend_from_slice(&bytes);
+            }
+            return None;
+        }
+        // New bytes: the origin is live, and the end before was a real one.
+        let mut held = self.replay.take().expect("comparing");
+        if let Some(end) = self.unconfirmed_end.take() {
+            self.faults.push_back(end);
+        }
+        if held.is_empty() {
+            return Some(bytes);
+        }
+        held.extend_from_slice(&bytes);
+        Some(held.freeze())
+    }
+
+    /// The origin started over with the feed's first bytes: what ended was a file, and the
+    /// player has all of it. Nothing of the repeat is sent.
+    fn replayed(&mut self) {
+        tracing::info!(stream_id = %self.stream.id, url_index = self.index, "direct upstream sent its first bytes again: a file that has ended");
+        self.unconfirmed_end = None;
+        self.replay = None;
+        self.drop_upstream();
+        self.done = true;
+    }
+
+    /// Reports the clean end of a live feed that the reconnection could not prove to be
+    /// the end of a file.
+    fn confirm_end(&mut self) {
+        self.replay = None;
+        if let Some(end) = self.unconfirmed_end.take() {
+            self.faults.push_back(end);
         }
     }
 
@@ -324,10 +454,20 @@ impl DirectFeed {
     fn drop_upstream(&mut self) {
         self.body = None;
         self.packets.cut();
+        self.recording = false;
+        if self.replay.is_some() {
+            self.confirm_end();
+        }
     }
 
     /// The current upstream failed; the next poll reconnects.
     fn lost(&mut self, error: UpstreamError) {
+        let error = self.lose(error);
+        self.faults.push_back(error);
+    }
+
+    /// Drops the current upstream after `error`, and hands the error back to be reported.
+    fn lose(&mut self, error: UpstreamError) -> UpstreamError {
         if self.connected_at.elapsed() < STABLE {
             self.short_runs += 1;
         } else {
@@ -335,8 +475,8 @@ impl DirectFeed {
         }
         self.move_on = !error.retries_on_same_url();
         tracing::info!(stream_id = %self.stream.id, url_index = self.index, error = %error, "direct upstream lost");
-        self.faults.push_back(error);
         self.drop_upstream();
+        error
     }
 
     /// Opens the stream's current URL (retrying, then failing over under the policy) and
@@ -399,6 +539,9 @@ impl DirectFeed {
         self.url = url;
         self.connected_at = Instant::now();
         self.body = Some(res.bytes_stream().boxed());
+        if matches!(self.shape, Shape::Live { .. }) && !self.first.is_empty() {
+            self.replay = Some(BytesMut::new());
+        }
         Ok(())
     }
 }
@@ -565,6 +708,25 @@ mod tests {
                 last: 19,
                 total: 100
             }
+        );
+        // No length: a file's container, or ranges on anything but TS, make a file.
+        assert_eq!(
+            Shape::of(StatusCode::OK, &h(&[(header::CONTENT_TYPE, "video/mp4")])),
+            Shape::Once
+        );
+        assert_eq!(
+            Shape::of(StatusCode::OK, &h(&[(header::ACCEPT_RANGES, "bytes")])),
+            Shape::Once
+        );
+        assert_eq!(
+            Shape::of(
+                StatusCode::OK,
+                &h(&[
+                    (header::CONTENT_TYPE, "video/mp2t"),
+                    (header::ACCEPT_RANGES, "bytes")
+                ])
+            ),
+            Shape::Live { ts: Some(true) }
         );
         assert_eq!(parse_content_range("bytes 5-1/10"), None);
         assert_eq!(parse_content_range("bytes 0-9/*"), None);

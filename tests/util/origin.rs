@@ -50,6 +50,8 @@ pub enum Fault {
     CutAfter(usize),
     /// Send N body bytes, then keep the connection open sending nothing.
     StallAfter(usize),
+    /// Send N body bytes, then end the body cleanly (a chunked answer's last chunk).
+    EndAfter(usize),
     /// Drop the connection without answering.
     Reset,
     /// Apply the inner fault to the next N requests, then behave normally.
@@ -101,6 +103,10 @@ enum Route {
     Paced {
         body: Bytes,
         bytes_per_sec: u64,
+    },
+    Chunked {
+        body: Bytes,
+        content_type: String,
     },
 }
 
@@ -201,6 +207,14 @@ impl Origin {
                 bytes_per_sec,
             },
         );
+    }
+
+    /// Sends `body` as fast as it goes, in 64 KB chunks without Content-Length and without
+    /// ranges, then ends cleanly: a file from an origin that streams everything chunked.
+    pub fn chunked(&self, path: &str, body: impl Into<Bytes>, content_type: &str) {
+        let body = body.into();
+        let content_type = content_type.to_owned();
+        self.set_route(path, Route::Chunked { body, content_type });
     }
 
     /// Removes what `put`, `redirect` or `live_ts` set at `path` (it becomes 404).
@@ -347,6 +361,21 @@ async fn handle(
             let response = serve(&state, &request, &token).await;
             response.map(|body| truncate(body, limit, Some(token)))
         }
+        Some(Fault::EndAfter(limit)) => {
+            let response = serve(&state, &request, &token).await;
+            response.map(|body| {
+                let data = body.into_data_stream();
+                Body::from_stream(data.scan(Some(limit), |state, chunk| {
+                    let Some(left) = *state else {
+                        return std::future::ready(None);
+                    };
+                    let chunk = chunk.map(|c| c.slice(..c.len().min(left)));
+                    let left = left - chunk.as_ref().map_or(0, Bytes::len);
+                    *state = (left > 0).then_some(left);
+                    std::future::ready(Some(chunk))
+                }))
+            })
+        }
         Some(Fault::Reset) => {
             token.cancel();
             closed_connection()
@@ -411,6 +440,16 @@ async fn serve(state: &Shared, request: &Parts, token: &CancellationToken) -> Re
             body,
             bytes_per_sec,
         }) => paced_body(body, bytes_per_sec),
+        Some(Route::Chunked { body, content_type }) => {
+            let chunks: Vec<Result<Bytes, Infallible>> = (0..body.len())
+                .step_by(64 * 1024)
+                .map(|at| Ok(body.slice(at..body.len().min(at + 64 * 1024))))
+                .collect();
+            Response::builder()
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from_stream(stream::iter(chunks)))
+                .unwrap()
+        }
         None => match find_in_dirs(state, path).await {
             Some(file) => serve_file(&file, &request.headers),
             None => text(
