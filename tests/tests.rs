@@ -15,5 +15,6 @@ mod fanout;
 mod hls;
 mod metrics;
 mod origin_selftest;
+mod playlist_shapes;
 mod stats;
 mod util;
