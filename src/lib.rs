@@ -9,6 +9,7 @@
 //! - [`playlist`] — PURE: the lossless line-based HLS rewriter and the IPTV M3U reader.
 //! - [`proxy_url`] — PURE: the signed references written into rewritten playlists.
 //! - [`config`] — the validated runtime configuration and its defaults.
+//! - [`connections`] — player connections: counts, limits, and the clock that closes silent ones.
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
 //! - [`error`] — error types at each boundary, and how they become HTTP responses.
 //! - [`upstream`] — the shared HTTP client: fetches with streaming-friendly timeouts, the
@@ -32,6 +33,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod metrics;

@@ -8,7 +8,7 @@ use crate::util::http_client;
 use crate::util::origin::Origin;
 
 /// A port that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -16,7 +16,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(envs: &[(&str, String)], args: &[&str]) -> Child {
+pub(crate) fn spawn(envs: &[(&str, String)], args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_m3u-proxy"))
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
@@ -26,7 +26,7 @@ fn spawn(envs: &[(&str, String)], args: &[&str]) -> Child {
         .expect("start m3u-proxy")
 }
 
-async fn wait_healthy(base: &str) {
+pub(crate) async fn wait_healthy(base: &str) {
     let http = http_client();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

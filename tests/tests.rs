@@ -13,6 +13,7 @@ mod failover;
 mod failover_e2e;
 mod fanout;
 mod hls;
+mod hostile;
 mod metrics;
 mod origin_selftest;
 mod playlist_shapes;

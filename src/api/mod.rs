@@ -27,6 +27,7 @@ use crate::store::Registry;
 use crate::upstream::Upstream;
 
 pub use metrics::{RequestCounts, MAX_STREAM_SERIES};
+pub(crate) use viewer::forwarded_ip;
 pub use viewer::Viewer;
 
 /// Everything a handler needs, cheap to clone.
@@ -41,6 +42,8 @@ pub struct AppState {
     pub cache: Arc<crate::cache::Cache>,
     /// Live TS sharing: settings and counters.
     pub fanout: Arc<crate::upstream::fanout::Fanout>,
+    /// Player connections: open, refused, timed out, and the limits in effect.
+    pub connections: Arc<crate::connections::Connections>,
 }
 
 impl FromRef<AppState> for EventBus {
