@@ -22,7 +22,9 @@
 //! - [`events`] — typed events: the in-process bus, the SSE feed and webhooks.
 //! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.
 //! - [`api`] — axum routers: management (JSON) and playback (HLS, direct).
-//! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
+//! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, accept
+//!   player connections (admitted against the limits, timed while they owe a request),
+//!   serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI.
 //! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor` screen.
 //!
