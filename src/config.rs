@@ -41,6 +41,38 @@ pub struct Config {
     pub cache: CacheSettings,
     /// How viewers of one live TS stream share its upstream; see [`FanoutSettings`].
     pub fanout: FanoutSettings,
+    /// Player-side connection timeouts and limits; see [`ConnectionSettings`].
+    pub connections: ConnectionSettings,
+}
+
+/// What a player connection may cost: how long it may take to send a request, how long it
+/// may sit idle, and how many may be open. Streaming responses are never timed: a viewer
+/// reading a film or a live channel holds its connection as long as it reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectionSettings {
+    /// A connection must deliver a complete request head (and then its body) within this
+    /// long of connecting or of its first byte after an idle spell (`HEADER_READ_TIMEOUT`).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection (no request under way) is closed after this long
+    /// (`KEEPALIVE_TIMEOUT`).
+    pub keepalive_timeout: Duration,
+    /// Most player connections open at once (`MAX_CONNECTIONS`); beyond it a new one gets
+    /// a prompt 503 and is closed. `None`: derived at start from the descriptor limit.
+    pub max_connections: Option<usize>,
+    /// Most open connections (or, through a trusted proxy, requests under way) per client
+    /// address (`MAX_CONNECTIONS_PER_IP`); `None`: no per-address limit.
+    pub max_connections_per_ip: Option<usize>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_connections_per_ip: None,
+        }
+    }
 }
 
 /// Bounds on the clients tracked, so a player that varies `?client_id=` or its user agent
@@ -194,6 +226,7 @@ impl Default for Config {
             failover: FailoverSettings::default(),
             cache: CacheSettings::default(),
             fanout: FanoutSettings::default(),
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -223,6 +256,8 @@ impl Config {
             ("upstream first-byte timeout", t.first_byte),
             ("upstream read-stall timeout", t.read_stall),
             ("playlist timeout", t.playlist_total),
+            ("header read timeout", self.connections.header_read_timeout),
+            ("keep-alive timeout", self.connections.keepalive_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero(name));
@@ -236,6 +271,12 @@ impl Config {
         }
         if self.api_token.as_deref() == Some("") {
             return Err(ConfigError::EmptyToken);
+        }
+        if self.connections.max_connections == Some(0) {
+            return Err(ConfigError::Zero("max connections"));
+        }
+        if self.connections.max_connections_per_ip == Some(0) {
+            return Err(ConfigError::Zero("max connections per ip"));
         }
         if self.fanout.buffer > MAX_FANOUT_BUFFER {
             return Err(ConfigError::TooLarge(
@@ -269,6 +310,10 @@ mod tests {
         assert_eq!(c.cache.playlist_ttl, Duration::from_secs(1));
         assert_eq!(c.fanout.buffer, 256);
         assert_eq!(c.fanout.slow_viewer, SlowViewer::Drop);
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(c.connections.max_connections, None);
+        assert_eq!(c.connections.max_connections_per_ip, None);
     }
 
     #[test]

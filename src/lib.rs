@@ -13,6 +13,7 @@
 //! - [`proxy_url`] — PURE: the opaque references (encrypted, authenticated) written into
 //!   rewritten playlists. Uses `playlist`.
 //! - [`config`] — the validated runtime configuration and its defaults.
+//! - [`connections`] — player connections: counts, limits, and the clock that closes silent ones.
 //! - [`model`] — the JSON shapes of the API, shared by the server and the CLI.
 //! - [`error`] — [`error::UpstreamError`] (one variant per origin failure, each saying
 //!   through [`error::Remedy`] whether another try or another URL can help) and
@@ -43,7 +44,9 @@
 //!   `/events` (SSE) and `/webhooks`. Translates HTTP to calls on the modules above.
 //! - [`logging`] — the server's log set-up: checked `LOG_LEVEL`, colour only on a terminal,
 //!   text or JSON lines.
-//! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
+//! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, accept
+//!   player connections (admitted against the limits, timed while they owe a request),
+//!   serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI. Uses `model`.
 //! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor`
 //!   screen. Uses `client`, `model`.
@@ -55,6 +58,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod live;

@@ -183,6 +183,12 @@ pub struct Health {
     pub active_connections: u64,
     #[serde(default)]
     pub total_bytes_served: u64,
+    /// Player TCP connections open now (idle keep-alive ones included), against
+    /// `max_connections`: beyond it new connections are refused with 503.
+    #[serde(default)]
+    pub open_connections: u64,
+    #[serde(default)]
+    pub max_connections: u64,
 }
 
 /// Every error answer of the API: `{"detail": "...", "code": "..."}`.

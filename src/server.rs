@@ -3,6 +3,11 @@
 //! Shutdown cancels the one shutdown token (see [`Registry::close_all`]): every open viewer
 //! connection, live hub, `/events` feed and webhook delivery ends on it (live streams never
 //! end by themselves); other in-flight requests may finish for a short grace period.
+//!
+//! Player connections are served by an accept loop of our own over hyper's HTTP/1
+//! connections (in `server/connection.rs`), so that each one is admitted against
+//! `MAX_CONNECTIONS`, timed while its client owes a request, and held to the request size
+//! limits before any handler runs.
 
 use std::future::Future;
 use std::io;
@@ -11,14 +16,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use std::sync::atomic::AtomicUsize;
+
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
 use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
+use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
 use crate::live::Live;
@@ -26,8 +34,15 @@ use crate::proxy_url::Signer;
 use crate::registry::Registry;
 use crate::upstream::Upstream;
 
+mod connection;
+
+use connection::Shared;
+
 /// How long in-flight requests may run after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long accepting pauses after an error such as running out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// How often bytes-per-second figures are recomputed.
 const RATE_PERIOD: Duration = Duration::from_secs(1);
@@ -64,6 +79,9 @@ pub async fn run(
 }
 
 /// Serves on an already bound listener (tests bind 127.0.0.1:0 and read the port).
+///
+/// First raises the process's soft descriptor limit to its hard limit, as nginx and
+/// HAProxy do: every player and upstream connection is a descriptor.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -77,6 +95,13 @@ async fn serve_state(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    tracing::info!(
+        max_connections = state.connections.max(),
+        max_connections_per_ip = ?state.connections.per_ip(),
+        header_read_timeout = ?state.config.connections.header_read_timeout,
+        keepalive_timeout = ?state.config.connections.keepalive_timeout,
+        "player connection limits"
+    );
     let maintenance = spawn_maintenance(state.clone());
     let dispatcher = spawn_dispatcher(
         &state.registry.events,
@@ -84,29 +109,79 @@ async fn serve_state(
         state.upstream.http().clone(),
     );
     let registry = state.registry.clone();
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: closing viewer connections");
         registry.close_all();
-        let _ = drained_tx.send(());
     };
-    let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY, Nagle's algorithm holds back the second small write of a
-    // streamed body until the player's delayed ACK: a 40 ms stall on some requests.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let result = tokio::select! {
-        r = server => r.map_err(ServerError::from),
-        // A connection that ignores the close (a request stuck upstream) may not hold the
-        // process hostage.
-        _ = async { let _ = drained_rx.await; tokio::time::sleep(DRAIN_GRACE).await } => Ok(()),
-    };
+    let result = accept_loop(listener, state, signal).await;
     maintenance.abort();
     dispatcher.abort();
     result
+}
+
+/// Accepts player connections until `signal` resolves, then asks every connection to
+/// finish (idle ones close at once, in-flight requests run on) and waits for them for
+/// at most [`DRAIN_GRACE`]: a request stuck upstream may not hold the process hostage.
+async fn accept_loop(
+    listener: TcpListener,
+    state: AppState,
+    signal: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let shared = Arc::new(Shared {
+        limits: state.config.connections,
+        trusted_proxies: state.config.trusted_proxies.clone(),
+        connections: state.connections.clone(),
+        refusing: AtomicUsize::new(0),
+        app: api::app(state),
+    });
+    // Connection tasks hold a receiver: `true` asks them to finish, and `closed()`
+    // resolves once the last one is gone.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => shared.clone().accept(tcp, peer, stop_rx.clone()),
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or memory: new connections wait in the
+                    // backlog while the open ones go on; retrying at once would spin.
+                    tracing::error!(error = %e, "cannot accept connections");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(DRAIN_GRACE, stop_tx.closed()).await;
+    Ok(())
+}
+
+/// An accept error that concerns one connection only (it was reset before we took it).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Raises the soft descriptor limit to the hard limit and logs the limit in effect.
+fn raise_descriptor_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => tracing::info!(descriptors = soft, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+    }
+}
+
+/// The soft descriptor limit now (a generous guess where it cannot be read).
+fn descriptor_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// The shared state: registry, upstream client and signer, with the signing secret from
@@ -125,6 +200,16 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
             bytes
         }
     };
+    raise_descriptor_limit();
+    let descriptors = descriptor_limit();
+    let limits = config.connections;
+    let connections = Connections::new(
+        limits
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(descriptors)),
+        limits.max_connections_per_ip,
+        descriptors,
+    );
     Ok(AppState {
         registry: Arc::new(
             Registry::new(&secret)
@@ -137,6 +222,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
         live: Arc::new(Live::new(config.fanout)),
+        connections: Arc::new(connections),
         config: Arc::new(config),
     })
 }

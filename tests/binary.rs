@@ -8,7 +8,7 @@ use crate::util::origin::Origin;
 use crate::util::{eventually, http_client};
 
 /// A port that was free a moment ago (see [`start`] for the race).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -30,7 +30,7 @@ fn spawn(envs: &[(&str, String)], args: &[String]) -> Child {
 /// until it answers `/health`; returns it and its base URL. The binary needs a port number,
 /// so the port is one that was free a moment ago: when another process took it first, the
 /// proxy exits (address in use) and is started again on another port.
-async fn start(
+pub(crate) async fn start(
     setup: impl Fn(u16) -> (Vec<(&'static str, String)>, Vec<String>),
 ) -> (Child, String) {
     let http = http_client();

@@ -296,5 +296,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         clients: r.client_count(),
         active_connections: Counters::get(&r.totals.active_connections),
         total_bytes_served: Counters::get(&r.totals.bytes),
+        open_connections: state.connections.open(),
+        max_connections: state.connections.max() as u64,
     })
 }

@@ -12,6 +12,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::connections::{Connections, Refusal, Timeout, TooLarge};
 use crate::metrics::{MetricKind, PromText, CONTENT_TYPE};
 use crate::registry::Counters;
 use crate::upstream::Fetch;
@@ -78,6 +79,47 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     };
     state.requests.add(&route, class);
     res
+}
+
+/// Player connections: open against the limit, refused, closed by the timeouts, and
+/// requests refused for their size.
+fn connection_series(page: &mut PromText, c: &Connections) {
+    page.gauge(
+        "m3u_proxy_open_connections",
+        "Player TCP connections open now, idle keep-alive ones included.",
+        &[],
+        c.open(),
+    )
+    .gauge(
+        "m3u_proxy_max_connections",
+        "MAX_CONNECTIONS in effect: beyond it new connections get 503.",
+        &[],
+        c.max() as u64,
+    );
+    for why in Refusal::ALL {
+        page.counter(
+            "m3u_proxy_connections_refused_total",
+            "New connections (or requests through a trusted proxy) refused by a limit.",
+            &[("reason", why.label())],
+            c.refused(why),
+        );
+    }
+    for which in Timeout::ALL {
+        page.counter(
+            "m3u_proxy_connections_timed_out_total",
+            "Connections closed because the client sent no request, no body or nothing at all in time.",
+            &[("timeout", which.label())],
+            c.timed_out(which),
+        );
+    }
+    for what in TooLarge::ALL {
+        page.counter(
+            "m3u_proxy_requests_too_large_total",
+            "Requests refused before any handler for a body, head or URL over its limit.",
+            &[("limit", what.label())],
+            c.too_large(what),
+        );
+    }
 }
 
 /// A route template as a label value, with `:id` for `{id}`: braces are legal in label
@@ -217,6 +259,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             n,
         );
     }
+    connection_series(&mut page, &state.connections);
     for fetch in Fetch::MEASURED {
         if let Some(h) = state.upstream.latency(fetch) {
             page.histogram(

@@ -33,6 +33,7 @@ use crate::registry::Registry;
 use crate::upstream::Upstream;
 
 pub use metrics::{RequestCounts, MAX_STREAM_SERIES};
+pub(crate) use viewer::forwarded_ip;
 pub use viewer::Viewer;
 
 /// Everything a handler needs, cheap to clone.
@@ -47,6 +48,8 @@ pub struct AppState {
     pub cache: Arc<crate::cache::Cache>,
     /// Live TS sharing: settings, counters and each stream's slot.
     pub live: Arc<crate::live::Live>,
+    /// Player connections: open, refused, timed out, and the limits in effect.
+    pub connections: Arc<crate::connections::Connections>,
 }
 
 impl FromRef<AppState> for EventBus {

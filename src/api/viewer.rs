@@ -73,7 +73,7 @@ impl FromRequestParts<AppState> for Viewer {
 /// themselves; the first other hop is the viewer. Entries left of it are whatever the viewer
 /// sent and are never believed. An unreadable hop where the viewer should be gives `None`
 /// (the peer is used). Without the header, `X-Real-IP`, which the proxy sets whole.
-fn forwarded_ip(headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+pub(crate) fn forwarded_ip(headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
     let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()

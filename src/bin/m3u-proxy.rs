@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use m3u_proxy::config::{
-    CacheSettings, ClientLimits, Config, FailoverSettings, FanoutSettings, SlowViewer,
+    CacheSettings, ClientLimits, Config, ConnectionSettings, FailoverSettings, FanoutSettings,
+    SlowViewer,
     UpstreamTimeouts,
 };
 use m3u_proxy::logging::{self, LogFormat};
@@ -106,6 +107,20 @@ struct Args {
     /// What to do with a live viewer that falls behind the buffer: drop it, or skip it ahead.
     #[arg(long, env = "SLOW_VIEWER", value_enum, default_value = "drop")]
     slow_viewer: SlowViewerArg,
+    /// Seconds a player connection may take to send a complete request head (and its body).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    header_read_timeout: f64,
+    /// Seconds an idle keep-alive player connection stays open.
+    #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value_t = 60.0)]
+    keepalive_timeout: f64,
+    /// Most player connections open at once; beyond it, 503 (default: from the
+    /// descriptor limit).
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most connections per client address (the forwarded one behind TRUSTED_PROXIES);
+    /// default: no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -166,6 +181,12 @@ impl Args {
                     SlowViewerArg::Drop => SlowViewer::Drop,
                     SlowViewerArg::Skip => SlowViewer::Skip,
                 },
+            },
+            connections: ConnectionSettings {
+                header_read_timeout: seconds("--header-read-timeout", self.header_read_timeout)?,
+                keepalive_timeout: seconds("--keepalive-timeout", self.keepalive_timeout)?,
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
             },
         })
     }

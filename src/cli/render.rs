@@ -399,6 +399,8 @@ mod tests {
             clients: 2,
             active_connections: 0,
             total_bytes_served: 0,
+            open_connections: 0,
+            max_connections: 0,
         };
         assert_eq!(
             health(&h),

@@ -45,7 +45,7 @@ use std::ops::Range;
 use url::Url;
 
 use super::attributes::attributes;
-use super::UriKind;
+use super::{lines, UriKind};
 
 /// The result of [`rewrite`]: the text to send to the player and what the playlist said.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,32 +114,25 @@ pub fn rewrite(text: &str, base: &Url, map: impl FnMut(&Url, UriKind) -> String)
         variables: Vec::new(),
         info: PlaylistInfo::default(),
     };
-    let mut pos = 0;
-    while pos < text.len() {
-        let (line_len, terminator_len) = next_line(&text.as_bytes()[pos..]);
-        rewriter.line(pos, &text[pos..pos + line_len]);
-        pos += line_len + terminator_len;
+    for (start, line) in lines(text) {
+        rewriter.line(start, line);
     }
     rewriter.finish()
 }
 
-/// True when the text is an HLS playlist (optional BOM / leading whitespace, then `#EXTM3U`).
-/// Used to detect origins that answer 200 with HTML or garbage.
+/// True when the text is an HLS playlist: `#EXTM3U` is its first tag. Blank lines, spaces,
+/// byte-order marks and comments (`#` lines that are not `#EXT` tags) may come before it,
+/// as some origins write them and players accept them. Used to detect origins that answer
+/// 200 with HTML or garbage, which must still be refused.
 pub fn looks_like_playlist(text: &str) -> bool {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    text.trim_start().starts_with("#EXTM3U")
-}
-
-/// Length of the first line of `rest` and of its terminator (0 at the end of the text).
-///
-/// LF and CRLF end a line (RFC 8216 §4.1); a lone CR does too, since some players accept
-/// old-Mac line ends and a playlist read as one long line would not be rewritten at all.
-fn next_line(rest: &[u8]) -> (usize, usize) {
-    match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-        None => (rest.len(), 0),
-        Some(end) if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') => (end, 2),
-        Some(end) => (end, 1),
+    for (_, line) in lines(text) {
+        let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+        if line.is_empty() || (line.starts_with('#') && !line.starts_with("#EXT")) {
+            continue;
+        }
+        return line.starts_with("#EXTM3U");
     }
+    false
 }
 
 /// Blanks around a line or a URI: C0 controls and space, as the URL standard strips them,

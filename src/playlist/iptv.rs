@@ -3,9 +3,9 @@
 //! An IPTV list is `#EXTM3U url-tvg="..."`, then per channel an
 //! `#EXTINF:-1 tvg-id="..." group-title="...",Display Name` line, optional directives
 //! (`#EXTVLCOPT:`, `#EXTGRP:`, `#KODIPROP:`, comments), and the URL line. Real lists are
-//! messy, so reading never fails and never panics: CRLF, BOM, blank lines, unquoted or
-//! single-quoted values, commas and `=` inside quoted values, a missing `#EXTM3U`, URLs without
-//! `#EXTINF` and a dangling `#EXTINF` at the end are all accepted. Directives seen before a
+//! messy, so reading never fails and never panics: CRLF and lone CR line ends, BOM, blank
+//! lines, unquoted or single-quoted values, commas and `=` inside quoted values, a missing
+//! `#EXTM3U`, URLs without `#EXTINF` and a dangling `#EXTINF` at the end are all accepted. Directives seen before a
 //! URL belong to that URL's channel, whether they come before or after its `#EXTINF` (Kodi
 //! lists put `#KODIPROP` first).
 //!
@@ -94,7 +94,7 @@ struct Pending {
 pub fn parse(text: &str) -> ChannelList {
     let mut list = ChannelList::default();
     let mut pending = Pending::default();
-    for (index, raw) in text.lines().enumerate() {
+    for (index, (_, raw)) in super::lines(text).enumerate() {
         // A BOM may also start a later line when lists were concatenated.
         let line = raw.trim_start_matches('\u{feff}').trim();
         if line.is_empty() {
@@ -418,12 +418,25 @@ mod tests {
         assert_eq!(parse("\u{feff}").entries.len(), 0);
     }
 
+    #[test]
+    fn a_lone_cr_ends_a_line() {
+        let text = "#EXTM3U url-tvg=\"g.xml\"\r#EXTINF:-1 tvg-id=\"one\",One\rhttp://a/1\r\n  \r#EXTINF:-1,Two\nhttp://a/2\r";
+        let list = parse(text);
+        assert_eq!(list.header_attrs, pairs(&[("url-tvg", "g.xml")]));
+        let names: Vec<(&str, &str, usize)> = list
+            .entries
+            .iter()
+            .map(|c| (c.name.as_str(), c.url.as_str(), c.line))
+            .collect();
+        assert_eq!(names, [("One", "http://a/1", 2), ("Two", "http://a/2", 5)]);
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_keeps_every_url(text in any::<String>()) {
             let list = parse(&text);
             let urls: Vec<&str> = text
-                .lines()
+                .split(['\n', '\r'])
                 .map(|l| l.trim_start_matches('\u{feff}').trim())
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .collect();

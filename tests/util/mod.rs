@@ -132,12 +132,7 @@ impl Proxy {
     /// any, exactly as the page writes them).
     pub async fn metric(&self, series: &str) -> u64 {
         let page = self.get("/metrics").await.text().await.unwrap();
-        page.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{page}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_sample(&page, series)
     }
 
     /// Shuts the server down and waits for it.
@@ -169,6 +164,14 @@ pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
         .expect("bind");
     let addr = socket.local_addr().expect("bound address");
     (socket, addr)
+/// The value of the sample `series` (name and labels as written) on a `/metrics` page.
+pub fn metric_sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Polls `check` every 20 ms until it gives `Some`, and panics with `what` after `within`.
