@@ -39,6 +39,24 @@ pub struct Config {
     pub cache: CacheSettings,
     /// How viewers of one live TS stream share its upstream; see [`FanoutSettings`].
     pub fanout: FanoutSettings,
+    /// `ROOT_PATH`: a prefix every route also answers under (`/m3u-proxy/health` as well as
+    /// `/health`), for reverse proxies that pass it on. Empty for none; see
+    /// [`normalize_root_path`].
+    pub root_path: String,
+}
+
+/// The default `ROOT_PATH`: where m3u-editor's reverse proxy mounts the proxy.
+pub const DEFAULT_ROOT_PATH: &str = "/m3u-proxy";
+
+/// `ROOT_PATH` as routing needs it: one leading slash, no trailing slash, `""` for none
+/// (`/` and blanks mean none).
+pub fn normalize_root_path(raw: &str) -> String {
+    let trimmed = raw.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
 }
 
 /// Live TS fan-out: all viewers of a live stream read one upstream connection through a
@@ -169,6 +187,7 @@ impl Default for Config {
             failover: FailoverSettings::default(),
             cache: CacheSettings::default(),
             fanout: FanoutSettings::default(),
+            root_path: DEFAULT_ROOT_PATH.to_string(),
         }
     }
 }
@@ -242,6 +261,16 @@ mod tests {
         assert_eq!(c.cache.playlist_ttl, Duration::from_secs(1));
         assert_eq!(c.fanout.buffer, 256);
         assert_eq!(c.fanout.slow_viewer, SlowViewer::Drop);
+        assert_eq!(c.root_path, "/m3u-proxy");
+    }
+
+    #[test]
+    fn root_paths_are_normalized() {
+        assert_eq!(normalize_root_path("/m3u-proxy"), "/m3u-proxy");
+        assert_eq!(normalize_root_path("m3u-proxy/"), "/m3u-proxy");
+        assert_eq!(normalize_root_path(" /a/b/ "), "/a/b");
+        assert_eq!(normalize_root_path("/"), "");
+        assert_eq!(normalize_root_path(""), "");
     }
 
     #[test]

@@ -40,7 +40,9 @@
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
-//!   `/events` (SSE) and `/webhooks`. Translates HTTP to calls on the modules above.
+//!   `/events` (SSE) and `/webhooks`, and m3u-editor's forms of them (`api::editor`: streams
+//!   by metadata, `/info`, `/test-connection`, strict live TS, sticky sessions). Translates
+//!   HTTP to calls on the modules above.
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, serve, drain.
 //! - [`client`] — a typed client of the API, used by the `m3u-client` CLI. Uses `model`.
 //! - [`cli`] — what the CLI shows: tables, sizes, rates, ages, error lines, the `monitor`

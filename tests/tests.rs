@@ -8,6 +8,7 @@ mod cleanup;
 mod cli;
 mod direct;
 mod e2e;
+mod editor;
 mod events;
 mod failover;
 mod failover_e2e;

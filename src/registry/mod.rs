@@ -9,8 +9,8 @@
 //! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -21,8 +21,16 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::events::{EventBus, EventType};
-use crate::model::{ClientInfo, StreamInfo};
+use crate::model::{ClientEditorInfo, ClientInfo, StreamEditorInfo, StreamInfo, StreamType};
 use crate::stream::{Listings, StreamSettings, Switched, UrlCursor};
+
+/// How long after its last request an HLS viewer still counts as watching (m3u-editor's
+/// connection counts, `is_connected`): a player polls its playlist every target duration.
+pub const HLS_WATCH_WINDOW_MS: u64 = 10_000;
+
+/// How long after its last connection closed a direct viewer still counts as watching: a
+/// player reconnecting at once is not a new viewer, and a hang-up stops counting promptly.
+pub const DIRECT_WATCH_GRACE_MS: u64 = 1_000;
 
 /// Monotonic milliseconds since the registry started, on the tokio clock, plus the wall
 /// time of that start for reporting.
@@ -110,6 +118,12 @@ pub struct StreamEntry {
     clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
     /// Cancelled when the stream is deleted: open viewer connections end.
     pub closed: CancellationToken,
+    /// Whether `stream_started` was announced and `stream_stopped` not since.
+    watched: AtomicBool,
+    /// Unix milliseconds of the last switch of URL (0: never).
+    last_failover_unix_ms: AtomicI64,
+    /// With `use_sticky_session`: the URL index whose playlist redirected, and where to.
+    sticky: Mutex<Option<(usize, Url)>>,
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
@@ -144,18 +158,62 @@ impl StreamEntry {
     /// Like [`StreamEntry::switch_from`], at most `cap` times a minute when `cap` is set
     /// (automatic switches); says what happened.
     pub fn switch(&self, from: usize, reason: &str, cap: Option<u32>) -> Switched {
-        let switched = self.cursor.switch(from, self.settings().url_count(), cap);
+        let count = self.settings().url_count();
+        self.switch_to(from, (from + 1) % count, reason, cap)
+    }
+
+    /// Like [`StreamEntry::switch`], to the URL at `to`.
+    pub fn switch_to(&self, from: usize, to: usize, reason: &str, cap: Option<u32>) -> Switched {
+        let switched = self
+            .cursor
+            .switch_to(from, to, self.settings().url_count(), cap);
         if let Switched::Moved { from, to } = switched {
             self.counters.failovers.fetch_add(1, Ordering::Relaxed);
             self.totals.failovers.fetch_add(1, Ordering::Relaxed);
+            self.last_failover_unix_ms
+                .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
             self.events.emit(
                 EventType::Failover,
                 Some(&self.id),
                 None,
-                serde_json::json!({"from_index": from, "to_index": to, "reason": reason}),
+                with_metadata(
+                    serde_json::json!({"from_index": from, "to_index": to, "reason": reason}),
+                    &self.settings(),
+                ),
             );
         }
         switched
+    }
+
+    /// Appends a URL a failover resolver named to the stream's list and returns its index,
+    /// or the index it already has.
+    pub fn add_resolved_url(&self, url: Url) -> usize {
+        let mut settings = self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = settings.urls().position(|u| *u == url) {
+            return i;
+        }
+        let mut next = (**settings).clone();
+        next.failover_urls.push(url);
+        let index = next.failover_urls.len();
+        *settings = Arc::new(next);
+        index
+    }
+
+    /// With `use_sticky_session`: where URL `index` redirected its playlist, if it did.
+    pub fn sticky_url(&self, index: usize) -> Option<Url> {
+        let sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
+        sticky
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, u)| u.clone())
+    }
+
+    /// Remembers (or, with `None`, forgets) where URL `index` redirected its playlist.
+    pub fn set_sticky_url(&self, index: usize, url: Option<Url>) {
+        *self.sticky.lock().unwrap_or_else(PoisonError::into_inner) = url.map(|u| (index, u));
     }
 
     pub fn subscribe_switches(&self) -> watch::Receiver<u64> {
@@ -217,9 +275,30 @@ pub struct ClientEntry {
     pub first_seen_ms: u64,
     last_seen_ms: AtomicU64,
     pub counters: Counters,
+    /// The user name of its latest request that gave one (m3u-editor's `?username=`).
+    username: Mutex<Option<String>>,
+    /// Cancelled when this viewer is ended alone (`DELETE /hls/{id}/clients/{cid}`) or
+    /// with its stream: a child of the stream's token.
+    pub closed: CancellationToken,
 }
 
 impl ClientEntry {
+    pub fn username(&self) -> Option<String> {
+        self.username
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_username(&self, name: Option<&str>) {
+        if let Some(name) = name {
+            let mut slot = self.username.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_deref() != Some(name) {
+                *slot = Some(name.to_string());
+            }
+        }
+    }
+
     pub fn touch(&self, now_ms: u64) {
         self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
@@ -243,6 +322,37 @@ pub enum Removal {
     Deleted,
     /// Nobody played it for `STREAM_TIMEOUT`.
     Idle,
+    /// `DELETE /streams/by-metadata`.
+    MetadataFilter,
+    /// `DELETE /streams/oldest-by-metadata`.
+    Oldest,
+}
+
+impl Removal {
+    /// The `reason` of its `stream_stopped` event, in m3u-editor's words.
+    pub fn stop_reason(self) -> &'static str {
+        match self {
+            Removal::Deleted => "manual_deletion",
+            Removal::Idle => "inactive_timeout",
+            Removal::MetadataFilter => "metadata_filter_deletion",
+            Removal::Oldest => "oldest_stream_deletion",
+        }
+    }
+}
+
+/// `data` with the stream's metadata added as `data.metadata` (m3u-editor reads it on
+/// every stream and client event).
+fn with_metadata(mut data: serde_json::Value, settings: &StreamSettings) -> serde_json::Value {
+    if let Some(map) = data.as_object_mut() {
+        map.insert(
+            "metadata".into(),
+            settings
+                .metadata
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
+        );
+    }
+    data
 }
 
 /// What a cleanup sweep removed.
@@ -351,10 +461,13 @@ impl Registry {
             event,
             Some(&entry.id),
             None,
-            serde_json::json!({
-                "stream_type": settings.stream_type,
-                "failover_urls": settings.failover_urls.len(),
-            }),
+            with_metadata(
+                serde_json::json!({
+                    "stream_type": settings.stream_type,
+                    "failover_urls": settings.failover_urls.len(),
+                }),
+                &settings,
+            ),
         );
         (entry, upsert)
     }
@@ -382,6 +495,9 @@ impl Registry {
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
             closed: CancellationToken::new(),
+            watched: AtomicBool::new(false),
+            last_failover_unix_ms: AtomicI64::new(0),
+            sticky: Mutex::new(None),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
@@ -402,7 +518,10 @@ impl Registry {
             EventType::UpstreamError,
             Some(&stream.id),
             client_id,
-            serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
+            with_metadata(
+                serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
+                &stream.settings(),
+            ),
         );
     }
 
@@ -448,35 +567,160 @@ impl Registry {
             gone.iter().map(|c| c.id.clone()).collect()
         };
         let reason = match why {
-            Removal::Deleted => "stream_deleted",
             Removal::Idle => "stream_idle",
+            _ => "stream_deleted",
         };
+        let settings = entry.settings();
         for c in &gone {
-            self.client_gone(c, id, reason);
+            self.client_gone(c, id, reason, &settings);
         }
         let event = match why {
-            Removal::Deleted => EventType::StreamDeleted,
             Removal::Idle => EventType::StreamIdleRemoved,
+            _ => EventType::StreamDeleted,
         };
+        let mut data = serde_json::json!({
+            "total_bytes_served": Counters::get(&entry.counters.bytes),
+            "clients": gone.len(),
+        });
         self.events.emit(
             event,
             Some(id),
             None,
-            serde_json::json!({
-                "total_bytes_served": Counters::get(&entry.counters.bytes),
-                "clients": gone.len(),
-            }),
+            with_metadata(data.clone(), &settings),
         );
+        data["reason"] = why.stop_reason().into();
+        self.events.emit(
+            EventType::StreamStopped,
+            Some(id),
+            None,
+            with_metadata(data, &settings),
+        );
+        entry.watched.store(false, Ordering::Relaxed);
         Some((entry, gone))
     }
 
-    fn client_gone(&self, client_id: &str, stream_id: &str, reason: &str) {
+    fn client_gone(&self, client_id: &str, stream_id: &str, reason: &str, of: &StreamSettings) {
         self.events.emit(
             EventType::ClientDisconnected,
             Some(stream_id),
             Some(client_id),
-            serde_json::json!({"reason": reason}),
+            with_metadata(serde_json::json!({"reason": reason}), of),
         );
+    }
+
+    /// [`Registry::client_gone`] for a stream that may have gone meanwhile.
+    fn client_gone_of(&self, client_id: &str, stream_id: &str, reason: &str) {
+        let settings = self.stream(stream_id).map(|s| s.settings());
+        match settings {
+            Some(settings) => self.client_gone(client_id, stream_id, reason, &settings),
+            None => {
+                self.events.emit(
+                    EventType::ClientDisconnected,
+                    Some(stream_id),
+                    Some(client_id),
+                    serde_json::json!({"reason": reason, "metadata": {}}),
+                );
+            }
+        }
+    }
+
+    /// Ends one viewer of one stream: forgets it and closes its open connections. False
+    /// when that stream has no such client.
+    pub fn remove_client(&self, stream_id: &str, client_id: &str) -> bool {
+        let Some(stream) = self.stream(stream_id) else {
+            return false;
+        };
+        let removed = {
+            let mut clients = self.clients.write().expect("clients lock");
+            let removed = stream
+                .clients
+                .write()
+                .expect("stream clients lock")
+                .remove(client_id);
+            if removed.is_some() {
+                clients.remove(client_id);
+            }
+            removed
+        };
+        let Some(client) = removed else {
+            return false;
+        };
+        client.closed.cancel();
+        self.client_gone(client_id, stream_id, "removed", &stream.settings());
+        true
+    }
+
+    /// Watching at `now_ms` (m3u-editor's connection counts): a connection is open, or one
+    /// closed within [`DIRECT_WATCH_GRACE_MS`], or for HLS a request came within
+    /// [`HLS_WATCH_WINDOW_MS`].
+    fn watching_at(
+        &self,
+        now_ms: u64,
+        counters: &Counters,
+        last_ms: Option<u64>,
+        kind: StreamType,
+    ) -> bool {
+        let window = match kind {
+            StreamType::Hls => HLS_WATCH_WINDOW_MS,
+            StreamType::Direct => DIRECT_WATCH_GRACE_MS,
+        };
+        Counters::get(&counters.active_connections) > 0
+            || last_ms.is_some_and(|last| now_ms.saturating_sub(last) < window)
+    }
+
+    /// Someone is watching the stream now (see [`Registry::watching_at`]).
+    pub fn stream_is_watched(&self, s: &StreamEntry) -> bool {
+        self.watching_at(
+            self.clock.now_ms(),
+            &s.counters,
+            s.last_viewed_ms(),
+            s.settings().stream_type,
+        )
+    }
+
+    /// This client is watching its stream now.
+    pub fn client_is_connected(&self, c: &ClientEntry, kind: StreamType) -> bool {
+        self.watching_at(
+            self.clock.now_ms(),
+            &c.counters,
+            Some(c.last_seen_ms()),
+            kind,
+        )
+    }
+
+    /// Announces `stream_stopped` (`last_client_disconnected`) for every stream whose last
+    /// viewer left since `stream_started`. Called about once a second.
+    pub fn note_stopped_viewing(&self) {
+        let now = self.clock.now_ms();
+        let stopped: Vec<Arc<StreamEntry>> = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .filter(|s| {
+                s.watched.load(Ordering::Relaxed)
+                    && !self.watching_at(
+                        now,
+                        &s.counters,
+                        s.last_viewed_ms(),
+                        s.settings().stream_type,
+                    )
+            })
+            .cloned()
+            .collect();
+        for s in stopped {
+            if s.watched.swap(false, Ordering::AcqRel) {
+                self.events.emit(
+                    EventType::StreamStopped,
+                    Some(&s.id),
+                    None,
+                    with_metadata(
+                        serde_json::json!({"reason": "last_client_disconnected"}),
+                        &s.settings(),
+                    ),
+                );
+            }
+        }
     }
 
     /// Ends every open viewer connection (shutdown). The streams stay registered.
@@ -494,10 +738,23 @@ impl Registry {
         ip: &str,
         user_agent: &str,
     ) -> (Arc<ClientEntry>, bool) {
+        self.client_named(id, stream_id, ip, user_agent, None)
+    }
+
+    /// [`Registry::client`], noting the viewer's user name when the request gave one.
+    pub fn client_named(
+        &self,
+        id: &str,
+        stream_id: &str,
+        ip: &str,
+        user_agent: &str,
+        username: Option<&str>,
+    ) -> (Arc<ClientEntry>, bool) {
         let now = self.clock.now_ms();
         if let Some(c) = self.clients.read().expect("clients lock").get(id) {
             if c.stream_id == stream_id {
                 c.touch(now);
+                c.set_username(username);
                 return (c.clone(), false);
             }
         }
@@ -506,6 +763,7 @@ impl Registry {
         if let Some(c) = clients.get(id) {
             if c.stream_id == stream_id {
                 c.touch(now);
+                c.set_username(username);
                 return (c.clone(), false);
             }
         }
@@ -517,6 +775,16 @@ impl Registry {
             first_seen_ms: now,
             last_seen_ms: AtomicU64::new(now),
             counters: Counters::default(),
+            username: Mutex::new(username.map(str::to_string)),
+            closed: match &stream {
+                Some(s) => s.closed.child_token(),
+                // A stream deleted meanwhile: nothing left to watch.
+                None => {
+                    let closed = CancellationToken::new();
+                    closed.cancel();
+                    closed
+                }
+            },
         });
         // A stream deleted while this request was on its way: the request is about to end,
         // and tracking its viewer would leave a client of nothing behind.
@@ -541,13 +809,21 @@ impl Registry {
             .insert(id.to_string(), entry.clone());
         drop(clients);
         if let Some(old) = moved {
-            self.client_gone(&old.id, &old.stream_id, "moved_to_other_stream");
+            self.client_gone_of(&old.id, &old.stream_id, "moved_to_other_stream");
         }
         self.events.emit(
             EventType::ClientConnected,
             Some(stream_id),
             Some(id),
-            serde_json::json!({"ip_address": ip, "user_agent": user_agent}),
+            with_metadata(
+                serde_json::json!({
+                    "ip_address": ip,
+                    "user_agent": user_agent,
+                    "username": username,
+                    "stream_client_count": stream.client_count(),
+                }),
+                &stream.settings(),
+            ),
         );
         (entry, true)
     }
@@ -659,7 +935,7 @@ impl Registry {
         }
         idle_clients.sort();
         for (client_id, stream_id) in &idle_clients {
-            self.client_gone(client_id, stream_id, "idle");
+            self.client_gone_of(client_id, stream_id, "idle");
         }
         swept.clients.extend(idle_clients);
         swept
@@ -693,6 +969,21 @@ impl Registry {
             is_active: self.stream_is_active(s),
             created_at: s.created_at,
             last_access: self.last_seen_utc(&s.counters, s.last_access_ms()),
+            editor: StreamEditorInfo {
+                has_failover: !settings.failover_urls.is_empty()
+                    || settings.options.failover_resolver_url.is_some(),
+                failover_resolver_url: settings
+                    .options
+                    .failover_resolver_url
+                    .as_ref()
+                    .map(Url::to_string),
+                current_failover_index: index as i64 - 1,
+                failover_attempts: Counters::get(&s.counters.failovers),
+                last_failover_time: match s.last_failover_unix_ms.load(Ordering::Relaxed) {
+                    0 => None,
+                    ms => DateTime::from_timestamp_millis(ms),
+                },
+            },
         }
     }
 
@@ -709,6 +1000,16 @@ impl Registry {
             active_connections: Counters::get(&c.counters.active_connections),
             bytes_per_second: c.counters.bytes_per_second(),
             is_active: self.client_active_at(self.clock.now_ms(), c),
+            editor: ClientEditorInfo {
+                username: c.username(),
+                created_at: Some(self.clock.to_utc(c.first_seen_ms)),
+                last_access: Some(self.last_seen_utc(&c.counters, c.last_seen_ms())),
+                is_connected: self.client_is_connected(
+                    c,
+                    self.stream(&c.stream_id)
+                        .map_or(StreamType::Direct, |s| s.settings().stream_type),
+                ),
+            },
         }
     }
 }
@@ -748,6 +1049,20 @@ impl Viewing {
         client.touch(now);
         for c in [&registry.totals, &stream.counters, &client.counters] {
             c.active_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        if !stream.closed.is_cancelled() && !stream.watched.swap(true, Ordering::AcqRel) {
+            registry.events.emit(
+                EventType::StreamStarted,
+                Some(&stream.id),
+                Some(&client.id),
+                with_metadata(
+                    serde_json::json!({
+                        "url": stream.current_url().1.as_str(),
+                        "client_id": client.id,
+                    }),
+                    &stream.settings(),
+                ),
+            );
         }
         Self {
             registry,
@@ -818,6 +1133,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Hls,
+            options: Default::default(),
         }
     }
 
