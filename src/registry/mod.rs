@@ -1218,6 +1218,70 @@ mod tests {
         assert!(!r.stream_info(&s).is_active);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_direct_viewer_stops_counting_a_second_after_hanging_up_and_hls_after_ten() {
+        use std::time::Duration;
+        let r = Arc::new(Registry::new(b"k"));
+        let mut direct = settings("http://o/live.ts", &[]);
+        direct.stream_type = StreamType::Direct;
+        let (d, _) = r.upsert(direct);
+        let (h, _) = r.upsert(settings("http://o/a.m3u8", &[]));
+        let mut events = r.events.subscribe();
+        let (dc, _) = r.client("tv", &d.id, "1.1.1.1", "ua");
+        let (hc, _) = r.client("phone", &h.id, "1.1.1.2", "ua");
+        let watching = Viewing::new(r.clone(), d.clone(), dc.clone());
+        drop(Viewing::new(r.clone(), h.clone(), hc.clone())); // one playlist request
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(
+            r.stream_is_watched(&d),
+            "an open connection counts for hours"
+        );
+        assert!(r.client_is_connected(&dc, StreamType::Direct));
+        assert!(!r.stream_is_watched(&h));
+        drop(watching);
+        assert!(
+            r.stream_is_watched(&d),
+            "a reconnect a moment later is not a new viewer"
+        );
+        tokio::time::advance(Duration::from_millis(DIRECT_WATCH_GRACE_MS)).await;
+        assert!(!r.stream_is_watched(&d));
+        assert!(!r.client_is_connected(&dc, StreamType::Direct));
+        drop(Viewing::new(r.clone(), h.clone(), hc.clone()));
+        tokio::time::advance(Duration::from_millis(HLS_WATCH_WINDOW_MS - 1)).await;
+        assert!(
+            r.stream_is_watched(&h),
+            "an HLS player between two requests"
+        );
+        r.note_stopped_viewing();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!r.stream_is_watched(&h));
+        r.note_stopped_viewing();
+        r.note_stopped_viewing();
+        let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .filter(|e| e.event_type.is_opt_in())
+            .map(|e| (e.event_type, e.stream_id.unwrap(), e.data["reason"].clone()))
+            .collect();
+        let stopped = || serde_json::Value::from("last_client_disconnected");
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    EventType::StreamStarted,
+                    d.id.clone(),
+                    serde_json::Value::Null
+                ),
+                (
+                    EventType::StreamStarted,
+                    h.id.clone(),
+                    serde_json::Value::Null
+                ),
+                (EventType::StreamStopped, d.id.clone(), stopped()),
+                (EventType::StreamStopped, h.id.clone(), stopped()),
+            ],
+            "each start and stop once"
+        );
+    }
+
     #[tokio::test]
     async fn each_stream_lists_only_its_own_clients_and_a_moving_client_changes_lists() {
         let r = Registry::new(b"k");
