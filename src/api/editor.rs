@@ -141,11 +141,10 @@ fn matching(registry: &Registry, field: &str, value: &str) -> Vec<Arc<StreamEntr
 
 /// How many of the stream's clients are watching now.
 fn connected_clients(registry: &Registry, stream: &StreamEntry) -> usize {
-    let kind = stream.settings().stream_type;
     stream
         .clients()
         .iter()
-        .filter(|c| registry.client_is_connected(c, kind))
+        .filter(|c| registry.client_is_connected(c))
         .count()
 }
 

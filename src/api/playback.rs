@@ -73,6 +73,7 @@ pub async fn master_playlist(
     report(&viewing, &faults);
     let (index, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
     let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
+    stream.note_target_duration(info.target_duration);
     stream
         .listings
         .remember(index, Listing::new(stream.generation(), &info));
@@ -118,7 +119,9 @@ pub async fn signed_reference(
                 .await;
             report(&viewing, &faults);
             let (_, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
-            Ok(playlist_response(&state, &stream, viewing, &fetched, "../").0)
+            let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "../");
+            stream.note_target_duration(info.target_duration);
+            Ok(response)
         }
         kind => {
             // A HEAD asks about a segment without playing it.

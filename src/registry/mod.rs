@@ -25,7 +25,8 @@ use crate::model::{ClientEditorInfo, ClientInfo, StreamEditorInfo, StreamInfo, S
 use crate::stream::{Listings, StreamSettings, Switched, UrlCursor};
 
 /// How long after its last request an HLS viewer still counts as watching (m3u-editor's
-/// connection counts, `is_connected`): a player polls its playlist every target duration.
+/// connection counts, `is_connected`), or two target durations when that is longer: a
+/// player polls its playlist about every target duration.
 pub const HLS_WATCH_WINDOW_MS: u64 = 10_000;
 
 /// How long after its last connection closed a direct viewer still counts as watching: a
@@ -124,6 +125,8 @@ pub struct StreamEntry {
     last_failover_unix_ms: AtomicI64,
     /// With `use_sticky_session`: the URL index whose playlist redirected, and where to.
     sticky: Mutex<Option<(usize, Url)>>,
+    /// The longest `EXT-X-TARGETDURATION` its playlists gave, in ms (0: none seen).
+    target_duration_ms: AtomicU64,
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
@@ -200,6 +203,24 @@ impl StreamEntry {
         let index = next.failover_urls.len();
         *settings = Arc::new(next);
         index
+    }
+
+    /// Notes a playlist's target duration: an HLS viewer counts as watching for two of them.
+    pub fn note_target_duration(&self, seconds: Option<f64>) {
+        if let Some(s) = seconds.filter(|s| s.is_finite() && *s > 0.0) {
+            let ms = (s.min(3600.0) * 1000.0) as u64;
+            self.target_duration_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long after its last request a viewer of this stream still counts as watching.
+    fn watch_window_ms(&self) -> u64 {
+        match self.settings().stream_type {
+            StreamType::Hls => {
+                HLS_WATCH_WINDOW_MS.max(2 * self.target_duration_ms.load(Ordering::Relaxed))
+            }
+            StreamType::Direct => DIRECT_WATCH_GRACE_MS,
+        }
     }
 
     /// With `use_sticky_session`: where URL `index` redirected its playlist, if it did.
@@ -498,6 +519,7 @@ impl Registry {
             watched: AtomicBool::new(false),
             last_failover_unix_ms: AtomicI64::new(0),
             sticky: Mutex::new(None),
+            target_duration_ms: AtomicU64::new(0),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
@@ -650,20 +672,16 @@ impl Registry {
         true
     }
 
-    /// Watching at `now_ms` (m3u-editor's connection counts): a connection is open, or one
-    /// closed within [`DIRECT_WATCH_GRACE_MS`], or for HLS a request came within
-    /// [`HLS_WATCH_WINDOW_MS`].
+    /// Watching at `now_ms` (m3u-editor's connection counts): a connection is open, or the
+    /// last one closed within `window` ms: [`DIRECT_WATCH_GRACE_MS`], or for HLS
+    /// [`HLS_WATCH_WINDOW_MS`] or two target durations.
     fn watching_at(
         &self,
         now_ms: u64,
         counters: &Counters,
         last_ms: Option<u64>,
-        kind: StreamType,
+        window: u64,
     ) -> bool {
-        let window = match kind {
-            StreamType::Hls => HLS_WATCH_WINDOW_MS,
-            StreamType::Direct => DIRECT_WATCH_GRACE_MS,
-        };
         Counters::get(&counters.active_connections) > 0
             || last_ms.is_some_and(|last| now_ms.saturating_sub(last) < window)
     }
@@ -674,17 +692,20 @@ impl Registry {
             self.clock.now_ms(),
             &s.counters,
             s.last_viewed_ms(),
-            s.settings().stream_type,
+            s.watch_window_ms(),
         )
     }
 
     /// This client is watching its stream now.
-    pub fn client_is_connected(&self, c: &ClientEntry, kind: StreamType) -> bool {
+    pub fn client_is_connected(&self, c: &ClientEntry) -> bool {
+        let window = self
+            .stream(&c.stream_id)
+            .map_or(DIRECT_WATCH_GRACE_MS, |s| s.watch_window_ms());
         self.watching_at(
             self.clock.now_ms(),
             &c.counters,
             Some(c.last_seen_ms()),
-            kind,
+            window,
         )
     }
 
@@ -699,12 +720,7 @@ impl Registry {
             .values()
             .filter(|s| {
                 s.watched.load(Ordering::Relaxed)
-                    && !self.watching_at(
-                        now,
-                        &s.counters,
-                        s.last_viewed_ms(),
-                        s.settings().stream_type,
-                    )
+                    && !self.watching_at(now, &s.counters, s.last_viewed_ms(), s.watch_window_ms())
             })
             .cloned()
             .collect();
@@ -1004,11 +1020,7 @@ impl Registry {
                 username: c.username(),
                 created_at: Some(self.clock.to_utc(c.first_seen_ms)),
                 last_access: Some(self.last_seen_utc(&c.counters, c.last_seen_ms())),
-                is_connected: self.client_is_connected(
-                    c,
-                    self.stream(&c.stream_id)
-                        .map_or(StreamType::Direct, |s| s.settings().stream_type),
-                ),
+                is_connected: self.client_is_connected(c),
             },
         }
     }
@@ -1236,7 +1248,7 @@ mod tests {
             r.stream_is_watched(&d),
             "an open connection counts for hours"
         );
-        assert!(r.client_is_connected(&dc, StreamType::Direct));
+        assert!(r.client_is_connected(&dc));
         assert!(!r.stream_is_watched(&h));
         drop(watching);
         assert!(
@@ -1245,9 +1257,11 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(DIRECT_WATCH_GRACE_MS)).await;
         assert!(!r.stream_is_watched(&d));
-        assert!(!r.client_is_connected(&dc, StreamType::Direct));
+        assert!(!r.client_is_connected(&dc));
+        // A playlist with 6 s segments: polled every 6 s, counted for 12.
+        h.note_target_duration(Some(6.0));
         drop(Viewing::new(r.clone(), h.clone(), hc.clone()));
-        tokio::time::advance(Duration::from_millis(HLS_WATCH_WINDOW_MS - 1)).await;
+        tokio::time::advance(Duration::from_millis(12_000 - 1)).await;
         assert!(
             r.stream_is_watched(&h),
             "an HLS player between two requests"
