@@ -43,6 +43,10 @@ pub struct Config {
     pub fanout: FanoutSettings,
     /// Player-side connection timeouts and limits; see [`ConnectionSettings`].
     pub connections: ConnectionSettings,
+    /// `ROOT_PATH`: a prefix every route also answers under (`/m3u-proxy/health` as well as
+    /// `/health`), for reverse proxies that pass it on. Empty for none; see
+    /// [`normalize_root_path`].
+    pub root_path: String,
 }
 
 /// What a player connection may cost: how long it may take to send a request, how long it
@@ -93,6 +97,21 @@ impl Default for ClientLimits {
             per_stream: 2_000,
             total: 20_000,
         }
+    }
+}
+
+
+/// The default `ROOT_PATH`: where m3u-editor's reverse proxy mounts the proxy.
+pub const DEFAULT_ROOT_PATH: &str = "/m3u-proxy";
+
+/// `ROOT_PATH` as routing needs it: one leading slash, no trailing slash, `""` for none
+/// (`/` and blanks mean none).
+pub fn normalize_root_path(raw: &str) -> String {
+    let trimmed = raw.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
     }
 }
 
@@ -227,6 +246,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             fanout: FanoutSettings::default(),
             connections: ConnectionSettings::default(),
+            root_path: DEFAULT_ROOT_PATH.to_string(),
         }
     }
 }
@@ -314,6 +334,16 @@ mod tests {
         assert_eq!(c.connections.keepalive_timeout, Duration::from_secs(60));
         assert_eq!(c.connections.max_connections, None);
         assert_eq!(c.connections.max_connections_per_ip, None);
+        assert_eq!(c.root_path, "/m3u-proxy");
+    }
+
+    #[test]
+    fn root_paths_are_normalized() {
+        assert_eq!(normalize_root_path("/m3u-proxy"), "/m3u-proxy");
+        assert_eq!(normalize_root_path("m3u-proxy/"), "/m3u-proxy");
+        assert_eq!(normalize_root_path(" /a/b/ "), "/a/b");
+        assert_eq!(normalize_root_path("/"), "");
+        assert_eq!(normalize_root_path(""), "");
     }
 
     #[test]

@@ -41,11 +41,15 @@ pub enum EventType {
     ClientDisconnected,
     Failover,
     UpstreamError,
+    /// A stream got its first viewer (m3u-editor's name).
+    StreamStarted,
+    /// A stream's last viewer left, or the stream was removed; `data.reason` says which.
+    StreamStopped,
 }
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::StreamCreated,
         EventType::StreamUpdated,
         EventType::StreamDeleted,
@@ -54,7 +58,16 @@ impl EventType {
         EventType::ClientDisconnected,
         EventType::Failover,
         EventType::UpstreamError,
+        EventType::StreamStarted,
+        EventType::StreamStopped,
     ];
+
+    /// m3u-editor's vocabulary (`stream_started`, `stream_stopped`), which restates what the
+    /// other events say: delivered only to readers that name it, so a feed or webhook with
+    /// no type filter sees what it always saw.
+    pub fn is_opt_in(self) -> bool {
+        matches!(self, EventType::StreamStarted | EventType::StreamStopped)
+    }
 
     /// The snake_case name, as in JSON, SSE `event:` lines and filters.
     pub fn as_str(self) -> &'static str {
@@ -67,6 +80,8 @@ impl EventType {
             EventType::ClientDisconnected => "client_disconnected",
             EventType::Failover => "failover",
             EventType::UpstreamError => "upstream_error",
+            EventType::StreamStarted => "stream_started",
+            EventType::StreamStopped => "stream_stopped",
         }
     }
 }
@@ -79,7 +94,7 @@ impl fmt::Display for EventType {
 
 /// A name that is not one of [`EventType::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event type {0:?}; expected one of stream_created, stream_updated, stream_deleted, stream_idle_removed, client_connected, client_disconnected, failover, upstream_error")]
+#[error("unknown event type {0:?}; expected one of stream_created, stream_updated, stream_deleted, stream_idle_removed, client_connected, client_disconnected, failover, upstream_error, stream_started, stream_stopped")]
 pub struct UnknownEventType(pub String);
 
 impl FromStr for EventType {
@@ -106,7 +121,8 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
-/// Which events a reader wants. Empty `types` means every type; `None` ids match any event.
+/// Which events a reader wants. Empty `types` means every type but the opt-in ones
+/// ([`EventType::is_opt_in`]); `None` ids match any event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {
     pub types: Vec<EventType>,
@@ -116,7 +132,12 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn matches(&self, event: &Event) -> bool {
-        (self.types.is_empty() || self.types.contains(&event.event_type))
+        let wanted_type = if self.types.is_empty() {
+            !event.event_type.is_opt_in()
+        } else {
+            self.types.contains(&event.event_type)
+        };
+        wanted_type
             && wanted(&self.stream_id, &event.stream_id)
             && wanted(&self.client_id, &event.client_id)
     }

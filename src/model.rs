@@ -29,18 +29,61 @@ impl StreamType {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateStream {
     pub url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::list")]
     pub failover_urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
-    /// Extra request headers sent upstream (e.g. `Referer`, `Authorization`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Extra request headers sent upstream (e.g. `Referer`, `Authorization`). An empty
+    /// JSON list (what PHP sends for an empty map) or `null` means none.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "lenient::map"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Free-form data of the orchestrator, stored and returned as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_type: Option<StreamType>,
+    /// m3u-editor's failover: asked for the next URL when the current one fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_resolver_url: Option<String>,
+    /// Kodi mode for live TS: a player's Range is ignored and HEAD is answered at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_live_ts: Option<bool>,
+    /// Later playlist refreshes go to where the origin redirected, until that fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sticky_session: Option<bool>,
+}
+
+/// Deserializers that accept what PHP clients send for "nothing": `null` and `[]`.
+mod lenient {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum MapOrList {
+        Map(BTreeMap<String, String>),
+        List(Vec<serde_json::Value>),
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+        match Option::<MapOrList>::deserialize(d)? {
+            None => Ok(BTreeMap::new()),
+            Some(MapOrList::Map(m)) => Ok(m),
+            Some(MapOrList::List(l)) if l.is_empty() => Ok(BTreeMap::new()),
+            Some(MapOrList::List(_)) => Err(serde::de::Error::custom(
+                "expected a map of header names to values",
+            )),
+        }
+    }
+
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+    }
 }
 
 /// `POST /streams` answer.
@@ -57,6 +100,11 @@ pub struct StreamCreated {
     pub failover_urls: Vec<String>,
     pub user_agent: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// m3u-editor's names: the registered URL, and a line for logs.
+    #[serde(default)]
+    pub primary_url: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// One stream as the API reports it.
@@ -84,6 +132,25 @@ pub struct StreamInfo {
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub last_access: DateTime<Utc>,
+    /// The same facts under m3u-editor's names.
+    #[serde(flatten)]
+    pub editor: StreamEditorInfo,
+}
+
+/// A stream's failover state as m3u-editor reads it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamEditorInfo {
+    #[serde(default)]
+    pub has_failover: bool,
+    #[serde(default)]
+    pub failover_resolver_url: Option<String>,
+    /// -1 on the original URL, else the index in `failover_urls`.
+    #[serde(default)]
+    pub current_failover_index: i64,
+    #[serde(default)]
+    pub failover_attempts: u64,
+    #[serde(default)]
+    pub last_failover_time: Option<DateTime<Utc>>,
 }
 
 /// One viewer of one stream.
@@ -103,6 +170,24 @@ pub struct ClientInfo {
     /// spends most of its time between requests). Defaulted when reading an older server.
     #[serde(default)]
     pub is_active: bool,
+    /// The same facts under m3u-editor's names, and the viewer's user name.
+    #[serde(flatten)]
+    pub editor: ClientEditorInfo,
+}
+
+/// A client as m3u-editor reads it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientEditorInfo {
+    /// `?username=`, `?user=`, `?u=` or `X-Username` of its latest request.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_access: Option<DateTime<Utc>>,
+    /// Watching now: a connection is open, or an HLS request came within the last 10 s.
+    #[serde(default)]
+    pub is_connected: bool,
 }
 
 /// `GET /streams`.
@@ -125,6 +210,9 @@ pub struct StreamDetail {
 pub struct ClientList {
     pub clients: Vec<ClientInfo>,
     pub total: usize,
+    /// m3u-editor's name of `total`.
+    #[serde(default)]
+    pub total_clients: usize,
 }
 
 /// `DELETE /streams/{id}`.
@@ -189,6 +277,21 @@ pub struct Health {
     pub open_connections: u64,
     #[serde(default)]
     pub max_connections: u64,
+    /// The totals under m3u-editor's names.
+    #[serde(default)]
+    pub stats: HealthStats,
+}
+
+/// `GET /health` `stats`, as m3u-editor reads them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthStats {
+    pub total_streams: usize,
+    pub active_streams: usize,
+    pub total_clients: usize,
+    pub active_clients: usize,
+    pub total_bytes_served: u64,
+    pub total_segments_served: u64,
+    pub uptime_seconds: u64,
 }
 
 /// Every error answer of the API: `{"detail": "...", "code": "..."}`.

@@ -290,6 +290,8 @@ async fn maintain(state: AppState) {
                 state.registry.tick_rates((now - last_rate).as_secs_f64());
                 last_rate = now;
                 state.cache.purge();
+                // m3u-editor frees a provider slot on `stream_stopped`: announce it promptly.
+                state.registry.note_stopped_viewing();
             }
             _ = sweep.tick() => {
                 let swept = state.registry.sweep(

@@ -10,6 +10,7 @@ mod direct;
 mod docs;
 mod e2e;
 mod errors;
+mod editor;
 mod events;
 mod failover;
 mod failover_e2e;

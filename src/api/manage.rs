@@ -8,11 +8,11 @@ use url::Url;
 
 use crate::error::ApiError;
 use crate::model::{
-    ClientInfo, ClientList, CreateStream, FailoverDone, Health, ProxyStats, Stats, StreamCreated,
-    StreamDeleted, StreamDetail, StreamList, StreamType,
+    ClientInfo, ClientList, CreateStream, FailoverDone, Health, HealthStats, ProxyStats, Stats,
+    StreamCreated, StreamDeleted, StreamDetail, StreamList, StreamType,
 };
 use crate::registry::{Counters, Removal, Upsert};
-use crate::stream::StreamSettings;
+use crate::stream::{StreamOptions, StreamSettings};
 
 use super::json::AppJson;
 use super::AppState;
@@ -46,6 +46,16 @@ pub async fn create_stream(
         .map(|u| parse_upstream_url("failover_urls", u))
         .collect::<Result<Vec<_>, _>>()?;
     let headers = upstream_headers(&req)?;
+    let options = StreamOptions {
+        failover_resolver_url: req
+            .failover_resolver_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| parse_upstream_url("failover_resolver_url", u))
+            .transpose()?,
+        strict_live_ts: req.strict_live_ts.unwrap_or(false),
+        use_sticky_session: req.use_sticky_session.unwrap_or(false),
+    };
     let existing = state
         .registry
         .stream(&state.registry.stream_id_for(&original_url));
@@ -56,6 +66,7 @@ pub async fn create_stream(
         headers,
         metadata: req.metadata,
         stream_type: StreamType::Hls,
+        options,
     };
     settings.stream_type = match (req.stream_type, existing) {
         (Some(t), _) => t,
@@ -86,6 +97,11 @@ pub async fn create_stream(
         failover_urls: settings.failover_urls.iter().map(Url::to_string).collect(),
         user_agent: settings.user_agent.clone(),
         created_at: entry.created_at,
+        primary_url: settings.original_url.to_string(),
+        message: match upsert {
+            Upsert::Created => "Stream created".to_string(),
+            Upsert::Updated => "Stream updated".to_string(),
+        },
     };
     let status = match upsert {
         Upsert::Created => StatusCode::CREATED,
@@ -270,6 +286,7 @@ pub async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
     let clients: Vec<_> = r.clients().iter().map(|c| r.client_info(c)).collect();
     Json(ClientList {
         total: clients.len(),
+        total_clients: clients.len(),
         clients,
     })
 }
@@ -284,9 +301,11 @@ pub async fn get_client(
     Ok(Json(state.registry.client_info(&c)))
 }
 
-/// Cheap on purpose: counts and atomics only, no per-stream work.
+/// Cheap on purpose: counts and atomics only, no per-stream work beyond one pass over each
+/// map for the active counts. Never asks for the token: `?api_token=` is ignored.
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let r = &state.registry;
+    let (active_streams, active_clients) = r.active_counts();
     Json(Health {
         status: "healthy".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -298,5 +317,14 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         total_bytes_served: Counters::get(&r.totals.bytes),
         open_connections: state.connections.open(),
         max_connections: state.connections.max() as u64,
+        stats: HealthStats {
+            total_streams: r.stream_count(),
+            active_streams,
+            total_clients: r.client_count(),
+            active_clients,
+            total_bytes_served: Counters::get(&r.totals.bytes),
+            total_segments_served: Counters::get(&r.totals.segments),
+            uptime_seconds: r.clock.uptime_seconds(),
+        },
     })
 }

@@ -5,6 +5,7 @@
 //! players, and answer HEAD. Handlers here translate HTTP to calls on the registry and the
 //! upstream client; they hold no lock across an `.await`.
 
+mod editor;
 mod events;
 mod json;
 mod manage;
@@ -64,8 +65,50 @@ impl FromRef<AppState> for Arc<Webhooks> {
     }
 }
 
-/// The whole application: management and playback routes.
+/// The whole application: management and playback routes, answering at the root and, when
+/// `ROOT_PATH` is set, under that prefix too.
 pub fn app(state: AppState) -> Router {
+    let root = state.config.root_path.clone();
+    let routes = routes(state);
+    if root.is_empty() {
+        return routes;
+    }
+    // The prefix is taken off before routing, so every route (and its metrics label) is the
+    // same with or without it; a reverse proxy may strip it or pass it on.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(move |req, next| {
+            strip_root_path(root.clone(), req, next)
+        }))
+}
+
+/// Takes `root` off the front of the request path when it is there (`/m3u-proxy/health`
+/// and `/m3u-proxy` become `/health` and `/`).
+async fn strip_root_path(root: String, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let rest = match path.strip_prefix(root.as_str()) {
+        Some("") => Some("/".to_string()),
+        Some(rest) if rest.starts_with('/') => Some(rest.to_string()),
+        _ => None,
+    };
+    if let Some(rest) = rest {
+        let mut parts = req.uri().clone().into_parts();
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        if let Ok(pq) = format!("{rest}{query}").parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn routes(state: AppState) -> Router {
     let management = Router::new()
         .route(
             "/streams",
@@ -84,6 +127,7 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::webhooks_router())
         // Before the layers, so a wrong method meets them like any request.
         .method_not_allowed_fallback(method_not_allowed)
+        .merge(editor::editor_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let playback = Router::new()

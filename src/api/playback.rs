@@ -48,23 +48,32 @@ pub async fn master_playlist(
     let fetched = state
         .upstream
         .failover()
-        .run(&stream, &mut &viewing, |_, url| {
+        .run(&stream, &mut &viewing, |index, url| {
             let asked = with_ll_hls_params(url.clone(), uri.query());
             let settings = stream.settings();
             let (upstream, cache) = (state.upstream.clone(), state.cache.clone());
-            let stream_id = stream.id.clone();
+            let stream = stream.clone();
             async move {
-                let fetched = cache
-                    .playlist(&stream_id, &asked, || {
-                        upstream.fetch_playlist(&asked, &settings)
-                    })
-                    .await?;
+                let fetch = |url: Url| {
+                    let (upstream, cache, settings) =
+                        (upstream.clone(), cache.clone(), settings.clone());
+                    let stream_id = stream.id.clone();
+                    async move {
+                        cache
+                            .playlist(&stream_id, &url, || {
+                                upstream.fetch_playlist(&url, &settings)
+                            })
+                            .await
+                    }
+                };
+                let fetched = super::editor::sticky_fetch(&stream, index, asked, fetch).await?;
                 Ok((url, fetched))
             }
         })
         .await;
     let (_, (url, fetched)) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
     let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "");
+    stream.note_target_duration(info.target_duration);
     stream
         .listings
         .remember(&url, Listing::new(stream.generation(), &info));
@@ -108,7 +117,9 @@ pub async fn signed_reference(
                 })
                 .await;
             let (_, fetched) = fetched.inspect_err(|e| viewing.upstream_error(e))?;
-            Ok(playlist_response(&state, &stream, viewing, &fetched, "../").0)
+            let (response, info) = playlist_response(&state, &stream, viewing, &fetched, "../");
+            stream.note_target_duration(info.target_duration);
+            Ok(response)
         }
         kind => {
             // A HEAD asks about a segment without playing it.
@@ -224,24 +235,51 @@ pub async fn direct(
     Path(id): Path<String>,
     viewer: Viewer,
     method: Method,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     let stream = find_stream(&state, &id)?;
     if stream.settings().stream_type == StreamType::Hls {
-        // A player pointed at the direct route of an HLS stream still gets to play it.
-        let location = format!("../hls/{id}/playlist.m3u8");
+        // A player pointed at the direct route of an HLS stream still gets to play it. The
+        // location is relative, so it holds behind a proxy that strips a path prefix and
+        // behind one that does not; the query (user name, client id) goes along.
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let location = format!("../hls/{id}/playlist.m3u8{query}");
         return Ok((
             StatusCode::TEMPORARY_REDIRECT,
             [(header::LOCATION, location)],
         )
             .into_response());
     }
-    let client = identify(&state, &stream, &viewer, None);
+    let strict = super::editor::strict_live_ts(&stream);
+    if strict {
+        if method == Method::HEAD {
+            return Ok(super::editor::strict_head());
+        }
+        // Kodi seeks a live TS with a Range; a live channel has no ranges to give.
+        headers.remove(header::RANGE);
+        headers.remove(header::IF_RANGE);
+    }
+    let mut res = direct_response(&state, stream, viewer, method, headers).await?;
+    if strict {
+        super::editor::strict_headers(res.headers_mut());
+    }
+    Ok(res)
+}
+
+async fn direct_response(
+    state: &AppState,
+    stream: Arc<StreamEntry>,
+    viewer: Viewer,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let client = identify(state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
     let shareable =
         method == Method::GET && asks_from_the_start(&headers) && state.live.may_share(&stream);
     if shareable {
-        let open = || open_direct(&state, &stream, &viewing, &Method::GET, &headers);
+        let open = || open_direct(state, &stream, &viewing, &Method::GET, &headers);
         let tuned = state
             .live
             .tune_in(&state.upstream, &state.registry, &stream, open)
@@ -253,12 +291,12 @@ pub async fn direct(
                 body,
             } => Ok(shared_live_response(status, headers, body, viewing)),
             Tuned::Own(index, url, res) => {
-                relay_direct(&state, stream, &Method::GET, index, &url, res, viewing)
+                relay_direct(state, stream, &Method::GET, index, &url, res, viewing)
             }
         };
     }
-    let (index, url, res) = open_direct(&state, &stream, &viewing, &method, &headers).await?;
-    relay_direct(&state, stream, &method, index, &url, res, viewing)
+    let (index, url, res) = open_direct(state, &stream, &viewing, &method, &headers).await?;
+    relay_direct(state, stream, &method, index, &url, res, viewing)
 }
 
 /// Opens a direct stream's upstream under the failover policy, counting the failures met.
@@ -390,9 +428,13 @@ fn identify(
                 .registry
                 .derive_client_id(&ip, &viewer.user_agent, &stream.id)
         });
-    let (client, _new) = state
-        .registry
-        .client(&id, &stream.id, &ip, &viewer.user_agent);
+    let (client, _new) = state.registry.client_named(
+        &id,
+        &stream.id,
+        &ip,
+        &viewer.user_agent,
+        viewer.username.as_deref(),
+    );
     client
 }
 
@@ -506,7 +548,8 @@ fn shared_response(
 /// A response body that counts its bytes as they are handed to the player: a HEAD answer,
 /// whose body is never sent, counts nothing, and a viewer who hangs up counts what it got.
 fn counted_body(inner: BoxStream<'static, Result<Chunk, UpstreamError>>, viewing: Viewing) -> Body {
-    let closed = viewing.stream.closed.clone().cancelled_owned();
+    // The client's token is a child of the stream's: deleting either ends the body.
+    let closed = viewing.client.closed.clone().cancelled_owned();
     Body::from_stream(CountedBody {
         inner,
         viewing,

@@ -27,6 +27,8 @@ pub struct Viewer {
     pub named: Option<String>,
     pub ip: IpAddr,
     pub user_agent: String,
+    /// `?username=`, `?user=`, `?u=` or `X-Username` (m3u-editor adds the Xtream user).
+    pub username: Option<String>,
 }
 
 impl FromRequestParts<AppState> for Viewer {
@@ -60,10 +62,23 @@ impl FromRequestParts<AppState> for Viewer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let username = ["username", "user", "u"]
+            .iter()
+            .find_map(|k| query_value(parts.uri.query(), k))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get("x-username")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .map(|u| u.trim().chars().take(MAX_CLIENT_ID).collect::<String>())
+            .filter(|u| !u.is_empty());
         Ok(Viewer {
             named,
             ip,
             user_agent,
+            username,
         })
     }
 }

@@ -28,7 +28,12 @@ where
     Arc<Webhooks>: FromRef<S>,
 {
     Router::new()
-        .route("/webhooks", get(list_webhooks).post(register_webhook))
+        .route(
+            "/webhooks",
+            get(list_webhooks)
+                .post(register_webhook)
+                .delete(remove_webhook_by_url),
+        )
         .route("/webhooks/{id}", get(show_webhook).delete(remove_webhook))
         .layer(DefaultBodyLimit::max(64 * 1024))
 }
@@ -47,10 +52,12 @@ struct RawSpec {
     events: Vec<String>,
     #[serde(default)]
     stream_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "timeout")]
     timeout_secs: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "retry_attempts")]
     max_retries: Option<u32>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 async fn register_webhook(
@@ -69,8 +76,10 @@ async fn register_webhook(
         stream_id: raw.stream_id,
         timeout_secs: raw.timeout_secs,
         max_retries: raw.max_retries,
+        headers: raw.headers,
     };
-    let webhook = webhooks.register(spec)?;
+    // 201 either way: a URL posted again is updated, not doubled.
+    let (webhook, _) = webhooks.register_or_update(spec)?;
     Ok((StatusCode::CREATED, Json(webhook)).into_response())
 }
 
@@ -94,6 +103,36 @@ async fn remove_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<St
         Json(serde_json::json!({ "id": id, "deleted": true })).into_response()
     } else {
         unknown_webhook(&id)
+    }
+}
+
+/// `DELETE /webhooks?webhook_url=...`, or with `{"webhook_url": ...}` as the JSON body
+/// (m3u-editor sends the body).
+async fn remove_webhook_by_url(
+    State(webhooks): State<Arc<Webhooks>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let url = super::viewer::query_value(uri.query(), "webhook_url").or_else(|| {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()?
+            .get("webhook_url")?
+            .as_str()
+            .map(str::to_string)
+    });
+    let Some(url) = url else {
+        return ApiError::bad_request(
+            "missing_webhook_url",
+            "give webhook_url in the query or the JSON body",
+        )
+        .into_response();
+    };
+    if webhooks.remove_url(&url) {
+        Json(serde_json::json!({"message": format!("webhook {url} removed"), "deleted": true}))
+            .into_response()
+    } else {
+        ApiError::not_found("webhook_not_found", format!("no webhook with url {url:?}"))
+            .into_response()
     }
 }
 

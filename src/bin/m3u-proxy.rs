@@ -20,12 +20,15 @@ use m3u_proxy::server::ServerError;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "M3U_PROXY_HOST", default_value = "0.0.0.0")]
-    host: IpAddr,
-    /// Port to listen on.
-    #[arg(long, env = "M3U_PROXY_PORT", default_value_t = 8001)]
-    port: u16,
+    /// Address to listen on [default: 0.0.0.0; `HOST` is read when M3U_PROXY_HOST is unset].
+    #[arg(long, env = "M3U_PROXY_HOST")]
+    host: Option<IpAddr>,
+    /// Port to listen on [default: 8001; `PORT` is read when M3U_PROXY_PORT is unset].
+    #[arg(long, env = "M3U_PROXY_PORT")]
+    port: Option<u16>,
+    /// Path prefix every route also answers under (empty for none).
+    #[arg(long, env = "ROOT_PATH", default_value = m3u_proxy::config::DEFAULT_ROOT_PATH)]
+    root_path: String,
     /// Log at debug level (same as LOG_LEVEL=debug).
     #[arg(long)]
     debug: bool,
@@ -129,6 +132,25 @@ enum SlowViewerArg {
     Skip,
 }
 
+/// The value of an alias variable (`HOST`, `PORT`: the names m3u-editor's compose files
+/// set) when the `M3U_PROXY_` name and the flag were not given.
+fn alias<T: std::str::FromStr>(given: Option<T>, name: &str) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    if given.is_some() {
+        return Ok(given);
+    }
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{name}={v:?}: {e}")),
+        _ => Ok(None),
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormatArg {
     Text,
@@ -143,8 +165,9 @@ fn seconds(name: &str, s: f64) -> Result<Duration, String> {
 impl Args {
     fn into_config(self) -> Result<Config, String> {
         Ok(Config {
-            host: self.host,
-            port: self.port,
+            host: alias(self.host, "HOST")?.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            port: alias(self.port, "PORT")?.unwrap_or(8001),
+            root_path: m3u_proxy::config::normalize_root_path(&self.root_path),
             client_timeout: Duration::from_secs(self.client_timeout),
             client_limits: ClientLimits {
                 per_stream: self.max_clients_per_stream,

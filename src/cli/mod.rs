@@ -151,6 +151,7 @@ pub(crate) mod fixtures {
             is_active: true,
             created_at: now() - chrono::Duration::hours(2),
             last_access: now() - chrono::Duration::minutes(3),
+            editor: Default::default(),
         }
     }
 

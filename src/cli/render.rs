@@ -311,6 +311,7 @@ mod tests {
             active_connections: 0,
             bytes_per_second: 0.0,
             is_active: true,
+            editor: Default::default(),
         }
     }
 
@@ -372,6 +373,8 @@ mod tests {
             failover_urls: vec!["http://b/a.ts".into(), "http://c/a.ts".into()],
             user_agent: Some("VLC".into()),
             created_at: now(),
+            primary_url: "http://o/a.ts".into(),
+            message: "Stream created".into(),
         };
         let mut c = Created {
             stream,
@@ -401,6 +404,7 @@ mod tests {
             total_bytes_served: 0,
             open_connections: 0,
             max_connections: 0,
+            stats: Default::default(),
         };
         assert_eq!(
             health(&h),

@@ -179,17 +179,17 @@ async fn webhook_receives_matching_events_as_json() {
 
     let mut bodies = receiver.bodies();
     bodies.sort_by_key(|(_, body)| body["id"].as_u64());
+    // The event as JSON, plus `event_id` (the id as a string, for m3u-editor).
+    let body_of = |event: &Event| {
+        let mut body = serde_json::to_value(event).unwrap();
+        body["event_id"] = event.id.to_string().into();
+        body
+    };
     assert_eq!(
         bodies,
         vec![
-            (
-                "failover".to_owned(),
-                serde_json::to_value(&failover).unwrap()
-            ),
-            (
-                "client_connected".to_owned(),
-                serde_json::to_value(&joined).unwrap()
-            ),
+            ("failover".to_owned(), body_of(&failover)),
+            ("client_connected".to_owned(), body_of(&joined)),
         ]
     );
     for id in [&failovers.id, &all_of_b.id] {
@@ -327,4 +327,44 @@ async fn emit_stays_fast_while_a_webhook_hangs_and_every_event_is_accounted_for(
     assert!(record.failed <= 8, "{record:?}");
     assert!(record.dropped > 0, "{record:?}");
     assert_eq!((record.delivered, record.in_flight), (0, 0));
+}
+
+#[test]
+fn the_editors_events_reach_only_readers_that_name_them() {
+    let bus = EventBus::new(8);
+    let started = bus.emit(EventType::StreamStarted, Some("a"), None, json!({}));
+    let created = bus.emit(EventType::StreamCreated, Some("a"), None, json!({}));
+    let everything = EventFilter::default();
+    assert!(!everything.matches(&started));
+    assert!(everything.matches(&created));
+    let editor = EventFilter {
+        types: vec![EventType::StreamStarted, EventType::StreamStopped],
+        ..EventFilter::default()
+    };
+    assert!(editor.matches(&started));
+    assert!(!editor.matches(&created));
+}
+
+#[test]
+fn a_url_registered_again_is_updated_not_doubled() {
+    let webhooks = Webhooks::new(quick_limits());
+    let first = webhooks
+        .register_or_update(spec("http://editor/hook", &[EventType::StreamStopped]))
+        .unwrap();
+    assert!(first.1, "new");
+    let again = webhooks
+        .register_or_update(WebhookSpec {
+            timeout_secs: Some(5),
+            ..spec("http://editor/hook", &[EventType::StreamStarted])
+        })
+        .unwrap();
+    assert!(!again.1, "updated");
+    assert_eq!(again.0.id, first.0.id);
+    let all = webhooks.list();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].events, vec![EventType::StreamStarted]);
+    assert_eq!(all[0].timeout_secs, 5);
+    assert!(webhooks.remove_url("http://editor/hook"));
+    assert!(!webhooks.remove_url("http://editor/hook"));
+    assert!(webhooks.is_empty());
 }

@@ -34,6 +34,9 @@ pub struct WebhookSpec {
     /// Retries after the first attempt; defaults to [`WebhookLimits::default_retries`].
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Extra headers sent with every delivery (m3u-editor's `headers`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// A registered webhook and its delivery record, as `GET /webhooks` shows it.
@@ -79,6 +82,8 @@ pub enum WebhookError {
     InvalidSetting(String),
     #[error("at most {0} webhooks can be registered")]
     TooMany(usize),
+    #[error("invalid webhook header {0:?}")]
+    InvalidHeader(String),
 }
 
 impl WebhookError {
@@ -90,6 +95,7 @@ impl WebhookError {
             WebhookError::UnknownEventType(_) => "unknown_event_type",
             WebhookError::InvalidSetting(_) => "invalid_setting",
             WebhookError::TooMany(_) => "too_many_webhooks",
+            WebhookError::InvalidHeader(_) => "invalid_header",
         }
     }
 }
@@ -148,6 +154,7 @@ struct Entry {
     filter: EventFilter,
     timeout: Duration,
     max_retries: u32,
+    headers: reqwest::header::HeaderMap,
     created_at: DateTime<Utc>,
     removed: AtomicBool,
     delivered: AtomicU64,
@@ -179,8 +186,61 @@ impl Webhooks {
         &self.limits
     }
 
+    /// Validates and registers a webhook; it receives events emitted from now on. A URL
+    /// already registered is updated in place (same id, fresh settings), never duplicated:
+    /// m3u-editor registers its URL again on every start. The boolean is true when new.
+    pub fn register_or_update(&self, spec: WebhookSpec) -> Result<(Webhook, bool), WebhookError> {
+        let url = valid_url(&spec.url)?;
+        let existing = self.entries().into_iter().find(|e| e.url == url);
+        let Some(old) = existing else {
+            return self.register(spec).map(|w| (w, true));
+        };
+        let fresh = self.build(spec, Some((&old.id, old.created_at)))?;
+        let mut hooks = self.hooks.write().unwrap_or_else(PoisonError::into_inner);
+        match hooks.iter().position(|e| Arc::ptr_eq(e, &old)) {
+            Some(i) => hooks[i] = Arc::clone(&fresh),
+            None => hooks.push(Arc::clone(&fresh)),
+        }
+        drop(hooks);
+        old.removed.store(true, Relaxed);
+        tracing::info!(webhook_id = %fresh.id, "webhook updated");
+        Ok((fresh.view(), false))
+    }
+
+    /// Unregisters every webhook with this URL; false when there was none.
+    pub fn remove_url(&self, raw: &str) -> bool {
+        let Ok(url) = valid_url(raw) else {
+            return false;
+        };
+        let ids: Vec<String> = self
+            .entries()
+            .iter()
+            .filter(|e| e.url == url)
+            .map(|e| e.id.clone())
+            .collect();
+        let removed = ids.iter().filter(|id| self.remove(id)).count();
+        removed > 0
+    }
+
     /// Validates and registers a webhook; it receives events emitted from now on.
     pub fn register(&self, spec: WebhookSpec) -> Result<Webhook, WebhookError> {
+        let entry = self.build(spec, None)?;
+        let mut hooks = self.hooks.write().unwrap_or_else(PoisonError::into_inner);
+        if hooks.len() >= self.limits.max_webhooks {
+            return Err(WebhookError::TooMany(self.limits.max_webhooks));
+        }
+        hooks.push(Arc::clone(&entry));
+        drop(hooks);
+        tracing::info!(webhook_id = %entry.id, "webhook registered");
+        Ok(entry.view())
+    }
+
+    /// A validated entry for `spec`, with a fresh id or the given one.
+    fn build(
+        &self,
+        spec: WebhookSpec,
+        keep: Option<(&String, DateTime<Utc>)>,
+    ) -> Result<Arc<Entry>, WebhookError> {
         let url = valid_url(&spec.url)?;
         let timeout = match spec.timeout_secs {
             None => self.limits.default_timeout,
@@ -207,8 +267,21 @@ impl Webhooks {
                 events.push(event_type);
             }
         }
-        let entry = Arc::new(Entry {
-            id: format!("{:032x}", rand::random::<u128>()),
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &spec.headers {
+            let bad = || WebhookError::InvalidHeader(name.clone());
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|_| bad())?,
+                reqwest::header::HeaderValue::from_str(value).map_err(|_| bad())?,
+            );
+        }
+        let (id, created_at) = match keep {
+            Some((id, at)) => (id.clone(), at),
+            None => (format!("{:032x}", rand::random::<u128>()), Utc::now()),
+        };
+        Ok(Arc::new(Entry {
+            id,
             url,
             filter: EventFilter {
                 types: events,
@@ -217,7 +290,8 @@ impl Webhooks {
             },
             timeout,
             max_retries,
-            created_at: Utc::now(),
+            headers,
+            created_at,
             removed: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -225,15 +299,7 @@ impl Webhooks {
             dropped: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last: Mutex::default(),
-        });
-        let mut hooks = self.hooks.write().unwrap_or_else(PoisonError::into_inner);
-        if hooks.len() >= self.limits.max_webhooks {
-            return Err(WebhookError::TooMany(self.limits.max_webhooks));
-        }
-        hooks.push(Arc::clone(&entry));
-        drop(hooks);
-        tracing::info!(webhook_id = %entry.id, "webhook registered");
-        Ok(entry.view())
+        }))
     }
 
     /// Every webhook with its delivery record, in registration order.
@@ -297,9 +363,7 @@ impl Webhooks {
                 tracing::warn!(webhook_id = %entry.id, event_id = event.id, "webhook delivery dropped: too many in flight");
                 continue;
             };
-            let body = body
-                .get_or_insert_with(|| Bytes::from(serde_json::to_vec(event).unwrap_or_default()))
-                .clone();
+            let body = body.get_or_insert_with(|| webhook_body(event)).clone();
             let delivery = Delivery {
                 slot,
                 http: http.clone(),
@@ -318,6 +382,16 @@ impl Webhooks {
             });
         }
     }
+}
+
+/// The JSON a receiver gets: the event, plus `event_id` (the id as a string), the name
+/// m3u-editor's receiver reads.
+fn webhook_body(event: &Event) -> Bytes {
+    let mut value = serde_json::to_value(event).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("event_id".into(), event.id.to_string().into());
+    }
+    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
 }
 
 fn valid_url(raw: &str) -> Result<url::Url, WebhookError> {
@@ -436,7 +510,9 @@ impl Delivery {
             .http
             .post(entry.url.clone())
             .timeout(entry.timeout)
+            .headers(entry.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::USER_AGENT, "M3U-Proxy-Webhook/1.0")
             .header("x-m3u-proxy-event", self.event_type.as_str())
             .header("x-m3u-proxy-event-id", self.event_id)
             .body(self.body.clone());

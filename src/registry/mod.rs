@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -22,8 +22,17 @@ use url::Url;
 
 use crate::config::ClientLimits;
 use crate::events::{EventBus, EventType};
-use crate::model::{ClientInfo, StreamInfo};
+use crate::model::{ClientEditorInfo, ClientInfo, StreamEditorInfo, StreamInfo, StreamType};
 use crate::stream::{Listings, StreamSettings, Switched, UrlCursor};
+
+/// How long after its last request an HLS viewer still counts as watching (m3u-editor's
+/// connection counts, `is_connected`), or two target durations when that is longer: a
+/// player polls its playlist about every target duration.
+pub const HLS_WATCH_WINDOW_MS: u64 = 10_000;
+
+/// How long after its last connection closed a direct viewer still counts as watching: a
+/// player reconnecting at once is not a new viewer, and a hang-up stops counting promptly.
+pub const DIRECT_WATCH_GRACE_MS: u64 = 1_000;
 
 /// Monotonic milliseconds since the registry started, on the tokio clock, plus the wall
 /// time of that start for reporting.
@@ -134,6 +143,14 @@ pub struct StreamEntry {
     /// Set just before `closed` is cancelled: one atomic load per chunk tells a flowing
     /// body to end.
     is_closed: AtomicBool,
+    /// Whether `stream_started` was announced and `stream_stopped` not since.
+    watched: AtomicBool,
+    /// Unix milliseconds of the last switch of URL (0: never).
+    last_failover_unix_ms: AtomicI64,
+    /// With `use_sticky_session`: the URL index whose playlist redirected, and where to.
+    sticky: Mutex<Option<(usize, Url)>>,
+    /// The longest `EXT-X-TARGETDURATION` its playlists gave, in ms (0: none seen).
+    target_duration_ms: AtomicU64,
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
@@ -168,24 +185,84 @@ impl StreamEntry {
     /// Like [`StreamEntry::switch_from`], at most `cap` times a minute when `cap` is set
     /// (automatic switches); says what happened.
     pub fn switch(&self, from: usize, reason: &str, cap: Option<u32>) -> Switched {
+        let count = self.settings().url_count();
+        self.switch_to(from, (from + 1) % count.max(1), reason, cap)
+    }
+
+    /// Like [`StreamEntry::switch`], to the URL at `to`.
+    pub fn switch_to(&self, from: usize, to: usize, reason: &str, cap: Option<u32>) -> Switched {
         // Under the settings read lock: an upsert (which writes settings and clamps the
         // cursor under the write lock) cannot shorten the URL list between the count read
         // here and the move, which would leave the index past the end.
         let switched = {
             let settings = self.settings.read().expect("settings lock");
-            self.cursor.switch(from, settings.url_count(), cap)
+            self.cursor.switch_to(from, to, settings.url_count(), cap)
         };
         if let Switched::Moved { from, to } = switched {
             self.counters.failovers.fetch_add(1, Ordering::Relaxed);
             self.totals.failovers.fetch_add(1, Ordering::Relaxed);
+            self.last_failover_unix_ms
+                .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
             self.events.emit(
                 EventType::Failover,
                 Some(&self.id),
                 None,
-                serde_json::json!({"from_index": from, "to_index": to, "reason": reason}),
+                with_metadata(
+                    serde_json::json!({"from_index": from, "to_index": to, "reason": reason}),
+                    &self.settings(),
+                ),
             );
         }
         switched
+    }
+
+    /// Appends a URL a failover resolver named to the stream's list and returns its index,
+    /// or the index it already has.
+    pub fn add_resolved_url(&self, url: Url) -> usize {
+        let mut settings = self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = settings.urls().position(|u| *u == url) {
+            return i;
+        }
+        let mut next = (**settings).clone();
+        next.failover_urls.push(url);
+        let index = next.failover_urls.len();
+        *settings = Arc::new(next);
+        index
+    }
+
+    /// Notes a playlist's target duration: an HLS viewer counts as watching for two of them.
+    pub fn note_target_duration(&self, seconds: Option<f64>) {
+        if let Some(s) = seconds.filter(|s| s.is_finite() && *s > 0.0) {
+            let ms = (s.min(3600.0) * 1000.0) as u64;
+            self.target_duration_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long after its last request a viewer of this stream still counts as watching.
+    fn watch_window_ms(&self) -> u64 {
+        match self.settings().stream_type {
+            StreamType::Hls => {
+                HLS_WATCH_WINDOW_MS.max(2 * self.target_duration_ms.load(Ordering::Relaxed))
+            }
+            StreamType::Direct => DIRECT_WATCH_GRACE_MS,
+        }
+    }
+
+    /// With `use_sticky_session`: where URL `index` redirected its playlist, if it did.
+    pub fn sticky_url(&self, index: usize) -> Option<Url> {
+        let sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
+        sticky
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, u)| u.clone())
+    }
+
+    /// Remembers (or, with `None`, forgets) where URL `index` redirected its playlist.
+    pub fn set_sticky_url(&self, index: usize, url: Option<Url>) {
+        *self.sticky.lock().unwrap_or_else(PoisonError::into_inner) = url.map(|u| (index, u));
     }
 
     pub fn subscribe_switches(&self) -> watch::Receiver<u64> {
@@ -266,9 +343,30 @@ pub struct ClientEntry {
     /// When `last_seen_ms` was last moved, on the wall clock, for reports.
     last_seen_at: WallStamp,
     pub counters: Counters,
+    /// The user name of its latest request that gave one (m3u-editor's `?username=`).
+    username: Mutex<Option<String>>,
+    /// Cancelled when this viewer is ended alone (`DELETE /hls/{id}/clients/{cid}`) or
+    /// with its stream: a child of the stream's token.
+    pub closed: CancellationToken,
 }
 
 impl ClientEntry {
+    pub fn username(&self) -> Option<String> {
+        self.username
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_username(&self, name: Option<&str>) {
+        if let Some(name) = name {
+            let mut slot = self.username.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_deref() != Some(name) {
+                *slot = Some(name.to_string());
+            }
+        }
+    }
+
     pub fn touch(&self, now_ms: u64) {
         self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
         self.last_seen_at.stamp();
@@ -293,6 +391,37 @@ pub enum Removal {
     Deleted,
     /// Nobody played it for `STREAM_TIMEOUT`.
     Idle,
+    /// `DELETE /streams/by-metadata`.
+    MetadataFilter,
+    /// `DELETE /streams/oldest-by-metadata`.
+    Oldest,
+}
+
+impl Removal {
+    /// The `reason` of its `stream_stopped` event, in m3u-editor's words.
+    pub fn stop_reason(self) -> &'static str {
+        match self {
+            Removal::Deleted => "manual_deletion",
+            Removal::Idle => "inactive_timeout",
+            Removal::MetadataFilter => "metadata_filter_deletion",
+            Removal::Oldest => "oldest_stream_deletion",
+        }
+    }
+}
+
+/// `data` with the stream's metadata added as `data.metadata` (m3u-editor reads it on
+/// every stream and client event).
+fn with_metadata(mut data: serde_json::Value, settings: &StreamSettings) -> serde_json::Value {
+    if let Some(map) = data.as_object_mut() {
+        map.insert(
+            "metadata".into(),
+            settings
+                .metadata
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
+        );
+    }
+    data
 }
 
 /// What a cleanup sweep removed.
@@ -435,10 +564,13 @@ impl Registry {
             event,
             Some(&entry.id),
             None,
-            serde_json::json!({
-                "stream_type": settings.stream_type,
-                "failover_urls": settings.failover_urls.len(),
-            }),
+            with_metadata(
+                serde_json::json!({
+                    "stream_type": settings.stream_type,
+                    "failover_urls": settings.failover_urls.len(),
+                }),
+                &settings,
+            ),
         );
         (entry, upsert)
     }
@@ -477,6 +609,10 @@ impl Registry {
             clients: RwLock::default(),
             closed: self.events.shutdown().child_token(),
             is_closed: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+            last_failover_unix_ms: AtomicI64::new(0),
+            sticky: Mutex::new(None),
+            target_duration_ms: AtomicU64::new(0),
             events: self.events.clone(),
             totals: self.totals.clone(),
         });
@@ -497,7 +633,10 @@ impl Registry {
             EventType::UpstreamError,
             Some(&stream.id),
             client_id,
-            serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
+            with_metadata(
+                serde_json::json!({"error": error.to_string(), "retryable": error.is_retryable()}),
+                &stream.settings(),
+            ),
         );
     }
 
@@ -543,35 +682,154 @@ impl Registry {
             gone.iter().map(|c| c.id.clone()).collect()
         };
         let reason = match why {
-            Removal::Deleted => "stream_deleted",
             Removal::Idle => "stream_idle",
+            _ => "stream_deleted",
         };
+        let settings = entry.settings();
         for c in &gone {
-            self.client_gone(c, id, reason);
+            self.client_gone(c, id, reason, &settings);
         }
         let event = match why {
-            Removal::Deleted => EventType::StreamDeleted,
             Removal::Idle => EventType::StreamIdleRemoved,
+            _ => EventType::StreamDeleted,
         };
+        let mut data = serde_json::json!({
+            "total_bytes_served": Counters::get(&entry.counters.bytes),
+            "clients": gone.len(),
+        });
         self.events.emit(
             event,
             Some(id),
             None,
-            serde_json::json!({
-                "total_bytes_served": Counters::get(&entry.counters.bytes),
-                "clients": gone.len(),
-            }),
+            with_metadata(data.clone(), &settings),
         );
+        data["reason"] = why.stop_reason().into();
+        self.events.emit(
+            EventType::StreamStopped,
+            Some(id),
+            None,
+            with_metadata(data, &settings),
+        );
+        entry.watched.store(false, Ordering::Relaxed);
         Some((entry, gone))
     }
 
-    fn client_gone(&self, client_id: &str, stream_id: &str, reason: &str) {
+    fn client_gone(&self, client_id: &str, stream_id: &str, reason: &str, of: &StreamSettings) {
         self.events.emit(
             EventType::ClientDisconnected,
             Some(stream_id),
             Some(client_id),
-            serde_json::json!({"reason": reason}),
+            with_metadata(serde_json::json!({"reason": reason}), of),
         );
+    }
+
+    /// [`Registry::client_gone`] for a stream that may have gone meanwhile.
+    fn client_gone_of(&self, client_id: &str, stream_id: &str, reason: &str) {
+        let settings = self.stream(stream_id).map(|s| s.settings());
+        match settings {
+            Some(settings) => self.client_gone(client_id, stream_id, reason, &settings),
+            None => {
+                self.events.emit(
+                    EventType::ClientDisconnected,
+                    Some(stream_id),
+                    Some(client_id),
+                    serde_json::json!({"reason": reason, "metadata": {}}),
+                );
+            }
+        }
+    }
+
+    /// Ends one viewer of one stream: forgets it and closes its open connections. False
+    /// when that stream has no such client.
+    pub fn remove_client(&self, stream_id: &str, client_id: &str) -> bool {
+        let Some(stream) = self.stream(stream_id) else {
+            return false;
+        };
+        let removed = {
+            let mut clients = self.clients.write().expect("clients lock");
+            let removed = stream
+                .clients
+                .write()
+                .expect("stream clients lock")
+                .remove(client_id);
+            if removed.is_some() {
+                clients.remove(&client_key(client_id, stream_id));
+            }
+            removed
+        };
+        let Some(client) = removed else {
+            return false;
+        };
+        client.closed.cancel();
+        self.client_gone(client_id, stream_id, "removed", &stream.settings());
+        true
+    }
+
+    /// Watching at `now_ms` (m3u-editor's connection counts): a connection is open, or the
+    /// last one closed within `window` ms: [`DIRECT_WATCH_GRACE_MS`], or for HLS
+    /// [`HLS_WATCH_WINDOW_MS`] or two target durations.
+    fn watching_at(
+        &self,
+        now_ms: u64,
+        counters: &Counters,
+        last_ms: Option<u64>,
+        window: u64,
+    ) -> bool {
+        Counters::get(&counters.active_connections) > 0
+            || last_ms.is_some_and(|last| now_ms.saturating_sub(last) < window)
+    }
+
+    /// Someone is watching the stream now (see [`Registry::watching_at`]).
+    pub fn stream_is_watched(&self, s: &StreamEntry) -> bool {
+        self.watching_at(
+            self.clock.now_ms(),
+            &s.counters,
+            s.last_viewed_ms(),
+            s.watch_window_ms(),
+        )
+    }
+
+    /// This client is watching its stream now.
+    pub fn client_is_connected(&self, c: &ClientEntry) -> bool {
+        let window = self
+            .stream(&c.stream_id)
+            .map_or(DIRECT_WATCH_GRACE_MS, |s| s.watch_window_ms());
+        self.watching_at(
+            self.clock.now_ms(),
+            &c.counters,
+            Some(c.last_seen_ms()),
+            window,
+        )
+    }
+
+    /// Announces `stream_stopped` (`last_client_disconnected`) for every stream whose last
+    /// viewer left since `stream_started`. Called about once a second.
+    pub fn note_stopped_viewing(&self) {
+        let now = self.clock.now_ms();
+        let stopped: Vec<Arc<StreamEntry>> = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .filter(|s| {
+                s.watched.load(Ordering::Relaxed)
+                    && !self.watching_at(now, &s.counters, s.last_viewed_ms(), s.watch_window_ms())
+            })
+            .cloned()
+            .collect();
+        for s in stopped {
+            if s.watched.swap(false, Ordering::AcqRel) {
+                self.events.emit(
+                    EventType::StreamStopped,
+                    Some(&s.id),
+                    None,
+                    with_metadata(
+                        serde_json::json!({"reason": "last_client_disconnected"}),
+                        &s.settings(),
+                    ),
+                );
+            }
+        }
     }
 
     /// Shuts down: cancels the one shutdown token, which ends every open viewer connection
@@ -593,6 +851,18 @@ impl Registry {
         ip: &str,
         user_agent: &str,
     ) -> (Arc<ClientEntry>, bool) {
+        self.client_named(id, stream_id, ip, user_agent, None)
+    }
+
+    /// [`Registry::client`], noting the viewer's user name when the request gave one.
+    pub fn client_named(
+        &self,
+        id: &str,
+        stream_id: &str,
+        ip: &str,
+        user_agent: &str,
+        username: Option<&str>,
+    ) -> (Arc<ClientEntry>, bool) {
         let now = self.clock.now_ms();
         let stream = self.stream(stream_id);
         let known = |s: &StreamEntry| {
@@ -604,12 +874,14 @@ impl Registry {
         };
         if let Some(c) = stream.as_deref().and_then(known) {
             c.touch(now);
+            c.set_username(username);
             return (c, false);
         }
         let mut clients = self.clients.write().expect("clients lock");
         let key = client_key(id, stream_id);
         if let Some(c) = clients.get(&key) {
             c.touch(now);
+            c.set_username(username);
             return (c.clone(), false);
         }
         let entry = Arc::new(ClientEntry {
@@ -622,6 +894,16 @@ impl Registry {
             last_seen_at: WallStamp::now(),
             last_seen_ms: AtomicU64::new(now),
             counters: Counters::default(),
+            username: Mutex::new(username.map(str::to_string)),
+            closed: match &stream {
+                Some(s) => s.closed.child_token(),
+                // A stream deleted meanwhile: nothing left to watch.
+                None => {
+                    let closed = CancellationToken::new();
+                    closed.cancel();
+                    closed
+                }
+            },
         });
         // A stream deleted while this request was on its way: the request is about to end,
         // and tracking its viewer would leave a client of nothing behind.
@@ -644,7 +926,15 @@ impl Registry {
             EventType::ClientConnected,
             Some(stream_id),
             Some(id),
-            serde_json::json!({"ip_address": ip, "user_agent": user_agent}),
+            with_metadata(
+                serde_json::json!({
+                    "ip_address": ip,
+                    "user_agent": user_agent,
+                    "username": username,
+                    "stream_client_count": stream.client_count(),
+                }),
+                &stream.settings(),
+            ),
         );
         (entry, true)
     }
@@ -764,7 +1054,7 @@ impl Registry {
         }
         idle_clients.sort();
         for (client_id, stream_id) in &idle_clients {
-            self.client_gone(client_id, stream_id, "idle");
+            self.client_gone_of(client_id, stream_id, "idle");
         }
         swept.clients.extend(idle_clients);
         swept
@@ -798,6 +1088,21 @@ impl Registry {
             is_active: self.stream_is_active(s),
             created_at: s.created_at,
             last_access: self.last_seen_utc(&s.counters, &s.last_access_at),
+            editor: StreamEditorInfo {
+                has_failover: !settings.failover_urls.is_empty()
+                    || settings.options.failover_resolver_url.is_some(),
+                failover_resolver_url: settings
+                    .options
+                    .failover_resolver_url
+                    .as_ref()
+                    .map(Url::to_string),
+                current_failover_index: index as i64 - 1,
+                failover_attempts: Counters::get(&s.counters.failovers),
+                last_failover_time: match s.last_failover_unix_ms.load(Ordering::Relaxed) {
+                    0 => None,
+                    ms => DateTime::from_timestamp_millis(ms),
+                },
+            },
         }
     }
 
@@ -814,6 +1119,12 @@ impl Registry {
             active_connections: Counters::get(&c.counters.active_connections),
             bytes_per_second: c.counters.bytes_per_second(),
             is_active: self.client_active_at(self.clock.now_ms(), c),
+            editor: ClientEditorInfo {
+                username: c.username(),
+                created_at: Some(self.clock.to_utc(c.first_seen_ms)),
+                last_access: Some(self.last_seen_utc(&c.counters, c.last_seen_ms())),
+                is_connected: self.client_is_connected(c),
+            },
         }
     }
 }
@@ -853,6 +1164,20 @@ impl Viewing {
         client.touch(now);
         for c in [&registry.totals, &stream.counters, &client.counters] {
             c.active_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        if !stream.closed.is_cancelled() && !stream.watched.swap(true, Ordering::AcqRel) {
+            registry.events.emit(
+                EventType::StreamStarted,
+                Some(&stream.id),
+                Some(&client.id),
+                with_metadata(
+                    serde_json::json!({
+                        "url": stream.current_url().1.as_str(),
+                        "client_id": client.id,
+                    }),
+                    &stream.settings(),
+                ),
+            );
         }
         Self {
             registry,
@@ -923,6 +1248,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Hls,
+            options: Default::default(),
         }
     }
 
@@ -1033,6 +1359,72 @@ mod tests {
         assert!(!info.is_active);
         assert_eq!(info.last_seen, hung_up, "the wall time of the hang-up");
         assert!(!r.stream_info(&s).is_active);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_direct_viewer_stops_counting_a_second_after_hanging_up_and_hls_after_ten() {
+        use std::time::Duration;
+        let r = Arc::new(Registry::new(b"k"));
+        let mut direct = settings("http://o/live.ts", &[]);
+        direct.stream_type = StreamType::Direct;
+        let (d, _) = r.upsert(direct);
+        let (h, _) = r.upsert(settings("http://o/a.m3u8", &[]));
+        let mut events = r.events.subscribe();
+        let (dc, _) = r.client("tv", &d.id, "1.1.1.1", "ua");
+        let (hc, _) = r.client("phone", &h.id, "1.1.1.2", "ua");
+        let watching = Viewing::new(r.clone(), d.clone(), dc.clone());
+        drop(Viewing::new(r.clone(), h.clone(), hc.clone())); // one playlist request
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(
+            r.stream_is_watched(&d),
+            "an open connection counts for hours"
+        );
+        assert!(r.client_is_connected(&dc));
+        assert!(!r.stream_is_watched(&h));
+        drop(watching);
+        assert!(
+            r.stream_is_watched(&d),
+            "a reconnect a moment later is not a new viewer"
+        );
+        tokio::time::advance(Duration::from_millis(DIRECT_WATCH_GRACE_MS)).await;
+        assert!(!r.stream_is_watched(&d));
+        assert!(!r.client_is_connected(&dc));
+        // A playlist with 6 s segments: polled every 6 s, counted for 12.
+        h.note_target_duration(Some(6.0));
+        drop(Viewing::new(r.clone(), h.clone(), hc.clone()));
+        tokio::time::advance(Duration::from_millis(12_000 - 1)).await;
+        assert!(
+            r.stream_is_watched(&h),
+            "an HLS player between two requests"
+        );
+        r.note_stopped_viewing();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!r.stream_is_watched(&h));
+        r.note_stopped_viewing();
+        r.note_stopped_viewing();
+        let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .filter(|e| e.event_type.is_opt_in())
+            .map(|e| (e.event_type, e.stream_id.unwrap(), e.data["reason"].clone()))
+            .collect();
+        let stopped = || serde_json::Value::from("last_client_disconnected");
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    EventType::StreamStarted,
+                    d.id.clone(),
+                    serde_json::Value::Null
+                ),
+                (
+                    EventType::StreamStarted,
+                    h.id.clone(),
+                    serde_json::Value::Null
+                ),
+                (EventType::StreamStopped, d.id.clone(), stopped()),
+                (EventType::StreamStopped, h.id.clone(), stopped()),
+            ],
+            "each start and stop once"
+        );
     }
 
     #[tokio::test]

@@ -68,7 +68,12 @@ impl UrlCursor {
     /// already moved past it. With `cap`, at most that many such moves happen per
     /// [`SWITCH_WINDOW`]; manual switches pass `None`.
     pub fn switch(&self, from: usize, count: usize, cap: Option<u32>) -> Switched {
-        if count < 2 {
+        self.switch_to(from, (from + 1) % count.max(1), count, cap)
+    }
+
+    /// Like [`UrlCursor::switch`], to the URL at `to` (a URL a failover resolver named).
+    pub fn switch_to(&self, from: usize, to: usize, count: usize, cap: Option<u32>) -> Switched {
+        if count < 2 || to >= count || to == from {
             return Switched::Single;
         }
         let now = Instant::now();
@@ -84,7 +89,6 @@ impl UrlCursor {
                 return Switched::Capped;
             }
         }
-        let to = (from + 1) % count;
         match self
             .current
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)

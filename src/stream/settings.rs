@@ -15,6 +15,20 @@ pub struct StreamSettings {
     pub headers: HeaderMap,
     pub metadata: Option<serde_json::Value>,
     pub stream_type: StreamType,
+    /// m3u-editor's per-stream options.
+    pub options: StreamOptions,
+}
+
+/// Per-stream options m3u-editor sets; all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// Asked for the next URL (`{current_url, metadata, current_failover_index,
+    /// status_code, reason}` → `{next_url}`) when the last URL of the list fails.
+    pub failover_resolver_url: Option<Url>,
+    /// Live TS for Kodi: ignore a player's Range, answer HEAD at once.
+    pub strict_live_ts: bool,
+    /// Refresh the playlist at the URL the origin redirected to, until it fails.
+    pub use_sticky_session: bool,
 }
 
 impl StreamSettings {

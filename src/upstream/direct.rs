@@ -482,7 +482,7 @@ impl DirectFeed {
     /// Opens the stream's current URL (retrying, then failing over under the policy) and
     /// continues from where the player is.
     async fn reconnect(&mut self) -> Result<(), UpstreamError> {
-        let policy = *self.upstream.failover();
+        let policy = self.upstream.failover().clone();
         if self.shape == Shape::Once {
             return Err(UpstreamError::CannotResume);
         }

@@ -10,6 +10,12 @@
 //! a minute per stream, so a set of dead URLs fails fast instead of spinning. This module
 //! decides; it does not count, log or answer players, and it never holds a lock across an
 //! `.await`.
+//!
+//! A stream with a `failover_resolver_url` (m3u-editor's resolver mode) asks it instead of
+//! walking a fixed list: the resolver gets `{current_url, metadata, current_failover_index,
+//! status_code, reason}` (index -1 for the original URL) and answers `{next_url}`. The URL it
+//! names is appended to the stream's list and used; `null`, an error or no answer within
+//! [`RESOLVER_TIMEOUT`] ends the walk with the failure met.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,15 +27,32 @@ use crate::error::UpstreamError;
 use crate::registry::StreamEntry;
 use crate::stream::Switched;
 
+/// How long a failover resolver may take to answer.
+pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most resolver answers one request follows before it gives up.
+pub const MAX_RESOLVES_PER_REQUEST: u32 = 5;
+
 /// Retry and switch decisions for every stream, from [`FailoverSettings`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FailoverPolicy {
     settings: FailoverSettings,
+    /// The client that asks failover resolvers; without one they are not asked.
+    resolver_http: Option<reqwest::Client>,
 }
 
 impl FailoverPolicy {
     pub fn new(settings: FailoverSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            resolver_http: None,
+        }
+    }
+
+    /// Lets the policy ask streams' failover resolvers with `http`.
+    pub fn with_resolver_client(mut self, http: reqwest::Client) -> Self {
+        self.resolver_http = Some(http);
+        self
     }
 
     pub fn settings(&self) -> &FailoverSettings {
@@ -60,13 +83,17 @@ impl FailoverPolicy {
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         let count = stream.settings().url_count();
+        let resolver = stream.settings().options.failover_resolver_url.clone();
         let mut tried = 0;
+        let mut resolved = 0;
         loop {
             let (index, url) = stream.current_url();
             let mut retries = 0;
             let error = loop {
                 match attempt(index, url.clone()).await {
                     Ok(answer) => return Ok((index, answer)),
+                    // A resolver is told the status and decides for itself.
+                    Err(e @ UpstreamError::Status(_)) if resolver.is_some() => break e,
                     Err(e) if !e.is_retryable() => return Err(e),
                     Err(e)
                         if retries < self.settings.retries
@@ -81,10 +108,69 @@ impl FailoverPolicy {
                 }
             };
             tried += 1;
+            if let Some(resolver) = &resolver {
+                resolved += 1;
+                if resolved > MAX_RESOLVES_PER_REQUEST
+                    || !self.resolve(stream, index, &url, resolver, &error).await
+                {
+                    return Err(error);
+                }
+                faults.push(error);
+                continue;
+            }
             if tried >= count || !self.switch_after_failure(stream, index, &error) {
                 return Err(error);
             }
             faults.fault(error);
+        }
+    }
+
+    /// Asks the stream's resolver for the URL after `url` (at `from`) and moves the stream
+    /// there. True when the stream is now on another URL.
+    async fn resolve(
+        &self,
+        stream: &StreamEntry,
+        from: usize,
+        url: &Url,
+        resolver: &Url,
+        error: &UpstreamError,
+    ) -> bool {
+        if stream.current_index() != from {
+            return true;
+        }
+        let Some(http) = &self.resolver_http else {
+            return false;
+        };
+        let body = serde_json::json!({
+            "current_url": url.as_str(),
+            "metadata": stream.settings().metadata.clone().unwrap_or_else(|| serde_json::json!({})),
+            "current_failover_index": from as i64 - 1,
+            "status_code": match error {
+                UpstreamError::Status(code) => Some(*code),
+                _ => None,
+            },
+            "reason": error.to_string(),
+        });
+        let next = match ask_resolver(http, resolver, &body).await {
+            Ok(Some(next)) => next,
+            Ok(None) => {
+                tracing::info!(stream_id = %stream.id, "failover resolver has no next URL");
+                return false;
+            }
+            Err(why) => {
+                tracing::warn!(stream_id = %stream.id, error = %why, "failover resolver failed");
+                return false;
+            }
+        };
+        let to = stream.add_resolved_url(next);
+        let cap = self.settings.max_switches_per_minute;
+        match stream.switch_to(from, to, &error.to_string(), Some(cap)) {
+            Switched::Moved { .. } => {
+                tracing::info!(stream_id = %stream.id, from, to, error = %error, "failed over to the resolver's URL");
+                true
+            }
+            Switched::Followed(now) => now != from,
+            Switched::Capped | Switched::Single => false,
         }
     }
 
@@ -125,6 +211,35 @@ pub trait Faults {
 impl Faults for Vec<UpstreamError> {
     fn fault(&mut self, error: UpstreamError) {
         self.push(error);
+/// One resolver call: `Ok(None)` for `{"next_url": null}`.
+async fn ask_resolver(
+    http: &reqwest::Client,
+    resolver: &Url,
+    body: &serde_json::Value,
+) -> Result<Option<Url>, String> {
+    let res = http
+        .post(resolver.clone())
+        .timeout(RESOLVER_TIMEOUT)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| UpstreamError::from_reqwest(&e).to_string())?;
+    if !res.status().is_success() {
+        return Err(format!("resolver answered {}", res.status()));
+    }
+    let answer: serde_json::Value = res.json().await.map_err(|e| e.to_string())?;
+    match answer.get("next_url") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => {
+            let url = Url::parse(s.trim()).map_err(|e| format!("next_url {s:?}: {e}"))?;
+            if matches!(url.scheme(), "http" | "https") {
+                Ok(Some(url))
+            } else {
+                Err(format!("next_url {s:?} is not http(s)"))
+            }
+        }
+        Some(other) => Err(format!("next_url is not a string: {other}")),
     }
 }
 
@@ -155,6 +270,7 @@ mod tests {
             headers: Default::default(),
             metadata: None,
             stream_type: crate::model::StreamType::Hls,
+            options: Default::default(),
         };
         registry.upsert(settings).0
     }

@@ -101,11 +101,12 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
             .map_err(|e| UpstreamError::Client(e.to_string()))?;
+        let failover = FailoverPolicy::new(config.failover).with_resolver_client(http.clone());
         Ok(Self {
             http,
             timeouts: t,
             max_playlist_bytes: config.max_playlist_bytes,
-            failover: FailoverPolicy::new(config.failover),
+            failover,
             latency: Arc::new(std::array::from_fn(|_| Histogram::latency())),
         })
     }
