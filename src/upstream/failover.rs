@@ -211,6 +211,9 @@ pub trait Faults {
 impl Faults for Vec<UpstreamError> {
     fn fault(&mut self, error: UpstreamError) {
         self.push(error);
+    }
+}
+
 /// One resolver call: `Ok(None)` for `{"next_url": null}`.
 async fn ask_resolver(
     http: &reqwest::Client,
