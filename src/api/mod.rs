@@ -125,9 +125,9 @@ fn routes(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(events::sse_router())
         .merge(webhooks::webhooks_router())
+        .merge(editor::editor_router())
         // Before the layers, so a wrong method meets them like any request.
         .method_not_allowed_fallback(method_not_allowed)
-        .merge(editor::editor_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let playback = Router::new()
