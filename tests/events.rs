@@ -377,6 +377,8 @@ async fn retry_failures_carry_the_time_each_one_happened() {
             .any(|t| (*t - started).num_microseconds().unwrap() % 1000 != 0),
         "start + whole milliseconds: {started} {stamps:?}"
     );
+}
+
 #[tokio::test]
 async fn the_failures_of_a_reconnect_are_announced_oldest_first() {
     let origin = Origin::start().await;

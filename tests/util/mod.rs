@@ -164,6 +164,8 @@ pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
         .expect("bind");
     let addr = socket.local_addr().expect("bound address");
     (socket, addr)
+}
+
 /// The value of the sample `series` (name and labels as written) on a `/metrics` page.
 pub fn metric_sample(page: &str, series: &str) -> u64 {
     page.lines()
