@@ -197,6 +197,18 @@ impl EventBus {
         client_id: Option<&str>,
         data: serde_json::Value,
     ) -> Event {
+        self.emit_at(Utc::now(), event_type, stream_id, client_id, data)
+    }
+
+    /// [`EventBus::emit`] for something that happened at `at`, a moment ago.
+    pub fn emit_at(
+        &self,
+        at: DateTime<Utc>,
+        event_type: EventType,
+        stream_id: Option<&str>,
+        client_id: Option<&str>,
+        data: serde_json::Value,
+    ) -> Event {
         let event = {
             let mut last_id = self
                 .inner
@@ -206,7 +218,7 @@ impl EventBus {
             *last_id += 1;
             let event = Event {
                 id: *last_id,
-                timestamp: Utc::now(),
+                timestamp: at,
                 event_type,
                 stream_id: stream_id.map(str::to_owned),
                 client_id: client_id.map(str::to_owned),

@@ -198,6 +198,20 @@ fn spawn_logged(port: u16, envs: &[(&str, &str)]) -> Child {
         .expect("start m3u-proxy")
 }
 
+/// Waits until the proxy at `base` answers `/health`.
+async fn wait_healthy(base: &str) {
+    let http = http_client();
+    eventually(
+        Duration::from_secs(10),
+        "m3u-proxy answering /health",
+        || {
+            let health = http.get(format!("{base}/health")).send();
+            async move { health.await.ok()?.status().is_success().then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// Stops a `spawn_logged` proxy with SIGTERM and returns what it wrote on stdout.
 async fn stop_and_read(mut child: Child) -> String {
     let (status, _) = stop_with(&mut child, "-TERM").await;

@@ -787,7 +787,7 @@ async fn a_server_that_is_not_m3u_proxy_says_so_with_exit_code_4() {
 #[tokio::test]
 async fn monitor_json_prints_the_servers_json_as_sent_and_a_json_line_per_failure() {
     let proxy = Proxy::start().await;
-    let down = closed_port_url();
+    let (_guard, down) = closed_port_url();
     for (server, want) in [
         (&proxy.base, "{\"proxy\":{\"version\":"),
         (&down, "{\"error\":"),

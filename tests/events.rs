@@ -409,6 +409,42 @@ async fn the_failures_of_a_reconnect_are_announced_oldest_first() {
     viewer.read_packets(read + 50, Duration::from_secs(5)).await;
 }
 
+/// The retries of a live feed's reconnect are announced together once it is over, each
+/// with the time it happened: as far apart as the retries were.
+#[tokio::test]
+async fn the_failures_of_a_reconnect_carry_the_time_each_one_happened() {
+    let origin = Origin::start().await;
+    origin.live_ts("/a.ts", 200_000);
+    origin.live_ts("/b.ts", 200_000);
+    origin.fault("/b.ts", Fault::Status(503));
+    let proxy = Proxy::start_with(|c| {
+        c.failover.retries = 2;
+        c.failover.backoff = Duration::from_millis(200);
+    })
+    .await;
+    let (id, endpoint) = proxy
+        .register(&origin.url("/a.ts"), &[origin.url("/b.ts")])
+        .await;
+    let mut feed = Feed::open(&proxy, &format!("?stream_id={id}&types=upstream_error")).await;
+    let mut viewer = TsViewer::open(&proxy, &endpoint).await;
+    viewer.read_packets(50, Duration::from_secs(5)).await;
+    // Off to b, which answers 503 three times (two retries, 200 ms × n apart), then back to a.
+    proxy.switch_now(&id).await;
+    let mut stamps = Vec::new();
+    for _ in 0..3 {
+        let (_, event) = feed.next().await;
+        let at = event["timestamp"].as_str().unwrap().to_owned();
+        stamps.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
+    }
+    for pair in stamps.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        // Backoff is 200 ms × n, jittered ±50%: at least 100 ms between tries.
+        assert!(gap >= 90, "events {gap} ms apart: {stamps:?}");
+    }
+    let read = viewer.numbers().len();
+    viewer.read_packets(read + 50, Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn shutdown_does_not_wait_for_an_events_reader() {
     let proxy = Proxy::start().await;

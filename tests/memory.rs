@@ -10,7 +10,7 @@ use m3u_proxy::cache::{Filled, Lookup};
 use m3u_proxy::config::{ClientLimits, Config};
 use m3u_proxy::model::StreamType;
 use m3u_proxy::server::{build_state, spawn_maintenance};
-use m3u_proxy::store::StreamSettings;
+use m3u_proxy::stream::StreamSettings;
 use m3u_proxy::upstream::FetchedPlaylist;
 use reqwest::StatusCode;
 use url::Url;
@@ -109,7 +109,7 @@ async fn twenty_thousand_clients_and_a_cache_fill_leave_nothing_behind() {
     assert_eq!(cache.bytes(), 2_000_000);
     assert_eq!(cache.entries(), 12);
     // A deleted stream's entries go the same way.
-    r.remove_stream(&b.id, m3u_proxy::store::Removal::Deleted);
+    r.remove_stream(&b.id, m3u_proxy::registry::Removal::Deleted);
 
     // Traffic stops: past the TTL and the client timeout, nothing is held.
     tokio::time::sleep(Duration::from_secs(32)).await;

@@ -24,8 +24,8 @@ use crate::proxy_url::Target;
 use crate::registry::{ClientEntry, StreamEntry, Viewing};
 use crate::stream::{equivalent, Equivalent, Listing};
 use crate::upstream::direct::{Chunk, DirectFeed};
-use crate::upstream::media::{self, relayed_headers, PLAYLIST_CONTENT_TYPE};
 use crate::upstream::failover::Faults;
+use crate::upstream::media::{self, relayed_headers, PLAYLIST_CONTENT_TYPE};
 use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
 
 use super::viewer::query_value;
@@ -588,8 +588,8 @@ impl Stream for CountedBody {
                     self.viewing.add_bytes(bytes.len() as u64);
                     Poll::Ready(Some(Ok(bytes)))
                 }
-                Poll::Ready(Some(Ok(Chunk::Fault(e)))) => {
-                    self.viewing.upstream_error(&e);
+                Poll::Ready(Some(Ok(Chunk::Fault(e, at)))) => {
+                    self.viewing.upstream_error_at(&e, at);
                     continue;
                 }
                 Poll::Ready(Some(Ok(Chunk::Abort(why)))) => {

@@ -10,8 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use m3u_proxy::config::{
     CacheSettings, ClientLimits, Config, ConnectionSettings, FailoverSettings, FanoutSettings,
-    SlowViewer,
-    UpstreamTimeouts,
+    SlowViewer, UpstreamTimeouts,
 };
 use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;

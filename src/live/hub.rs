@@ -284,7 +284,9 @@ async fn run(
                     }
                 }
                 // A failure the feed recovers from belongs to the stream, not to a viewer.
-                Some(Ok(Chunk::Fault(e))) => registry.stream_upstream_error(&stream, &e, None),
+                Some(Ok(Chunk::Fault(e, at))) => {
+                    registry.stream_upstream_error_at(&stream, &e, None, at)
+                }
                 Some(Ok(Chunk::Abort(_))) => break None,
                 end @ (None | Some(Err(_))) => {
                     // What arrived before the end (of a file) or the failure still

@@ -628,8 +628,20 @@ impl Registry {
         error: &crate::error::UpstreamError,
         client_id: Option<&str>,
     ) {
+        self.stream_upstream_error_at(stream, error, client_id, Utc::now());
+    }
+
+    /// [`Registry::stream_upstream_error`] for a failure that happened at `at`.
+    pub fn stream_upstream_error_at(
+        &self,
+        stream: &StreamEntry,
+        error: &crate::error::UpstreamError,
+        client_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) {
         self.count_error(stream);
-        self.events.emit(
+        self.events.emit_at(
+            at,
             EventType::UpstreamError,
             Some(&stream.id),
             client_id,
@@ -1213,8 +1225,13 @@ impl Viewing {
 
     /// Counts an origin failure and announces it as an `upstream_error` event.
     pub fn upstream_error(&self, error: &crate::error::UpstreamError) {
+        self.upstream_error_at(error, Utc::now());
+    }
+
+    /// [`Viewing::upstream_error`] for a failure that happened at `at`.
+    pub fn upstream_error_at(&self, error: &crate::error::UpstreamError, at: DateTime<Utc>) {
         self.registry
-            .stream_upstream_error(&self.stream, error, Some(&self.client.id));
+            .stream_upstream_error_at(&self.stream, error, Some(&self.client.id), at);
     }
 }
 

@@ -29,12 +29,14 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use url::Url;
 
+use super::failover::Faults;
 use super::{check_media_status, Fetch, Upstream};
 use crate::error::UpstreamError;
 use crate::registry::StreamEntry;
@@ -48,20 +50,34 @@ const TS_SYNC: u8 = 0x47;
 /// more in a row.
 const STABLE: Duration = Duration::from_secs(10);
 
+/// Failures waiting to be yielded, oldest first, each stamped when it happened.
+#[derive(Debug, Default)]
+struct StampedFaults(VecDeque<(UpstreamError, DateTime<Utc>)>);
+
+impl Faults for StampedFaults {
+    fn fault(&mut self, error: UpstreamError) {
+        self.0.push_back((error, Utc::now()));
+    }
+}
+
 /// What the feed yields besides its end.
 #[derive(Debug)]
 pub enum Chunk {
     /// Bytes for the player.
     Bytes(Bytes),
-    /// A failure the feed recovered from (or is recovering from): for counting only.
-    Fault(UpstreamError),
+    /// A failure the feed recovered from (or is recovering from), with when it happened:
+    /// for counting only, and reported with its own time (a reconnect's failures come out
+    /// together once it is over).
+    Fault(UpstreamError, DateTime<Utc>),
     /// The player's connection must end now for a reason that is not the origin's (a
     /// viewer too slow for a shared live stream): cut, and not counted as an origin error.
     Abort(&'static str),
 }
 
 /// Content types of file containers: an answer of one of these is a file even without a
-/// length (a live channel comes as TS, HLS or FLV, not as one of these).
+/// length (a live channel comes as TS, HLS or FLV, not as one of these). MP3 is not
+/// among them: a length-less `audio/mpeg` (`.mp3`) is most often internet radio, which
+/// must reconnect; a file of it replayed from byte 0 is still caught on reconnection.
 const FILE_TYPES: &[&str] = &[
     "video/mp4",
     "video/x-m4v",
@@ -72,12 +88,11 @@ const FILE_TYPES: &[&str] = &[
     "video/x-ms-wmv",
     "audio/mp4",
     "audio/x-m4a",
-    "audio/mpeg",
     "audio/flac",
 ];
 /// URL extensions of file containers, for origins that send no useful content type.
 const FILE_EXTENSIONS: &[&str] = &[
-    "mp4", "m4v", "mov", "mkv", "webm", "avi", "wmv", "m4a", "mp3", "flac",
+    "mp4", "m4v", "mov", "mkv", "webm", "avi", "wmv", "m4a", "flac",
 ];
 /// How many of a live feed's first bytes are kept to recognise an origin that sends them
 /// again after a reconnection (a file replayed from byte 0, not a live stream).
@@ -261,7 +276,7 @@ pub struct DirectFeed {
     /// the end of a file.
     unconfirmed_end: Option<UpstreamError>,
     /// Failures to report before anything else, oldest first.
-    faults: VecDeque<UpstreamError>,
+    faults: StampedFaults,
     /// The failure that ends the feed, yielded once the faults before it are out.
     failed: Option<UpstreamError>,
     done: bool,
@@ -296,7 +311,7 @@ impl DirectFeed {
             connected_at: Instant::now(),
             short_runs: 0,
             move_on: false,
-            faults: VecDeque::new(),
+            faults: StampedFaults::default(),
             failed: None,
             done: false,
             stream,
@@ -314,8 +329,8 @@ impl DirectFeed {
 
     async fn next(&mut self) -> Option<Result<Chunk, UpstreamError>> {
         loop {
-            if let Some(fault) = self.faults.pop_front() {
-                return Some(Ok(Chunk::Fault(fault)));
+            if let Some((fault, at)) = self.faults.0.pop_front() {
+                return Some(Ok(Chunk::Fault(fault, at)));
             }
             if let Some(e) = self.failed.take() {
                 self.done = true;
@@ -399,7 +414,7 @@ impl DirectFeed {
         // New bytes: the origin is live, and the end before was a real one.
         let mut held = self.replay.take().expect("comparing");
         if let Some(end) = self.unconfirmed_end.take() {
-            self.faults.push_back(end);
+            self.faults.fault(end);
         }
         if held.is_empty() {
             return Some(bytes);
@@ -423,7 +438,7 @@ impl DirectFeed {
     fn confirm_end(&mut self) {
         self.replay = None;
         if let Some(end) = self.unconfirmed_end.take() {
-            self.faults.push_back(end);
+            self.faults.fault(end);
         }
     }
 
@@ -463,7 +478,7 @@ impl DirectFeed {
     /// The current upstream failed; the next poll reconnects.
     fn lost(&mut self, error: UpstreamError) {
         let error = self.lose(error);
-        self.faults.push_back(error);
+        self.faults.fault(error);
     }
 
     /// Drops the current upstream after `error`, and hands the error back to be reported.
@@ -514,9 +529,8 @@ impl DirectFeed {
         };
         let etag = self.etag.clone();
         let upstream = self.upstream.clone();
-        let mut faults = Vec::new();
         let opened = policy
-            .run(&self.stream, &mut faults, |index, url| {
+            .run(&self.stream, &mut self.faults, |index, url| {
                 let upstream = upstream.clone();
                 let settings = settings.clone();
                 let etag = etag
@@ -529,7 +543,6 @@ impl DirectFeed {
                 }
             })
             .await;
-        self.faults.extend(faults);
         let (index, (url, res)) = opened?;
         tracing::info!(stream_id = %self.stream.id, url_index = index, "direct upstream reconnected");
         if index != self.index {
