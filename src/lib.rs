@@ -19,8 +19,9 @@
 //!   through [`error::Remedy`] whether another try or another URL can help) and
 //!   [`error::ApiError`], the HTTP layer's `{"detail","code"}` answer. Uses `model`.
 //! - [`metrics`] — PURE: Prometheus text exposition and lock-free latency histograms.
-//! - [`events`] — typed events: the in-process bus, the webhook registry and its
-//!   dispatcher (the `/events` and `/webhooks` handlers are in `api`). Uses `model`.
+//! - [`events`] — typed events: the in-process bus (which carries the process's one
+//!   shutdown token), the webhook registry and its dispatcher (the `/events` and
+//!   `/webhooks` handlers are in `api`). Uses `model`.
 //! - [`stream`] — a stream as plain data: its settings, its URL cursor (index in use,
 //!   generation, switch cap and log) and the variant listings of each URL; emits nothing.
 //!   Uses `model`, `playlist`.
