@@ -100,7 +100,6 @@ impl Default for ClientLimits {
     }
 }
 
-
 /// The default `ROOT_PATH`: where m3u-editor's reverse proxy mounts the proxy.
 pub const DEFAULT_ROOT_PATH: &str = "/m3u-proxy";
 

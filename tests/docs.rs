@@ -164,7 +164,8 @@ fn the_settings_table_matches_the_server_flags() {
             .into_iter()
             .map(|row| Setting {
                 flag: row[0].clone(),
-                env: row[1].clone(),
+                // `M3U_PROXY_PORT`, else `PORT`: the flag's variable, then its alias.
+                env: row[1].split(", else").next().unwrap_or_default().to_owned(),
                 default: match row[2].as_str() {
                     "none" | "off" => String::new(),
                     value => value.to_owned(),

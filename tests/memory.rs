@@ -28,6 +28,7 @@ fn settings(url: &str) -> StreamSettings {
         headers: Default::default(),
         metadata: None,
         stream_type: StreamType::Hls,
+        options: Default::default(),
     }
 }
 
@@ -164,8 +165,8 @@ async fn players_past_the_limits_play_untracked_and_the_cache_empties_when_they_
         .await;
     assert_eq!(proxy.metric("m3u_proxy_clients").await, 100);
     assert_eq!(proxy.metric("m3u_proxy_clients_untracked_total").await, 300);
-    // One stream created, one connect per tracked client.
-    assert_eq!(proxy.metric("m3u_proxy_events_total").await, 101);
+    // One stream created, its first viewer (stream_started), one connect per tracked client.
+    assert_eq!(proxy.metric("m3u_proxy_events_total").await, 102);
 
     let text = proxy.http.get(&playlist).send().await.unwrap();
     for line in text

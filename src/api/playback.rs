@@ -659,6 +659,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Direct,
+            options: Default::default(),
         });
         let (client, _) = registry.client("c", &stream.id, "127.0.0.1", "ua");
         Viewing::new(registry, stream, client)

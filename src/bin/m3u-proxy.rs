@@ -19,10 +19,10 @@ use m3u_proxy::server::ServerError;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on [default: 0.0.0.0; `HOST` is read when M3U_PROXY_HOST is unset].
+    /// Address to listen on; `HOST` is read when M3U_PROXY_HOST is unset [default: 0.0.0.0]
     #[arg(long, env = "M3U_PROXY_HOST")]
     host: Option<IpAddr>,
-    /// Port to listen on [default: 8001; `PORT` is read when M3U_PROXY_PORT is unset].
+    /// Port to listen on; `PORT` is read when M3U_PROXY_PORT is unset [default: 8001]
     #[arg(long, env = "M3U_PROXY_PORT")]
     port: Option<u16>,
     /// Path prefix every route also answers under (empty for none).

@@ -1133,8 +1133,8 @@ impl Registry {
             is_active: self.client_active_at(self.clock.now_ms(), c),
             editor: ClientEditorInfo {
                 username: c.username(),
-                created_at: Some(self.clock.to_utc(c.first_seen_ms)),
-                last_access: Some(self.last_seen_utc(&c.counters, c.last_seen_ms())),
+                created_at: Some(c.first_seen),
+                last_access: Some(self.last_seen_utc(&c.counters, &c.last_seen_at)),
                 is_connected: self.client_is_connected(c),
             },
         }

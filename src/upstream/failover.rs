@@ -115,7 +115,7 @@ impl FailoverPolicy {
                 {
                     return Err(error);
                 }
-                faults.push(error);
+                faults.fault(error);
                 continue;
             }
             if tried >= count || !self.switch_after_failure(stream, index, &error) {
