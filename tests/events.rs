@@ -330,6 +330,22 @@ async fn a_receiver_that_is_down_is_retried_and_never_slows_playback() {
     assert_eq!(stats["segments_served"], 2);
 }
 
+/// Reads the next three events of `feed`, the failures of one request's tries, and checks
+/// they are stamped as far apart as the retries were: the backoff is 200 ms × n, jittered
+/// ±50%, so at least 100 ms between tries.
+async fn three_retries_apart(feed: &mut Feed) {
+    let mut stamps = Vec::new();
+    for _ in 0..3 {
+        let (_, event) = feed.next().await;
+        let at = event["timestamp"].as_str().unwrap().to_owned();
+        stamps.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
+    }
+    for pair in stamps.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        assert!(gap >= 90, "events {gap} ms apart: {stamps:?}");
+    }
+}
+
 /// Each retry's failure is stamped when it happens, on the wall clock: the events of one
 /// request's retries are as far apart as the retries were.
 #[tokio::test]
@@ -349,17 +365,7 @@ async fn retry_failures_carry_the_time_each_one_happened() {
     let mut feed = Feed::open(&proxy, "?types=upstream_error").await;
     let res = proxy.get(&format!("/hls/{id}/playlist.m3u8")).await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
-    let mut stamps = Vec::new();
-    for _ in 0..3 {
-        let (_, event) = feed.next().await;
-        let at = event["timestamp"].as_str().unwrap().to_owned();
-        stamps.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
-    }
-    for pair in stamps.windows(2) {
-        let gap = (pair[1] - pair[0]).num_milliseconds();
-        // Backoff is 200 ms × n, jittered ±50%: at least 100 ms between tries.
-        assert!(gap >= 90, "events {gap} ms apart: {stamps:?}");
-    }
+    three_retries_apart(&mut feed).await;
     // Report timestamps are read from the wall clock too, not the start time plus a
     // monotonic count of milliseconds (which gave them all the start's sub-millisecond digits).
     let parse = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
@@ -430,17 +436,7 @@ async fn the_failures_of_a_reconnect_carry_the_time_each_one_happened() {
     viewer.read_packets(50, Duration::from_secs(5)).await;
     // Off to b, which answers 503 three times (two retries, 200 ms × n apart), then back to a.
     proxy.switch_now(&id).await;
-    let mut stamps = Vec::new();
-    for _ in 0..3 {
-        let (_, event) = feed.next().await;
-        let at = event["timestamp"].as_str().unwrap().to_owned();
-        stamps.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
-    }
-    for pair in stamps.windows(2) {
-        let gap = (pair[1] - pair[0]).num_milliseconds();
-        // Backoff is 200 ms × n, jittered ±50%: at least 100 ms between tries.
-        assert!(gap >= 90, "events {gap} ms apart: {stamps:?}");
-    }
+    three_retries_apart(&mut feed).await;
     let read = viewer.numbers().len();
     viewer.read_packets(read + 50, Duration::from_secs(5)).await;
 }
