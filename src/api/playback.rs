@@ -140,7 +140,6 @@ pub async fn signed_reference(
                 Some(Lookup::Lead(leader)) => Some(leader),
                 None => None,
             };
-            let mut faults = Vec::new();
             let res = media::fetch(
                 &state.upstream,
                 &stream,
@@ -148,10 +147,9 @@ pub async fn signed_reference(
                 method,
                 &url,
                 &headers,
-                &mut faults,
+                &mut &viewing,
             )
             .await;
-            report(&viewing, &faults);
             let res = res.inspect_err(|e| viewing.upstream_error(e))?;
             let res = match leader {
                 Some(leader) if res.status() == StatusCode::OK => {
@@ -214,12 +212,6 @@ async fn nested_playlist(
             state.upstream.fetch_playlist(&url, &settings)
         })
         .await
-}
-
-fn report(viewing: &Viewing, faults: &[UpstreamError]) {
-    for e in faults {
-        viewing.upstream_error(e);
-    }
 }
 
 /// Each failure of a failover walk is counted (and its event emitted) as it happens.

@@ -9,6 +9,7 @@
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
+use super::failover::Faults;
 use super::{check_media_status, extension_of, Fetch, Upstream};
 use crate::error::UpstreamError;
 use crate::playlist::UriKind;
@@ -33,7 +34,7 @@ const RELAYED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
 /// the current URL keeps failing, the stream fails over and the same path is asked of the
 /// new URL, so a player holding a playlist from a dead origin need not see an error.
 ///
-/// Every failure met, except the one returned, is pushed to `faults`.
+/// Every failure met, except the one returned, is reported to `faults` as it happens.
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     upstream: &Upstream,
@@ -42,7 +43,7 @@ pub async fn fetch(
     method: Method,
     url: &Url,
     headers: &HeaderMap,
-    faults: &mut Vec<UpstreamError>,
+    faults: &mut impl Faults,
 ) -> Result<reqwest::Response, UpstreamError> {
     let fetch = |url: Url| {
         let (method, settings) = (method.clone(), stream.settings());
@@ -71,16 +72,16 @@ pub async fn fetch(
     let Some(mirror) = mirrored(&current, rest) else {
         return Err(error);
     };
-    faults.push(error);
+    faults.fault(error);
     tracing::info!(stream_id = %stream.id, "asking the current URL for a segment of a failed one");
     with_retries(upstream, faults, || fetch(mirror.clone())).await
 }
 
 /// Runs `fetch` with the policy's same-URL retries; a 404 is retried once. Failures that
-/// were retried go to `faults`; the one returned is left to the caller.
+/// were retried are reported to `faults`; the one returned is left to the caller.
 async fn with_retries<F, Fut>(
     upstream: &Upstream,
-    faults: &mut Vec<UpstreamError>,
+    faults: &mut impl Faults,
     mut fetch: F,
 ) -> Result<reqwest::Response, UpstreamError>
 where
@@ -101,7 +102,7 @@ where
             return answer;
         }
         if let Err(e) = answer {
-            faults.push(e);
+            faults.fault(e);
         }
         retries += 1;
         tokio::time::sleep(policy.backoff(retries)).await;
