@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::origin::Origin;
-use crate::util::{eventually, http_client};
+use crate::util::{create_stream_at, eventually, http_client};
 
 /// A port that was free a moment ago (see [`start`] for the race).
 pub(crate) fn free_port() -> u16 {
@@ -286,15 +286,7 @@ async fn log_level_warning_means_warn_and_a_pipe_gets_no_colour() {
     let child = spawn_logged(port, &[("LOG_LEVEL", "warning")]);
     wait_healthy(&base).await;
     let http = http_client();
-    let created: serde_json::Value = http
-        .post(format!("{base}/streams"))
-        .json(&serde_json::json!({"url": "http://127.0.0.1:1/x.m3u8"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_stream_at(&http, &base, "http://127.0.0.1:1/x.m3u8").await;
     let id = created["stream_id"].as_str().unwrap();
     let res = http
         .get(format!("{base}/hls/{id}/playlist.m3u8"))

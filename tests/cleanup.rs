@@ -8,24 +8,12 @@ use std::time::Duration;
 
 use m3u_proxy::config::Config;
 use m3u_proxy::events::{Event, EventType};
-use m3u_proxy::model::StreamType;
 use m3u_proxy::registry::{Registry, Viewing};
 use m3u_proxy::server::{build_state, spawn_maintenance};
-use m3u_proxy::stream::StreamSettings;
 use tokio::sync::broadcast;
 use tokio::time::{sleep_until, Instant};
 
-fn settings(url: &str) -> StreamSettings {
-    StreamSettings {
-        original_url: url.parse().unwrap(),
-        failover_urls: vec![],
-        user_agent: None,
-        headers: Default::default(),
-        metadata: None,
-        stream_type: StreamType::Hls,
-        options: Default::default(),
-    }
-}
+use crate::util::hls_settings;
 
 /// Every event emitted so far, as (type, stream id, client id, reason).
 fn drain(rx: &mut broadcast::Receiver<Event>) -> Vec<(EventType, String, Option<String>, String)> {
@@ -65,8 +53,8 @@ async fn sweeps_run_every_cleanup_interval_and_remove_exactly_the_idle() {
     let maintenance = spawn_maintenance(state.clone());
     let at = |secs: f64| sleep_until(t0 + Duration::from_secs_f64(secs));
 
-    let (unwatched, _) = r.upsert(settings("http://o/unwatched.m3u8"));
-    let (watched, _) = r.upsert(settings("http://o/watched.m3u8"));
+    let (unwatched, _) = r.upsert(hls_settings("http://o/unwatched.m3u8"));
+    let (watched, _) = r.upsert(hls_settings("http://o/watched.m3u8"));
     let (idle, _) = r.client("idle", &watched.id, "10.0.0.1", "tv");
     let (busy, _) = r.client("busy", &watched.id, "10.0.0.2", "tv");
     // An open connection (a live viewer, a long download).
@@ -174,7 +162,7 @@ async fn a_stream_timeout_of_zero_keeps_streams_and_clients_of_removed_streams_g
     let t0 = Instant::now();
     let r: Arc<Registry> = state.registry.clone();
     let maintenance = spawn_maintenance(state.clone());
-    let (kept, _) = r.upsert(settings("http://o/kept.m3u8"));
+    let (kept, _) = r.upsert(hls_settings("http://o/kept.m3u8"));
     r.client("viewer", &kept.id, "10.0.0.1", "tv");
     sleep_until(t0 + Duration::from_secs(100_000)).await;
     assert!(
@@ -223,7 +211,7 @@ async fn bytes_per_second_is_the_last_second_of_traffic() {
     let r = state.registry.clone();
     let maintenance = spawn_maintenance(state.clone());
     let at = |secs: f64| sleep_until(t0 + Duration::from_secs_f64(secs));
-    let (s, _) = r.upsert(settings("http://o/rate.m3u8"));
+    let (s, _) = r.upsert(hls_settings("http://o/rate.m3u8"));
     let (c, _) = r.client("viewer", &s.id, "10.0.0.1", "tv");
     let viewing = Viewing::new(r.clone(), s.clone(), c.clone());
     at(0.5).await;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::util::origin::Origin;
-use crate::util::{eventually, refused_addr, Proxy};
+use crate::util::{create_stream_at, eventually, refused_addr, Proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_m3u-client");
 /// The ANSI sequence `monitor` starts each frame with on a terminal.
@@ -701,15 +701,9 @@ async fn monitor_survives_a_server_restart() {
         .expect("rebind the same port");
     let _stop = serve(listener);
     let http = crate::util::http_client();
-    let created: StreamCreated = http
-        .post(format!("http://{addr}/streams"))
-        .json(&serde_json::json!({ "url": "http://127.0.0.1:1/after.m3u8" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let base = format!("http://{addr}");
+    let created = create_stream_at(&http, &base, "http://127.0.0.1:1/after.m3u8").await;
+    let created: StreamCreated = serde_json::from_value(created).unwrap();
     let frame = screen
         .wait_for("the restarted server's stream", |f| {
             f.contains(&created.stream_id)

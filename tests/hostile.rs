@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::binary::start;
 use crate::util::origin::Origin;
-use crate::util::{eventually, http_client, metric_sample};
+use crate::util::{create_stream_at, eventually, http_client, metric_sample};
 
 /// The header read timeout the tests run with.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,16 +62,7 @@ impl Running {
     /// Registers a live TS channel and starts a viewer reading it.
     async fn viewer(&self, origin: &Origin) -> Viewer {
         origin.live_ts("/live.ts", 100_000);
-        let created: Value = self
-            .http
-            .post(format!("{}/streams", self.base))
-            .json(&serde_json::json!({"url": origin.url("/live.ts")}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = create_stream_at(&self.http, &self.base, &origin.url("/live.ts")).await;
         let endpoint = created["stream_endpoint"].as_str().unwrap();
         // Its own client: its connection must not be one the test's other requests share.
         let mut res = http_client()

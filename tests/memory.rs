@@ -8,29 +8,15 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use m3u_proxy::cache::{Filled, Lookup};
 use m3u_proxy::config::{ClientLimits, Config};
-use m3u_proxy::model::StreamType;
 use m3u_proxy::server::{build_state, spawn_maintenance};
-use m3u_proxy::stream::StreamSettings;
 use m3u_proxy::upstream::FetchedPlaylist;
 use reqwest::StatusCode;
 use url::Url;
 
 use crate::util::origin::Origin;
-use crate::util::{eventually, Proxy};
+use crate::util::{eventually, hls_settings, Proxy};
 
 const MPEGURL: &str = "application/vnd.apple.mpegurl";
-
-fn settings(url: &str) -> StreamSettings {
-    StreamSettings {
-        original_url: url.parse().unwrap(),
-        failover_urls: vec![],
-        user_agent: None,
-        headers: Default::default(),
-        metadata: None,
-        stream_type: StreamType::Hls,
-        options: Default::default(),
-    }
-}
 
 /// Fills the segment cache with `size` bytes at `url`, and reads them back as a viewer.
 async fn fill_segment(cache: &Arc<m3u_proxy::cache::Cache>, stream: &str, url: &Url, size: usize) {
@@ -66,8 +52,8 @@ async fn twenty_thousand_clients_and_a_cache_fill_leave_nothing_behind() {
     let state = build_state(config).unwrap();
     let r = state.registry.clone();
     let maintenance = spawn_maintenance(state.clone());
-    let (a, _) = r.upsert(settings("http://o/a.m3u8"));
-    let (b, _) = r.upsert(settings("http://o/b.m3u8"));
+    let (a, _) = r.upsert(hls_settings("http://o/a.m3u8"));
+    let (b, _) = r.upsert(hls_settings("http://o/b.m3u8"));
     let events_before = r.events.last_id();
 
     // 20,000 players: on stream a each names itself, on stream b each has its own agent.

@@ -11,6 +11,8 @@ pub mod ts_viewer;
 use std::net::SocketAddr;
 
 use m3u_proxy::config::Config;
+use m3u_proxy::model::StreamType;
+use m3u_proxy::stream::StreamSettings;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -92,9 +94,7 @@ impl Proxy {
 
     /// Registers `url` and returns the proxy's answer (`stream_id`, `stream_endpoint`, ...).
     pub async fn create_stream(&self, url: &str) -> Value {
-        let (status, body) = self.post_stream(json!({ "url": url })).await;
-        assert!(status.is_success(), "create stream: {status} {body}");
-        body
+        create_stream_at(&self.http, &self.base, url).await
     }
 
     /// Registers `url` with `backups` as its failover URLs; returns (stream id, playback
@@ -151,6 +151,35 @@ impl Drop for Proxy {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Registers `url` on the proxy at `base` (an in-process [`Proxy`], the real binary, a
+/// restarted server) and returns its answer (`stream_id`, `stream_endpoint`, ...).
+pub async fn create_stream_at(http: &reqwest::Client, base: &str, url: &str) -> Value {
+    let res = http
+        .post(format!("{base}/streams"))
+        .json(&json!({ "url": url }))
+        .send()
+        .await
+        .expect("POST /streams");
+    let status = res.status();
+    let body: Value = res.json().await.expect("JSON answer");
+    assert!(status.is_success(), "create stream: {status} {body}");
+    body
+}
+
+/// The settings of an HLS stream at `url` with nothing else set, for tests that use the
+/// registry without HTTP.
+pub fn hls_settings(url: &str) -> StreamSettings {
+    StreamSettings {
+        original_url: url.parse().unwrap(),
+        failover_urls: vec![],
+        user_agent: None,
+        headers: Default::default(),
+        metadata: None,
+        stream_type: StreamType::Hls,
+        options: Default::default(),
     }
 }
 
