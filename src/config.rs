@@ -27,8 +27,15 @@ pub struct Config {
     /// load balancer must share it. When `None`, it is read from (or created in) the data
     /// directory, or generated for this process only.
     pub secret: Option<String>,
-    /// Where state that must survive a restart lives (the signing secret).
+    /// Where state that must survive a restart lives: the signing secret and, with the
+    /// `sqlite` store, the database. `None` with `sqlite` means `./m3u-proxy-data`.
     pub data_dir: Option<PathBuf>,
+    /// Where streams, webhooks and counters are kept (`M3U_PROXY_STORE`). The binary's
+    /// default is `sqlite`; this struct's is `memory`, so embedding code and tests keep
+    /// nothing unless they ask.
+    pub store: StoreBackend,
+    /// How often counter increments are written to the store (`STATE_FLUSH_INTERVAL`).
+    pub state_flush_interval: Duration,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` headers are believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// Upstream timeouts; see [`UpstreamTimeouts`].
@@ -47,6 +54,25 @@ pub struct Config {
     /// `/health`), for reverse proxies that pass it on. Empty for none; see
     /// [`normalize_root_path`].
     pub root_path: String,
+}
+
+/// The store backends; see `crate::store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// Keep nothing: a restart starts empty.
+    #[default]
+    Memory,
+    /// One SQLite file in the data directory.
+    Sqlite,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Memory => "memory",
+            StoreBackend::Sqlite => "sqlite",
+        }
+    }
 }
 
 /// What a player connection may cost: how long it may take to send a request, how long it
@@ -238,6 +264,8 @@ impl Default for Config {
             api_token: None,
             secret: None,
             data_dir: None,
+            store: StoreBackend::Memory,
+            state_flush_interval: Duration::from_secs(1),
             trusted_proxies: Vec::new(),
             upstream: UpstreamTimeouts::default(),
             max_playlist_bytes: 16 * 1024 * 1024,
@@ -277,6 +305,7 @@ impl Config {
             ("playlist timeout", t.playlist_total),
             ("header read timeout", self.connections.header_read_timeout),
             ("keep-alive timeout", self.connections.keepalive_timeout),
+            ("state flush interval", self.state_flush_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero(name));

@@ -166,6 +166,7 @@ pub const ERROR_CODES: &[(u16, &str)] = &[
     (502, "upstream_error"),
     (503, "too_many_connections"),
     (503, "too_many_connections_per_ip"),
+    (503, "store_unavailable"),
     (504, "upstream_timeout"),
 ];
 

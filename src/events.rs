@@ -23,7 +23,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use webhooks::{
-    retry_delay, spawn_dispatcher, Webhook, WebhookError, WebhookLimits, WebhookSpec, Webhooks,
+    retry_delay, spawn_dispatcher, Webhook, WebhookError, WebhookLimits, WebhookRecord,
+    WebhookSpec, Webhooks,
 };
 
 /// How many events the bus keeps for readers that are momentarily behind.

@@ -41,6 +41,11 @@
 //!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
+//! - [`store`] — durable state: the one persistence interface (documents by kind and id,
+//!   additive counters, a load at start-up), its `memory` and `sqlite` backends on a
+//!   writer thread of their own, the stream and webhook documents, the restore before
+//!   listening and the background counter flush. Uses `registry`, `events`, `stream`,
+//!   `model`, `metrics`, `config`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
 //!   `/events` (SSE) and `/webhooks`, and m3u-editor's forms of them (`api::editor`: streams
 //!   by metadata, `/info`, `/test-connection`, strict live TS, sticky sessions). Translates
@@ -72,5 +77,6 @@ pub mod playlist;
 pub mod proxy_url;
 pub mod registry;
 pub mod server;
+pub mod store;
 pub mod stream;
 pub mod upstream;

@@ -280,6 +280,23 @@ pub struct Health {
     /// The totals under m3u-editor's names.
     #[serde(default)]
     pub stats: HealthStats,
+    /// Where state is kept and whether writes work; absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
+}
+
+/// `GET /health` `store`: the state backend and how its writes go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `sqlite` or `memory`.
+    pub backend: String,
+    /// The database file; `null` for `memory`.
+    pub path: Option<String>,
+    /// Milliseconds since the last successful commit (a management write or a counter
+    /// flush); `null` before the first one, and always for `memory`, which writes nothing.
+    pub last_flush_age_ms: Option<u64>,
+    /// False while writes fail (disk full); management writes then answer 503.
+    pub ok: bool,
 }
 
 /// `GET /health` `stats`, as m3u-editor reads them.

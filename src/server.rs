@@ -25,13 +25,14 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
 use crate::cache::Cache;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreBackend};
 use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
 use crate::live::Live;
 use crate::proxy_url::Signer;
 use crate::registry::Registry;
+use crate::store::{self, Store, StoreError};
 use crate::upstream::Upstream;
 
 mod connection;
@@ -56,6 +57,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot use data directory {path}: {source}")]
     DataDir { path: String, source: io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
     #[error("cannot build the upstream client: {0}")]
     Upstream(#[from] UpstreamError),
     #[error("server error: {0}")]
@@ -90,7 +93,9 @@ pub async fn serve(
     serve_state(listener, build_state(config)?, shutdown).await
 }
 
-async fn serve_state(
+/// Serves an already built state on an already bound listener (tests keep a handle on
+/// the state, e.g. its store), flushing counters once more after the drain.
+pub async fn serve_state(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -103,6 +108,14 @@ async fn serve_state(
         "player connection limits"
     );
     let maintenance = spawn_maintenance(state.clone());
+    let flusher = state.store.is_persistent().then(|| {
+        store::spawn_flusher(
+            state.store.clone(),
+            state.registry.clone(),
+            state.config.state_flush_interval,
+        )
+    });
+    let (store, stored_registry) = (state.store.clone(), state.registry.clone());
     let dispatcher = spawn_dispatcher(
         &state.registry.events,
         state.webhooks.clone(),
@@ -117,6 +130,14 @@ async fn serve_state(
     let result = accept_loop(listener, state, signal).await;
     maintenance.abort();
     dispatcher.abort();
+    if let Some(flusher) = flusher {
+        flusher.abort();
+        // The viewers are gone: this flush makes the stored counters exact.
+        if let Err(e) = store::flush_now(&store, &stored_registry).await {
+            tracing::error!(error = %e, "the last counter flush failed");
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     result
 }
 
@@ -188,7 +209,18 @@ fn descriptor_limit() -> u64 {
 /// the configuration, the data directory, or (for a lone process) fresh randomness.
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     config.validate()?;
-    let secret = match (&config.secret, &config.data_dir) {
+    let data_dir = match config.store {
+        StoreBackend::Sqlite => Some(
+            config
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| store::DEFAULT_DATA_DIR.into()),
+        ),
+        StoreBackend::Memory => config.data_dir.clone(),
+    };
+    // The store first: it creates the data directory (mode 0700) where the secret goes.
+    let (store, loaded) = Store::open(config.store, data_dir.as_deref())?;
+    let secret = match (&config.secret, &data_dir) {
         (Some(s), _) => s.as_bytes().to_vec(),
         (None, Some(dir)) => load_or_create_secret(dir).map_err(|source| ServerError::DataDir {
             path: dir.display().to_string(),
@@ -210,15 +242,25 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         limits.max_connections_per_ip,
         descriptors,
     );
+    let registry = Registry::new(&secret)
+        .with_client_timeout(config.client_timeout)
+        .with_client_limits(config.client_limits);
+    let webhooks = Webhooks::default();
+    let restored = store::restore(&loaded, &registry, &webhooks);
+    tracing::info!(
+        backend = store.backend(),
+        path = store.location().unwrap_or("-"),
+        streams = restored.streams,
+        webhooks = restored.webhooks,
+        skipped = restored.skipped,
+        "state store"
+    );
     Ok(AppState {
-        registry: Arc::new(
-            Registry::new(&secret)
-                .with_client_timeout(config.client_timeout)
-                .with_client_limits(config.client_limits),
-        ),
+        registry: Arc::new(registry),
         upstream: Upstream::new(&config)?,
         signer: Arc::new(Signer::new(&secret)),
-        webhooks: Arc::new(Webhooks::default()),
+        webhooks: Arc::new(webhooks),
+        store: Arc::new(store),
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
         live: Arc::new(Live::new(config.fanout)),
@@ -298,6 +340,12 @@ async fn maintain(state: AppState) {
                     cfg.client_timeout.as_millis() as u64,
                     cfg.stream_timeout.map(|d| d.as_millis() as u64),
                 );
+                if !swept.streams.is_empty() && state.store.is_persistent() {
+                    let (store, ids) = (state.store.clone(), swept.streams.clone());
+                    tokio::spawn(async move {
+                        let _ = store.delete_all(crate::store::Kind::Stream, &ids).await;
+                    });
+                }
                 if !swept.clients.is_empty() || !swept.streams.is_empty() {
                     tracing::debug!(
                         clients = swept.clients.len(),

@@ -16,8 +16,20 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh, empty data directory for one run of the binary (under the system temp dir, so
+/// no test ever writes `./m3u-proxy-data` into the repository). A test that sets
+/// `M3U_PROXY_DATA_DIR` itself overrides it.
+pub(crate) fn scratch_data_dir() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("m3u-proxy-bin-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.display().to_string()
+}
+
 fn spawn(envs: &[(&str, String)], args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_m3u-proxy"))
+        .env("M3U_PROXY_DATA_DIR", scratch_data_dir())
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
         .stdout(Stdio::null())
@@ -63,7 +75,10 @@ pub(crate) async fn start(
 }
 
 /// Sends `signal` and waits for the process to exit; returns its status and how long it took.
-async fn stop_with(child: &mut Child, signal: &str) -> (std::process::ExitStatus, Duration) {
+pub(crate) async fn stop_with(
+    child: &mut Child,
+    signal: &str,
+) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
     let sent = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -191,6 +206,7 @@ fn spawn_logged(port: u16, envs: &[(&str, &str)]) -> Child {
         .env_remove("NO_COLOR")
         .env("M3U_PROXY_HOST", "127.0.0.1")
         .env("M3U_PROXY_PORT", port.to_string())
+        .env("M3U_PROXY_DATA_DIR", scratch_data_dir())
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -704,6 +704,7 @@ async fn host_and_port_are_aliases_and_the_prefixed_names_win() {
         std::process::Command::new(env!("CARGO_BIN_EXE_m3u-proxy"))
             .env_remove("M3U_PROXY_HOST")
             .env_remove("M3U_PROXY_PORT")
+            .env("M3U_PROXY_DATA_DIR", crate::binary::scratch_data_dir())
             .envs(envs)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

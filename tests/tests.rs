@@ -26,4 +26,5 @@ mod playlist_shapes;
 mod references;
 mod repost;
 mod stats;
+mod store;
 mod util;

@@ -266,6 +266,11 @@ async fn delete_by_metadata(
         skipped = skipped.len(),
         "streams deleted by metadata"
     );
+    state
+        .store
+        .delete_all(crate::store::Kind::Stream, &deleted)
+        .await
+        .map_err(super::manage::store_unavailable)?;
     Ok(Json(json!({
         "message": format!("deleted {} stream(s) with {field}={value}", deleted.len()),
         "deleted_count": deleted.len(),
@@ -291,6 +296,13 @@ async fn delete_oldest(
         .filter(|s| !excluded(s, exclude))
         .min_by_key(|s| s.created_at);
     let removed = oldest.and_then(|s| r.remove_stream(&s.id, Removal::Oldest));
+    if let Some((s, _)) = &removed {
+        state
+            .store
+            .delete(crate::store::Kind::Stream, &s.id)
+            .await
+            .map_err(super::manage::store_unavailable)?;
+    }
     Ok(Json(match removed {
         Some((s, _)) => {
             let age = (chrono::Utc::now() - s.created_at).num_milliseconds() as f64 / 1000.0;

@@ -11,7 +11,8 @@ use crate::model::{
     ClientInfo, ClientList, CreateStream, FailoverDone, Health, HealthStats, ProxyStats, Stats,
     StreamCreated, StreamDeleted, StreamDetail, StreamList, StreamType,
 };
-use crate::registry::{Counters, Removal, Upsert};
+use crate::registry::{Counters, Removal, StreamEntry, Upsert};
+use crate::store::{Kind, StoreError, StreamRecord};
 use crate::stream::{StreamOptions, StreamSettings};
 
 use super::json::AppJson;
@@ -79,6 +80,7 @@ pub async fn create_stream(
         // New URLs may answer differently: a file before may be a live channel now.
         state.live.forget_file(&entry.id);
     }
+    save_stream(&state, &entry).await?;
     let settings = entry.settings();
     let playlist_url = format!("/hls/{}/playlist.m3u8", entry.id);
     let direct_url = format!("/stream/{}", entry.id);
@@ -108,6 +110,29 @@ pub async fn create_stream(
         Upsert::Updated => StatusCode::OK,
     };
     Ok((status, Json(body)))
+}
+
+/// Writes the stream's document (settings and position) and waits for the commit.
+pub(super) async fn save_stream(state: &AppState, entry: &StreamEntry) -> Result<(), ApiError> {
+    state
+        .store
+        .put_with(Kind::Stream, &entry.id, || {
+            let record = StreamRecord::of(entry);
+            entry.stored.set_generation(record.generation);
+            Some(record)
+        })
+        .await
+        .map_err(store_unavailable)
+}
+
+/// A write the store did not commit: 503. The change is in effect in this process and the
+/// store keeps it for its next commit, so the answer says so and a retry is harmless.
+pub(super) fn store_unavailable(e: StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the change is in effect but could not be saved yet ({e}); it is saved when the store recovers"),
+    )
 }
 
 /// An absolute http(s) URL with a host: the only kind of upstream the proxy will fetch.
@@ -221,6 +246,11 @@ pub async fn delete_stream(
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
     state.live.forget_file(&id);
     tracing::info!(stream_id = %id, "stream deleted");
+    state
+        .store
+        .delete(Kind::Stream, &id)
+        .await
+        .map_err(store_unavailable)?;
     Ok(Json(StreamDeleted {
         message: format!("stream {id} deleted"),
         stream_id: id,
@@ -244,6 +274,7 @@ pub async fn failover(
     })?;
     let current = stream.settings().url_at(index).to_string();
     tracing::info!(stream_id = %id, failover_index = index, "manual failover");
+    save_stream(&state, &stream).await?;
     Ok(Json(FailoverDone {
         stream_id: id,
         previous_url: previous.to_string(),
@@ -326,5 +357,6 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
             total_segments_served: Counters::get(&r.totals.segments),
             uptime_seconds: r.clock.uptime_seconds(),
         },
+        store: Some(state.store.health()),
     })
 }

@@ -260,6 +260,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
     connection_series(&mut page, &state.connections);
+    page.histogram(
+        "m3u_proxy_store_flush_seconds",
+        "Time each store commit took (a management write or a counter flush).",
+        &[("backend", state.store.backend())],
+        &state.store.flush_seconds(),
+    );
+    page.counter(
+        "m3u_proxy_store_flush_failures_total",
+        "Store commits that failed (their changes are kept for the next commit).",
+        &[("backend", state.store.backend())],
+        state.store.flush_failures(),
+    );
     for fetch in Fetch::MEASURED {
         if let Some(h) = state.upstream.latency(fetch) {
             page.histogram(

@@ -51,6 +51,14 @@ pub struct AppState {
     pub live: Arc<crate::live::Live>,
     /// Player connections: open, refused, timed out, and the limits in effect.
     pub connections: Arc<crate::connections::Connections>,
+    /// Where streams, webhooks and counters are kept.
+    pub store: Arc<crate::store::Store>,
+}
+
+impl FromRef<AppState> for Arc<crate::store::Store> {
+    fn from_ref(state: &AppState) -> Arc<crate::store::Store> {
+        state.store.clone()
+    }
 }
 
 impl FromRef<AppState> for EventBus {

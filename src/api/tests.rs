@@ -164,10 +164,32 @@ async fn sse_unknown_type_filter_is_a_json_422() {
     assert!(body["detail"].as_str().unwrap().contains("\"nope\""));
 }
 
+/// What the `/webhooks` router needs.
+#[derive(Clone)]
+struct HookState {
+    webhooks: Arc<Webhooks>,
+    store: Arc<crate::store::Store>,
+}
+
+impl axum::extract::FromRef<HookState> for Arc<Webhooks> {
+    fn from_ref(s: &HookState) -> Self {
+        s.webhooks.clone()
+    }
+}
+
+impl axum::extract::FromRef<HookState> for Arc<crate::store::Store> {
+    fn from_ref(s: &HookState) -> Self {
+        s.store.clone()
+    }
+}
+
 /// The `/webhooks` router, called without a socket.
 fn webhooks_api() -> (Arc<Webhooks>, Router) {
     let webhooks = Arc::new(Webhooks::default());
-    let router = webhooks_router().with_state(webhooks.clone());
+    let router = webhooks_router().with_state(HookState {
+        webhooks: webhooks.clone(),
+        store: Arc::new(crate::store::Store::memory()),
+    });
     (webhooks, router)
 }
 

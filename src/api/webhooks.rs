@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::json::AppJson;
 use crate::error::ApiError;
 use crate::events::{EventType, Webhook, WebhookError, WebhookSpec, Webhooks};
+use crate::store::{Kind, Store};
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
@@ -27,6 +28,7 @@ pub fn webhooks_router<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Webhooks>: FromRef<S>,
+    Arc<Store>: FromRef<S>,
 {
     Router::new()
         .route(
@@ -63,6 +65,7 @@ struct RawSpec {
 
 async fn register_webhook(
     State(webhooks): State<Arc<Webhooks>>,
+    State(store): State<Arc<Store>>,
     AppJson(raw): AppJson<RawSpec>,
 ) -> Result<Response, ApiError> {
     let events = raw
@@ -81,6 +84,10 @@ async fn register_webhook(
     };
     // 201 either way: a URL posted again is updated, not doubled.
     let (webhook, _) = webhooks.register_or_update(spec)?;
+    store
+        .put_with(Kind::Webhook, &webhook.id, || webhooks.record(&webhook.id))
+        .await
+        .map_err(super::manage::store_unavailable)?;
     Ok((StatusCode::CREATED, Json(webhook)).into_response())
 }
 
@@ -99,18 +106,25 @@ async fn show_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<Stri
     }
 }
 
-async fn remove_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
-    if webhooks.remove(&id) {
-        Json(serde_json::json!({ "id": id, "deleted": true })).into_response()
-    } else {
-        unknown_webhook(&id)
+async fn remove_webhook(
+    State(webhooks): State<Arc<Webhooks>>,
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+) -> Response {
+    if !webhooks.remove(&id) {
+        return unknown_webhook(&id);
     }
+    if let Err(e) = store.delete(Kind::Webhook, &id).await {
+        return super::manage::store_unavailable(e).into_response();
+    }
+    Json(serde_json::json!({ "id": id, "deleted": true })).into_response()
 }
 
 /// `DELETE /webhooks?webhook_url=...`, or with `{"webhook_url": ...}` as the JSON body
 /// (m3u-editor sends the body).
 async fn remove_webhook_by_url(
     State(webhooks): State<Arc<Webhooks>>,
+    State(store): State<Arc<Store>>,
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
@@ -128,7 +142,11 @@ async fn remove_webhook_by_url(
         )
         .into_response();
     };
-    if webhooks.remove_url(&url) {
+    let removed = webhooks.remove_url_ids(&url);
+    if let Err(e) = store.delete_all(Kind::Webhook, &removed).await {
+        return super::manage::store_unavailable(e).into_response();
+    }
+    if !removed.is_empty() {
         Json(serde_json::json!({"message": format!("webhook {url} removed"), "deleted": true}))
             .into_response()
     } else {

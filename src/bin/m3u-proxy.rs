@@ -10,10 +10,11 @@ use std::time::Duration;
 use clap::Parser;
 use m3u_proxy::config::{
     CacheSettings, ClientLimits, Config, ConnectionSettings, FailoverSettings, FanoutSettings,
-    SlowViewer, UpstreamTimeouts,
+    SlowViewer, StoreBackend, UpstreamTimeouts,
 };
 use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;
+use m3u_proxy::store::StoreError;
 
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
 #[derive(Debug, Parser)]
@@ -60,9 +61,17 @@ struct Args {
     /// instances behind one load balancer.
     #[arg(long, env = "M3U_PROXY_SECRET", hide_env_values = true)]
     secret: Option<String>,
-    /// Directory for state that survives restarts (the generated signing secret).
+    /// Directory for state that survives restarts: the generated signing secret and the
+    /// database [default: ./m3u-proxy-data]
     #[arg(long, env = "M3U_PROXY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where streams, webhooks and counters are kept: sqlite (a database in the data
+    /// directory) or memory (nothing survives a restart).
+    #[arg(long, env = "M3U_PROXY_STORE", value_enum, default_value = "sqlite")]
+    store: StoreArg,
+    /// Seconds between writes of counter increments to the store (also written at shutdown).
+    #[arg(long, env = "STATE_FLUSH_INTERVAL", default_value_t = 1.0)]
+    state_flush_interval: f64,
     /// Comma-separated addresses of reverse proxies whose X-Forwarded-For is trusted.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<IpAddr>,
@@ -126,6 +135,12 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StoreArg {
+    Sqlite,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SlowViewerArg {
     Drop,
     Skip,
@@ -177,7 +192,17 @@ impl Args {
                 .then(|| Duration::from_secs(self.stream_timeout)),
             api_token: self.api_token.filter(|t| !t.is_empty()),
             secret: self.secret.filter(|s| !s.is_empty()),
-            data_dir: self.data_dir,
+            data_dir: match self.store {
+                StoreArg::Sqlite => self
+                    .data_dir
+                    .or_else(|| Some(PathBuf::from(m3u_proxy::store::DEFAULT_DATA_DIR))),
+                StoreArg::Memory => self.data_dir,
+            },
+            store: match self.store {
+                StoreArg::Sqlite => StoreBackend::Sqlite,
+                StoreArg::Memory => StoreBackend::Memory,
+            },
+            state_flush_interval: seconds("--state-flush-interval", self.state_flush_interval)?,
             trusted_proxies: self.trusted_proxies,
             upstream: UpstreamTimeouts {
                 connect: seconds("--connect-timeout", self.connect_timeout)?,
@@ -264,9 +289,11 @@ async fn main() -> ExitCode {
     match m3u_proxy::server::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         // Each error's message already holds its cause: printed once, on one line.
-        Err(err @ (ServerError::Config(_) | ServerError::DataDir { .. })) => {
-            fail(BAD_SETTING, &format!("error: {err}"))
-        }
+        Err(
+            err @ (ServerError::Config(_)
+            | ServerError::DataDir { .. }
+            | ServerError::Store(StoreError::Directory { .. })),
+        ) => fail(BAD_SETTING, &format!("error: {err}")),
         Err(err) => fail(1, &format!("error: {err}")),
     }
 }

@@ -405,6 +405,7 @@ mod tests {
             open_connections: 0,
             max_connections: 0,
             stats: Default::default(),
+            store: None,
         };
         assert_eq!(
             health(&h),

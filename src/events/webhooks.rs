@@ -68,6 +68,16 @@ pub struct Webhook {
     pub last_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// A webhook as the store keeps it: its id and creation time with the registration
+/// (filters, timeout, retries, headers). Delivery counts are not kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: WebhookSpec,
+}
+
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
@@ -209,8 +219,13 @@ impl Webhooks {
 
     /// Unregisters every webhook with this URL; false when there was none.
     pub fn remove_url(&self, raw: &str) -> bool {
+        !self.remove_url_ids(raw).is_empty()
+    }
+
+    /// Unregisters every webhook with this URL and returns their ids.
+    pub fn remove_url_ids(&self, raw: &str) -> Vec<String> {
         let Ok(url) = valid_url(raw) else {
-            return false;
+            return Vec::new();
         };
         let ids: Vec<String> = self
             .entries()
@@ -218,8 +233,7 @@ impl Webhooks {
             .filter(|e| e.url == url)
             .map(|e| e.id.clone())
             .collect();
-        let removed = ids.iter().filter(|id| self.remove(id)).count();
-        removed > 0
+        ids.into_iter().filter(|id| self.remove(id)).collect()
     }
 
     /// Validates and registers a webhook; it receives events emitted from now on.
@@ -300,6 +314,44 @@ impl Webhooks {
             in_flight: AtomicUsize::new(0),
             last: Mutex::default(),
         }))
+    }
+
+    /// The webhook with this id as the store keeps it.
+    pub fn record(&self, id: &str) -> Option<WebhookRecord> {
+        let entry = self.entries().into_iter().find(|e| e.id == id)?;
+        Some(WebhookRecord {
+            id: entry.id.clone(),
+            created_at: entry.created_at,
+            spec: WebhookSpec {
+                url: entry.url.to_string(),
+                events: entry.filter.types.clone(),
+                stream_id: entry.filter.stream_id.clone(),
+                timeout_secs: Some(entry.timeout.as_secs()),
+                max_retries: Some(entry.max_retries),
+                headers: entry
+                    .headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+            },
+        })
+    }
+
+    /// Puts back a webhook the store kept, with its id, at start-up.
+    pub fn restore(&self, record: WebhookRecord) -> Result<(), WebhookError> {
+        let entry = self.build(record.spec, Some((&record.id, record.created_at)))?;
+        let mut hooks = self.hooks.write().unwrap_or_else(PoisonError::into_inner);
+        if hooks.len() >= self.limits.max_webhooks {
+            return Err(WebhookError::TooMany(self.limits.max_webhooks));
+        }
+        hooks.retain(|e| e.id != entry.id);
+        hooks.push(entry);
+        Ok(())
     }
 
     /// Every webhook with its delivery record, in registration order.

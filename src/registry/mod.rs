@@ -107,6 +107,20 @@ impl Counters {
         f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
     }
 
+    /// The cumulative counters that persist: bytes, segments, errors, failovers.
+    pub fn values(&self) -> [u64; 4] {
+        [&self.bytes, &self.segments, &self.errors, &self.failovers].map(Self::get)
+    }
+
+    /// Adds restored values (from the store, at start-up) to the four persistent counters.
+    pub fn restore(&self, values: [u64; 4]) {
+        let counters = [&self.bytes, &self.segments, &self.errors, &self.failovers];
+        for (c, v) in counters.into_iter().zip(values) {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
+        self.rate_mark.fetch_add(values[0], Ordering::Relaxed);
+    }
+
     /// Recomputes the rate from the bytes sent since the previous tick.
     fn tick_rate(&self, elapsed_secs: f64) {
         let now = self.bytes.load(Ordering::Relaxed);
@@ -154,6 +168,66 @@ pub struct StreamEntry {
     events: EventBus,
     /// The proxy-wide totals, where switches are counted too.
     totals: Arc<Counters>,
+    /// What the store holds: see [`Stored`].
+    pub stored: Stored,
+}
+
+/// How far the store has caught up with a stream: its persistent counters as last handed
+/// to the store, and the generation of the settings and position it holds. Only the
+/// store's flusher and the management handlers move these.
+#[derive(Debug, Default)]
+pub struct Stored {
+    counters: [AtomicU64; 4],
+    generation: AtomicU64,
+}
+
+impl Stored {
+    pub fn restored(counters: [u64; 4], generation: u64) -> Self {
+        Self {
+            counters: counters.map(AtomicU64::new),
+            generation: AtomicU64::new(generation),
+        }
+    }
+
+    /// The increments of `counters` since the last call (or the restore), marking them
+    /// handed over.
+    pub fn take_increments(&self, counters: &Counters) -> [u64; 4] {
+        let now = counters.values();
+        let mut delta = [0; 4];
+        for i in 0..4 {
+            let before = self.counters[i].swap(now[i], Ordering::Relaxed);
+            delta[i] = now[i].saturating_sub(before);
+        }
+        delta
+    }
+
+    /// Notes `values` as handed to the store.
+    pub fn mark_counters(&self, values: [u64; 4]) {
+        for (c, v) in self.counters.iter().zip(values) {
+            c.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The generation whose settings and position the store holds.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+    }
+}
+
+/// A stream as the store gives it back at start-up.
+#[derive(Debug, Clone)]
+pub struct RestoredStream {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub settings: StreamSettings,
+    pub index: usize,
+    pub generation: u64,
+    /// Bytes, segments, errors, failovers.
+    pub counters: [u64; 4],
 }
 
 impl StreamEntry {
@@ -450,6 +524,8 @@ pub struct Registry {
     /// Proxy-wide totals, including streams since deleted. Shared with every stream so a
     /// switch of URL counts in both.
     pub totals: Arc<Counters>,
+    /// How far `totals` were handed to the store.
+    pub stored_totals: Stored,
     /// Every change of streams and clients is announced here.
     pub events: EventBus,
     /// `CLIENT_TIMEOUT`: how long after its last request a viewer still counts as active.
@@ -470,6 +546,7 @@ impl Registry {
             streams: RwLock::default(),
             clients: RwLock::default(),
             totals: Arc::default(),
+            stored_totals: Stored::default(),
             events: EventBus::default(),
             client_timeout_ms: 300_000,
             client_limits: ClientLimits::default(),
@@ -596,13 +673,47 @@ impl Registry {
             entry.touch(now);
             return (entry.clone(), Upsert::Updated);
         }
-        let entry = Arc::new(StreamEntry {
+        let entry = self.new_entry(RestoredStream {
             id: id.clone(),
             created_at: Utc::now(),
-            settings: RwLock::new(Arc::new(settings)),
-            cursor: UrlCursor::default(),
+            settings,
+            index: 0,
+            generation: 0,
+            counters: [0; 4],
+        });
+        streams.insert(id, entry.clone());
+        (entry, Upsert::Created)
+    }
+
+    /// Puts back a stream the store held, with its position and counters, announcing
+    /// nothing (it was announced when it was created). Its idle time starts now.
+    pub fn restore_stream(&self, r: RestoredStream) -> Arc<StreamEntry> {
+        let entry = self.new_entry(r);
+        self.streams
+            .write()
+            .expect("streams lock")
+            .insert(entry.id.clone(), entry.clone());
+        entry
+    }
+
+    /// A new entry, not yet in the map: at `r.index` (the original URL when out of range)
+    /// with `r.counters`, which the store is taken to hold already. Its idle time starts now.
+    fn new_entry(&self, r: RestoredStream) -> Arc<StreamEntry> {
+        let now = self.clock.now_ms();
+        let index = if r.index < r.settings.url_count() {
+            r.index
+        } else {
+            0
+        };
+        let counters = Counters::default();
+        counters.restore(r.counters);
+        Arc::new(StreamEntry {
+            id: r.id,
+            created_at: r.created_at,
+            settings: RwLock::new(Arc::new(r.settings)),
+            cursor: UrlCursor::restored(index, r.generation),
             listings: Listings::default(),
-            counters: Counters::default(),
+            counters,
             last_access_ms: AtomicU64::new(now),
             last_access_at: WallStamp::now(),
             last_viewed_ms_plus_one: AtomicU64::new(0),
@@ -615,9 +726,22 @@ impl Registry {
             target_duration_ms: AtomicU64::new(0),
             events: self.events.clone(),
             totals: self.totals.clone(),
-        });
-        streams.insert(id, entry.clone());
-        (entry, Upsert::Created)
+            stored: Stored::restored(r.counters, r.generation),
+        })
+    }
+
+    /// Puts back the proxy totals the store held (at start-up, before any traffic).
+    pub fn restore_totals(&self, values: [u64; 4]) {
+        self.totals.restore(values);
+        self.stored_totals.mark_counters(values);
+    }
+
+    /// Calls `f` on every stream, in no order, under the map's read lock: `f` must not
+    /// call back into the registry's maps.
+    pub fn each_stream(&self, mut f: impl FnMut(&Arc<StreamEntry>)) {
+        for s in self.streams.read().expect("streams lock").values() {
+            f(s);
+        }
     }
 
     /// Counts an origin failure of `stream` (in its errors and the totals) and announces it

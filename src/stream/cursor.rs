@@ -51,6 +51,16 @@ pub enum Switched {
 }
 
 impl UrlCursor {
+    /// A cursor restored from the store: at `index`, with `generation` changes behind it.
+    pub fn restored(index: usize, generation: u64) -> Self {
+        Self {
+            current: AtomicUsize::new(index),
+            generation: watch::Sender::new(generation),
+            changes: AtomicU64::new(generation),
+            switches: Mutex::default(),
+        }
+    }
+
     pub fn index(&self) -> usize {
         self.current.load(Ordering::Acquire)
     }
