@@ -363,6 +363,12 @@ mod tests {
         assert_eq!(c.connections.max_connections, None);
         assert_eq!(c.connections.max_connections_per_ip, None);
         assert_eq!(c.root_path, "/m3u-proxy");
+        assert_eq!(
+            c.store,
+            StoreBackend::Memory,
+            "the binary's default is sqlite"
+        );
+        assert_eq!(c.state_flush_interval, Duration::from_secs(1));
     }
 
     #[test]

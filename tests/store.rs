@@ -378,6 +378,10 @@ struct Running {
 }
 
 async fn run_in(dir: &std::path::Path) -> Running {
+    run_with(dir, |_| {}).await
+}
+
+async fn run_with(dir: &std::path::Path, f: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config {
         host: [127, 0, 0, 1].into(),
         port: 0,
@@ -387,6 +391,7 @@ async fn run_in(dir: &std::path::Path) -> Running {
         ..Config::default()
     };
     config.upstream.connect = Duration::from_secs(2);
+    f(&mut config);
     let state = build_state(config).expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -518,4 +523,67 @@ async fn the_memory_store_keeps_nothing_and_says_so() {
         health["store"],
         json!({"backend": "memory", "path": null, "last_flush_age_ms": null, "ok": true})
     );
+}
+
+/// The stored document of a stream, read from the database while the proxy runs.
+fn stored_stream(dir: &std::path::Path, id: &str) -> Option<Value> {
+    let conn = rusqlite::Connection::open(dir.join("m3u-proxy.db")).ok()?;
+    let body: String = conn
+        .query_row(
+            "SELECT body FROM docs WHERE kind = 'stream' AND id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+#[tokio::test]
+async fn an_automatic_failover_and_an_idle_removal_reach_the_store_without_a_management_write() {
+    let origin = Origin::start().await;
+    serve_channel(&origin, 0);
+    let (_dead_socket, dead) = crate::util::refused_addr();
+    let data = TempDir::new("store-auto");
+    let proxy = run_with(data.path(), |c| {
+        c.failover.retries = 0;
+        c.stream_timeout = Some(Duration::from_secs(2));
+        c.cleanup_interval = Duration::from_secs(1);
+    })
+    .await;
+    let (http, base) = (http_client(), proxy.base.clone());
+    let created: Value = http
+        .post(format!("{base}/streams"))
+        .json(&json!({
+            "url": format!("http://{dead}/ch.m3u8"),
+            "failover_urls": [origin.url("/ch/0/index.m3u8")],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["stream_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        stored_stream(data.path(), &id).unwrap()["failover_index"],
+        0
+    );
+    // The dead origin is left for the backup on its own.
+    assert_eq!(play(&http, &base, &id).await, 3 * 2048);
+    eventually(Duration::from_secs(10), "the switch in the store", || {
+        let doc = stored_stream(data.path(), &id);
+        async move { (doc?["failover_index"] == 1).then_some(()) }
+    })
+    .await;
+    // Nobody plays it for STREAM_TIMEOUT: the sweep removes it, and so does the store.
+    eventually(
+        Duration::from_secs(15),
+        "the idle stream gone from the store",
+        || {
+            let gone = stored_stream(data.path(), &id).is_none();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
+    proxy.stop().await;
 }
