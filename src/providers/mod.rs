@@ -578,8 +578,11 @@ mod tests {
             .slot(&settings, &url, holder("two"), false)
             .await
             .is_err());
-        let second = providers.slot(&settings, &url, holder("two"), true).await;
-        assert!(second.unwrap().is_some());
+        let _second = providers
+            .slot(&settings, &url, holder("two"), true)
+            .await
+            .unwrap()
+            .expect("a slot once the oldest stream let go");
         holder_task.await.unwrap();
         let p = providers.get("p").unwrap();
         assert_eq!((p.rejections(), p.replacements()), (2, 1));
