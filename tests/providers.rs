@@ -227,6 +227,16 @@ async fn put_provider(proxy: &Proxy, name: &str, body: Value) -> (StatusCode, Va
     (status, res.json().await.unwrap())
 }
 
+/// An origin allowing `origin_limit` connections, and a proxy with provider `acc` over it.
+async fn limited(origin_limit: usize, max: u32, on_full: &str) -> (LimitedOrigin, Proxy) {
+    let origin = LimitedOrigin::start(origin_limit).await;
+    let proxy = Proxy::start().await;
+    let body = json!({"hosts": [origin.host()], "max_connections": max, "on_full": on_full});
+    let (status, answer) = put_provider(&proxy, "acc", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    (origin, proxy)
+}
+
 async fn provider(proxy: &Proxy, name: &str) -> Value {
     proxy.get_json(&format!("/providers/{name}")).await
 }
@@ -268,6 +278,35 @@ impl Watcher {
     fn ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
     }
+}
+
+/// `GET /events?types=...`, once subscribed (its opening comment has arrived).
+async fn events(proxy: &Proxy, types: &str) -> reqwest::Response {
+    let mut res = proxy.get(&format!("/events?types={types}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let opening = res.chunk().await.unwrap().expect("the opening comment");
+    assert!(!opening.is_empty());
+    res
+}
+
+/// Reads the feed until an event's line contains every one of `needles`; returns that line.
+async fn event_with(feed: &mut reqwest::Response, needles: &[&str]) -> String {
+    let mut text = String::new();
+    let read = async {
+        loop {
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("data:") && needles.iter().all(|n| l.contains(n)))
+            {
+                return line.to_string();
+            }
+            let chunk = feed.chunk().await.unwrap().expect("the feed stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .unwrap_or_else(|_| panic!("no event with {needles:?}"))
 }
 
 #[tokio::test]
@@ -333,15 +372,7 @@ async fn definitions_are_validated_listed_and_deleted() {
 
 #[tokio::test]
 async fn a_live_channel_shares_one_slot_and_a_second_channel_is_refused_until_it_frees() {
-    let origin = LimitedOrigin::start(1).await;
-    let proxy = Proxy::start().await;
-    let (status, _) = put_provider(
-        &proxy,
-        "acc",
-        json!({"hosts": [origin.host()], "max_connections": 1, "on_full": "reject"}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let (origin, proxy) = limited(1, 1, "reject").await;
     let one = stream(&proxy, &origin.url("/live/1.ts"), &[], "direct").await;
     let two = stream(&proxy, &origin.url("/live/2.ts"), &[], "direct").await;
 
@@ -352,10 +383,12 @@ async fn a_live_channel_shares_one_slot_and_a_second_channel_is_refused_until_it
     assert_eq!(origin.max_seen(), 1, "five viewers, one upstream");
     assert_eq!(provider(&proxy, "acc").await["active_connections"], 1);
 
+    let mut feed = events(&proxy, "provider_full").await;
     let started = Instant::now();
     let res = proxy.get(&format!("/stream/{two}")).await;
     let took = started.elapsed();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    event_with(&mut feed, &["provider_full", "\"provider\":\"acc\"", &two]).await;
     assert!(took < Duration::from_secs(1), "refused in {took:?}");
     assert!(res.headers().contains_key("retry-after"));
     let answer: Value = res.json().await.unwrap();
@@ -389,14 +422,7 @@ async fn a_live_channel_shares_one_slot_and_a_second_channel_is_refused_until_it
 
 #[tokio::test]
 async fn replace_oldest_zaps_to_the_new_channel_and_cuts_the_old_one() {
-    let origin = LimitedOrigin::start(1).await;
-    let proxy = Proxy::start().await;
-    put_provider(
-        &proxy,
-        "acc",
-        json!({"hosts": [origin.host()], "max_connections": 1, "on_full": "replace_oldest"}),
-    )
-    .await;
+    let (origin, proxy) = limited(1, 1, "replace_oldest").await;
     let one = stream(&proxy, &origin.url("/live/1.ts"), &[], "direct").await;
     let two = stream(&proxy, &origin.url("/live/2.ts"), &[], "direct").await;
     let old = [
@@ -404,6 +430,7 @@ async fn replace_oldest_zaps_to_the_new_channel_and_cuts_the_old_one() {
         Watcher::start(&proxy, &one).await,
     ];
 
+    let mut feed = events(&proxy, "stream_stopped").await;
     let started = Instant::now();
     let mut res = proxy.get(&format!("/stream/{two}")).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -419,6 +446,7 @@ async fn replace_oldest_zaps_to_the_new_channel_and_cuts_the_old_one() {
     .await;
     assert_eq!(origin.max_seen(), 1, "one connection throughout");
     assert_eq!(origin.refused(), 0);
+    event_with(&mut feed, &["stream_stopped", "provider_limit", &one]).await;
     let p = provider(&proxy, "acc").await;
     assert_eq!(p["replacements"], 1);
     assert_eq!(p["slots"][0]["stream_id"], two.as_str());
@@ -441,14 +469,7 @@ fn first_segment(id: &str, playlist: &str) -> String {
 
 #[tokio::test]
 async fn an_hls_stream_holds_one_slot_while_watched_and_frees_it_when_idle() {
-    let origin = LimitedOrigin::start(4).await;
-    let proxy = Proxy::start().await;
-    put_provider(
-        &proxy,
-        "acc",
-        json!({"hosts": [origin.host()], "max_connections": 1}),
-    )
-    .await;
+    let (origin, proxy) = limited(4, 1, "reject").await;
     let a = stream(&proxy, &origin.url("/hls/a.m3u8"), &[], "hls").await;
     let b = stream(&proxy, &origin.url("/hls/b.m3u8"), &[], "hls").await;
 
@@ -522,14 +543,7 @@ async fn failover_skips_a_full_provider_without_asking_it() {
 
 #[tokio::test]
 async fn vod_viewers_hold_a_slot_each_and_a_hang_up_frees_it_at_once() {
-    let origin = LimitedOrigin::start(2).await;
-    let proxy = Proxy::start().await;
-    put_provider(
-        &proxy,
-        "acc",
-        json!({"hosts": [origin.host()], "max_connections": 2}),
-    )
-    .await;
+    let (origin, proxy) = limited(2, 2, "reject").await;
     let film = stream(&proxy, &origin.url("/vod/film.mp4"), &[], "direct").await;
     let first = Watcher::start(&proxy, &film).await;
     let _second = Watcher::start(&proxy, &film).await;
@@ -564,14 +578,7 @@ async fn vod_viewers_hold_a_slot_each_and_a_hang_up_frees_it_at_once() {
 
 #[tokio::test]
 async fn test_connection_needs_a_slot_too() {
-    let origin = LimitedOrigin::start(1).await;
-    let proxy = Proxy::start().await;
-    put_provider(
-        &proxy,
-        "acc",
-        json!({"hosts": [origin.host()], "max_connections": 1}),
-    )
-    .await;
+    let (origin, proxy) = limited(1, 1, "reject").await;
     let live = stream(&proxy, &origin.url("/live/1.ts"), &[], "direct").await;
     let viewer = Watcher::start(&proxy, &live).await;
     let res = proxy
