@@ -594,3 +594,33 @@ async fn test_connection_needs_a_slot_too() {
     assert_eq!(origin.hits("/vod/x.mp4"), 0);
     viewer.task.abort();
 }
+
+#[tokio::test]
+async fn m3u_client_lists_the_providers_with_their_slots() {
+    let (origin, proxy) = limited(1, 1, "replace_oldest").await;
+    let live = stream(&proxy, &origin.url("/live/1.ts"), &[], "direct").await;
+    let viewer = Watcher::start(&proxy, &live).await;
+    let run = |json: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_m3u-client"));
+        command
+            .args(["--server", &proxy.base, "providers"])
+            .env_remove("M3U_PROXY_URL")
+            .env_remove("API_TOKEN");
+        if json {
+            command.arg("--json");
+        }
+        command.output()
+    };
+    let out = run(false).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().find(|l| l.starts_with("acc")).expect(&text);
+    for cell in ["1", "replace_oldest", &live, &origin.host()] {
+        assert!(row.contains(cell), "{cell} in {row}");
+    }
+    assert!(text.ends_with("1 provider\n"), "{text}");
+    let out = run(true).await.unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["providers"][0]["active_connections"], 1);
+    viewer.task.abort();
+}
