@@ -46,7 +46,7 @@
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
-//!   `/events` (SSE) and `/webhooks`, and m3u-editor's forms of them (`api::editor`: streams
+//!   `/events` (SSE), `/webhooks` and `/providers`, and m3u-editor's forms of them (`api::editor`: streams
 //!   by metadata, `/info`, `/test-connection`, strict live TS, sticky sessions). Translates
 //!   HTTP to calls on the modules above.
 //! - [`logging`] — the server's log set-up: checked `LOG_LEVEL`, colour only on a terminal,
