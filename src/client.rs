@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::model::{
-    ClientInfo, ClientList, CreateStream, ErrorBody, FailoverDone, Health, Stats, StreamCreated,
-    StreamDeleted, StreamDetail, StreamList,
+    ClientInfo, ClientList, CreateStream, ErrorBody, FailoverDone, Health, ProviderList, Stats,
+    StreamCreated, StreamDeleted, StreamDetail, StreamList,
 };
 
 /// How long to wait for a TCP connection: a server that is down should be reported quickly.
@@ -83,6 +83,7 @@ pub enum Endpoint<'a> {
     ListClients,
     Client(&'a str),
     Health,
+    ListProviders,
 }
 
 impl Endpoint<'_> {
@@ -115,6 +116,7 @@ impl Endpoint<'_> {
             Endpoint::ListClients => vec!["clients"],
             Endpoint::Client(id) => vec!["clients", id],
             Endpoint::Health => vec!["health"],
+            Endpoint::ListProviders => vec!["providers"],
         }
     }
 }
@@ -263,6 +265,11 @@ impl ApiClient {
         self.fetch(Endpoint::Health).await
     }
 
+    /// `GET /providers`.
+    pub async fn providers(&self) -> Result<ProviderList, ClientError> {
+        self.fetch(Endpoint::ListProviders).await
+    }
+
     async fn fetch<T: DeserializeOwned>(&self, endpoint: Endpoint<'_>) -> Result<T, ClientError> {
         let (url, status, body) = self.send(endpoint).await?;
         if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
@@ -308,7 +315,7 @@ fn decode<T: DeserializeOwned>(url: &Url, body: &str) -> Result<T, ClientError> 
 /// another service's answer) is not m3u-proxy talking, and is said so.
 fn api_error(base: &str, status: StatusCode, body: &str) -> ClientError {
     match serde_json::from_str::<ErrorBody>(body) {
-        Ok(ErrorBody { detail, code }) => ClientError::Api {
+        Ok(ErrorBody { detail, code, .. }) => ClientError::Api {
             status: status.as_u16(),
             detail,
             code,

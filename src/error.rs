@@ -56,6 +56,14 @@ pub enum UpstreamError {
     /// A playlist listed a URL that cannot be fetched.
     #[error("upstream request failed: upstream listed an invalid URL: {0}")]
     InvalidListedUrl(String),
+    /// Every slot of the provider of this URL is taken: no request was made. `elsewhere`
+    /// says whether another URL of the stream belongs to another provider (or none).
+    #[error("provider {provider} is full: all {max_connections} connections are in use")]
+    ProviderFull {
+        provider: String,
+        max_connections: u32,
+        elsewhere: bool,
+    },
     /// The HTTP client could not be built (TLS setup): no request was made.
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(String),
@@ -82,6 +90,9 @@ impl UpstreamError {
         match self {
             Status(s) if *s >= 500 || *s == 408 || *s == 429 => Remedy::RetrySameUrl,
             Status(_) | TooLarge(_) | CannotResume | Client(_) => Remedy::GiveUp,
+            // Never asked again at once: only another provider's URL can help.
+            ProviderFull { elsewhere, .. } if *elsewhere => Remedy::TryOtherUrl,
+            ProviderFull { .. } => Remedy::GiveUp,
             // Waiting for the same silent origin again only doubles the gap.
             FirstByteTimeout(_) | Stalled => Remedy::TryOtherUrl,
             Connect(_) | NotPlaylist(_) | NotMedia(_) | Transport(_) | EndedEarly | LiveEnded
@@ -143,6 +154,7 @@ pub const ERROR_CODES: &[(u16, &str)] = &[
     (404, "client_not_found"),
     (404, "webhook_not_found"),
     (404, "upstream_not_found"),
+    (404, "provider_not_found"),
     (405, "method_not_allowed"),
     (408, "request_timeout"),
     (413, "payload_too_large"),
@@ -156,6 +168,7 @@ pub const ERROR_CODES: &[(u16, &str)] = &[
     (422, "too_many_webhooks"),
     (422, "missing_parameter"),
     (422, "invalid_parameter"),
+    (422, "invalid_provider"),
     (431, "header_too_large"),
     (501, "transcoding_unsupported"),
     (502, "upstream_unreachable"),
@@ -164,6 +177,7 @@ pub const ERROR_CODES: &[(u16, &str)] = &[
     (502, "upstream_not_media"),
     (502, "upstream_too_large"),
     (502, "upstream_error"),
+    (503, "provider_full"),
     (503, "too_many_connections"),
     (503, "too_many_connections_per_ip"),
     (503, "store_unavailable"),
@@ -178,7 +192,12 @@ pub struct ApiError {
     pub detail: String,
     /// Where to go instead, sent as `Location` (a redirect that explains itself).
     pub location: Option<String>,
+    /// With `provider_full`: the provider and its limit, in the body, and `Retry-After`.
+    pub provider: Option<(String, u32)>,
 }
+
+/// The `Retry-After` of a `provider_full` answer, in seconds.
+pub const PROVIDER_FULL_RETRY_AFTER: u32 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
@@ -187,6 +206,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             location: None,
+            provider: None,
         }
     }
 
@@ -249,8 +269,22 @@ impl From<UpstreamError> for ApiError {
             | UpstreamError::ReconnectStatus(_)
             | UpstreamError::InvalidListedUrl(_)
             | UpstreamError::Client(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            UpstreamError::ProviderFull { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "provider_full")
+            }
         };
-        ApiError::new(status, code, e.to_string())
+        let provider = match &e {
+            UpstreamError::ProviderFull {
+                provider,
+                max_connections,
+                ..
+            } => Some((provider.clone(), *max_connections)),
+            _ => None,
+        };
+        ApiError {
+            provider,
+            ..ApiError::new(status, code, e.to_string())
+        }
     }
 }
 
@@ -267,14 +301,21 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = %self.status, code = self.code, detail = %self.detail, "request refused");
         }
+        let (provider, max_connections) = self.provider.clone().unzip();
         let mut res = (
             self.status,
             Json(ErrorBody {
                 detail: self.detail,
                 code: self.code.to_string(),
+                provider,
+                max_connections,
             }),
         )
             .into_response();
+        if self.provider.is_some() {
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from(PROVIDER_FULL_RETRY_AFTER));
+        }
         if let Some(location) = self.location.and_then(|l| HeaderValue::try_from(l).ok()) {
             res.headers_mut().insert("location", location);
         }

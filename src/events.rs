@@ -46,11 +46,13 @@ pub enum EventType {
     StreamStarted,
     /// A stream's last viewer left, or the stream was removed; `data.reason` says which.
     StreamStopped,
+    /// A connection was refused because every slot of its provider was taken.
+    ProviderFull,
 }
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::StreamCreated,
         EventType::StreamUpdated,
         EventType::StreamDeleted,
@@ -61,6 +63,7 @@ impl EventType {
         EventType::UpstreamError,
         EventType::StreamStarted,
         EventType::StreamStopped,
+        EventType::ProviderFull,
     ];
 
     /// m3u-editor's vocabulary (`stream_started`, `stream_stopped`), which restates what the
@@ -83,6 +86,7 @@ impl EventType {
             EventType::UpstreamError => "upstream_error",
             EventType::StreamStarted => "stream_started",
             EventType::StreamStopped => "stream_stopped",
+            EventType::ProviderFull => "provider_full",
         }
     }
 }
@@ -95,7 +99,7 @@ impl fmt::Display for EventType {
 
 /// A name that is not one of [`EventType::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event type {0:?}; expected one of stream_created, stream_updated, stream_deleted, stream_idle_removed, client_connected, client_disconnected, failover, upstream_error, stream_started, stream_stopped")]
+#[error("unknown event type {0:?}; expected one of stream_created, stream_updated, stream_deleted, stream_idle_removed, client_connected, client_disconnected, failover, upstream_error, stream_started, stream_stopped, provider_full")]
 pub struct UnknownEventType(pub String);
 
 impl FromStr for EventType {

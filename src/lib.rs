@@ -28,12 +28,16 @@
 //! - [`registry`] — the streams and clients of this process with their hot-path counters,
 //!   and the cleanup of idle ones; a stream entry composes `stream` types and announces
 //!   switches as events. Uses `stream`, `events`, `model`, `error`.
+//! - [`providers`] — accounts or origins with a connection limit: their definitions, the
+//!   host matching of URLs, the slots behind one interface (`SlotPool`, local here) with
+//!   `reject` and `replace_oldest`, and the one slot of a watched HLS stream
+//!   (`providers::hls`). Uses `registry`, `events`, `stream`, `model`, `error`.
 //! - [`upstream`] — talking to origins: the shared HTTP client and its checks, the
 //!   failover policy (`upstream::failover`: retry here or move down the URL list), the
 //!   direct feed that survives a cut (`upstream::direct`), and segment fetches with
 //!   retries, the 404-at-the-live-edge rule and the mirror after a switch
-//!   (`upstream::media`). Uses `registry`, `stream`, `config`, `error`, `metrics`,
-//!   `playlist`.
+//!   (`upstream::media`); every connection takes its provider's slot first. Uses
+//!   `providers`, `registry`, `stream`, `config`, `error`, `metrics`, `playlist`.
 //! - [`cache`] — single-flight, short-TTL, size-bounded sharing of segments and playlist
 //!   fetches among viewers; followers get bytes as they arrive. Uses `upstream`, `config`,
 //!   `error`.
@@ -47,7 +51,7 @@
 //!   listening and the background counter flush. Uses `registry`, `events`, `stream`,
 //!   `model`, `metrics`, `config`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
-//!   `/events` (SSE) and `/webhooks`, and m3u-editor's forms of them (`api::editor`: streams
+//!   `/events` (SSE), `/webhooks` and `/providers`, and m3u-editor's forms of them (`api::editor`: streams
 //!   by metadata, `/info`, `/test-connection`, strict live TS, sticky sessions). Translates
 //!   HTTP to calls on the modules above.
 //! - [`logging`] — the server's log set-up: checked `LOG_LEVEL`, colour only on a terminal,
@@ -74,6 +78,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod playlist;
+pub mod providers;
 pub mod proxy_url;
 pub mod registry;
 pub mod server;

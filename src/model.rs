@@ -46,6 +46,8 @@ pub struct CreateStream {
     pub metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_type: Option<StreamType>,
+    #[serde(default)]
+    pub provider: Option<String>,
     /// m3u-editor's failover: asked for the next URL when the current one fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_resolver_url: Option<String>,
@@ -112,6 +114,8 @@ pub struct StreamCreated {
 pub struct StreamInfo {
     pub stream_id: String,
     pub stream_type: StreamType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     pub original_url: String,
     pub current_url: String,
     pub failover_urls: Vec<String>,
@@ -255,6 +259,9 @@ pub struct Stats {
     pub proxy: ProxyStats,
     pub streams: Vec<StreamInfo>,
     pub clients: Vec<ClientInfo>,
+    /// The providers with their slots; empty from an older server.
+    #[serde(default)]
+    pub providers: Vec<ProviderInfo>,
 }
 
 /// `GET /health`: cheap, for load balancers.
@@ -312,8 +319,80 @@ pub struct HealthStats {
 }
 
 /// Every error answer of the API: `{"detail": "...", "code": "..."}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub detail: String,
     pub code: String,
+    /// With `provider_full`: the provider whose slots are all taken, and its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// What a provider's full slots do to a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Refuse it at once: 503 `provider_full`, before any upstream request.
+    #[default]
+    Reject,
+    /// Stop the provider's stream started longest ago, then open it.
+    ReplaceOldest,
+}
+
+impl OnFull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFull::Reject => "reject",
+            OnFull::ReplaceOldest => "replace_oldest",
+        }
+    }
+}
+
+/// `PUT /providers/{name}`: an account or origin with a connection limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// `host:port` (or `host`, any port) of each origin of the provider.
+    pub hosts: Vec<String>,
+    pub max_connections: u32,
+    #[serde(default)]
+    pub on_full: OnFull,
+}
+
+/// One slot of a provider held now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderSlot {
+    pub stream_id: Option<String>,
+    /// `direct` (a live channel's shared upstream or a file viewer), `hls` (a watched HLS
+    /// stream), `probe` or `test_connection`.
+    pub kind: String,
+    pub since: DateTime<Utc>,
+}
+
+/// A provider as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub max_connections: u32,
+    pub on_full: OnFull,
+    pub active_connections: u64,
+    /// Connections refused because every slot was taken.
+    #[serde(default)]
+    pub rejections: u64,
+    /// Streams stopped to make room (`replace_oldest`).
+    #[serde(default)]
+    pub replacements: u64,
+    /// The slots held now, oldest first.
+    #[serde(default)]
+    pub slots: Vec<ProviderSlot>,
+}
+
+/// `GET /providers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderInfo>,
+    pub total: usize,
 }

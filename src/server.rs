@@ -30,6 +30,7 @@ use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
 use crate::live::Live;
+use crate::providers::{LocalSlots, Providers};
 use crate::proxy_url::Signer;
 use crate::registry::Registry;
 use crate::store::{self, Store, StoreError};
@@ -242,9 +243,11 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         limits.max_connections_per_ip,
         descriptors,
     );
-    let registry = Registry::new(&secret)
-        .with_client_timeout(config.client_timeout)
-        .with_client_limits(config.client_limits);
+    let registry = Arc::new(
+        Registry::new(&secret)
+            .with_client_timeout(config.client_timeout)
+            .with_client_limits(config.client_limits),
+    );
     let webhooks = Webhooks::default();
     let restored = store::restore(&loaded, &registry, &webhooks);
     tracing::info!(
@@ -255,9 +258,10 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         skipped = restored.skipped,
         "state store"
     );
+    let providers = Providers::new(Arc::new(LocalSlots::default()), Some(registry.clone()));
     Ok(AppState {
-        registry: Arc::new(registry),
-        upstream: Upstream::new(&config)?,
+        upstream: Upstream::new(&config)?.with_providers(Arc::new(providers)),
+        registry,
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(webhooks),
         store: Arc::new(store),

@@ -23,6 +23,7 @@ mod memory;
 mod metrics;
 mod origin_selftest;
 mod playlist_shapes;
+mod providers;
 mod references;
 mod repost;
 mod stats;

@@ -403,6 +403,24 @@ async fn test_connection(State(state): State<AppState>, body: Bytes) -> Json<Val
             }))
         }
     };
+    // A test is a connection like any other: it needs a slot of the URL's provider.
+    let slot = state
+        .upstream
+        .providers()
+        .slot_of_no_stream(&url, "test_connection")
+        .await;
+    let _slot = match slot {
+        Ok(slot) => slot,
+        Err(e) => {
+            return Json(json!({
+                "success": false,
+                "message": format!("not tested: {e}"),
+                "status_code": null,
+                "url_tested": raw,
+                "error": "provider_full",
+            }))
+        }
+    };
     let answer = state
         .upstream
         .http()

@@ -67,6 +67,7 @@ pub async fn create_stream(
         headers,
         metadata: req.metadata,
         stream_type: StreamType::Hls,
+        provider: req.provider.filter(|p| !p.trim().is_empty()),
         options,
     };
     settings.stream_type = match (req.stream_type, existing) {
@@ -305,10 +306,12 @@ pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
         total_failovers: Counters::get(&t.failovers),
         bytes_per_second: t.bytes_per_second(),
     };
+    let providers = state.upstream.providers().infos().await;
     Json(Stats {
         proxy,
         streams,
         clients,
+        providers,
     })
 }
 

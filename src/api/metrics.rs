@@ -272,6 +272,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[("backend", state.store.backend())],
         state.store.flush_failures(),
     );
+    provider_series(&mut page, &state.upstream.providers().infos().await);
     for fetch in Fetch::MEASURED {
         if let Some(h) = state.upstream.latency(fetch) {
             page.histogram(
@@ -361,6 +362,52 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], page.finish()).into_response()
+}
+
+/// The slots, limit and refusals of each provider.
+fn provider_series(page: &mut PromText, providers: &[crate::model::ProviderInfo]) {
+    type Series = (
+        &'static str,
+        &'static str,
+        MetricKind,
+        fn(&crate::model::ProviderInfo) -> u64,
+    );
+    let series: [Series; 4] = [
+        (
+            "m3u_proxy_provider_connections",
+            "Upstream connections (slots) held now per provider; an HLS stream being watched holds one.",
+            MetricKind::Gauge,
+            |p| p.active_connections,
+        ),
+        (
+            "m3u_proxy_provider_max_connections",
+            "The connection limit of each provider.",
+            MetricKind::Gauge,
+            |p| u64::from(p.max_connections),
+        ),
+        (
+            "m3u_proxy_provider_rejections_total",
+            "Connections refused because every slot of the provider was taken.",
+            MetricKind::Counter,
+            |p| p.rejections,
+        ),
+        (
+            "m3u_proxy_provider_replacements_total",
+            "Streams stopped to make room on a full provider (replace_oldest).",
+            MetricKind::Counter,
+            |p| p.replacements,
+        ),
+    ];
+    for (name, help, kind, value) in series {
+        page.family(name, help, kind);
+        for p in providers {
+            let labels = [("provider", p.name.as_str())];
+            match kind {
+                MetricKind::Counter => page.counter(name, help, &labels, value(p)),
+                _ => page.gauge(name, help, &labels, value(p)),
+            };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod json;
 mod manage;
 mod metrics;
 mod playback;
+mod providers;
 mod viewer;
 mod webhooks;
 
@@ -133,6 +134,7 @@ fn routes(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(events::sse_router())
         .merge(webhooks::webhooks_router())
+        .merge(providers::providers_router())
         .merge(editor::editor_router())
         // Before the layers, so a wrong method meets them like any request.
         .method_not_allowed_fallback(method_not_allowed)

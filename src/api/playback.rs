@@ -20,10 +20,11 @@ use crate::error::{ApiError, UpstreamError};
 use crate::live::{Tuned, ViewerBody};
 use crate::model::StreamType;
 use crate::playlist::{self, UriKind};
+use crate::providers::Holder;
 use crate::proxy_url::Target;
 use crate::registry::{ClientEntry, StreamEntry, Viewing};
 use crate::stream::{equivalent, Equivalent, Listing};
-use crate::upstream::direct::{Chunk, DirectFeed};
+use crate::upstream::direct::{Chunk, DirectFeed, Opened};
 use crate::upstream::failover::Faults;
 use crate::upstream::media::{self, relayed_headers, PLAYLIST_CONTENT_TYPE};
 use crate::upstream::{check_media_status, Fetch, FetchedPlaylist};
@@ -45,6 +46,7 @@ pub async fn master_playlist(
     let stream = find_hls_stream(&state, &id, "../../", uri.query())?;
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
+    let start = stream.current_index();
     let fetched = state
         .upstream
         .failover()
@@ -57,11 +59,16 @@ pub async fn master_playlist(
                 let fetch = |url: Url| {
                     let (upstream, cache, settings) =
                         (upstream.clone(), cache.clone(), settings.clone());
-                    let stream_id = stream.id.clone();
+                    let stream = stream.clone();
                     async move {
                         cache
-                            .playlist(&stream_id, &url, || {
-                                upstream.fetch_playlist(&url, &settings)
+                            .playlist(&stream.id, &url, || async {
+                                // A fetch upstream rides on the stream's provider slot.
+                                let _slot = upstream
+                                    .providers()
+                                    .hls_use(&stream, &url, index == start)
+                                    .await?;
+                                upstream.fetch_playlist(&url, &settings).await
                             })
                             .await
                     }
@@ -140,6 +147,13 @@ pub async fn signed_reference(
                 Some(Lookup::Lead(leader)) => Some(leader),
                 None => None,
             };
+            // The fetch rides on the stream's provider slot (its HLS session).
+            let slot = state
+                .upstream
+                .providers()
+                .hls_use(&stream, &url, true)
+                .await
+                .inspect_err(|e| viewing.upstream_error(e))?;
             let res = media::fetch(
                 &state.upstream,
                 &stream,
@@ -167,7 +181,9 @@ pub async fn signed_reference(
                 }
                 _ => res,
             };
-            relay(res, &url, kind, viewing, is_segment, plain_body)
+            relay(res, &url, kind, viewing, is_segment, |res| {
+                holding(plain_body(res), slot)
+            })
         }
     }
 }
@@ -177,7 +193,7 @@ pub async fn signed_reference(
 /// switch), its equivalent under `index` is fetched instead, so the player moves too.
 async fn nested_playlist(
     state: &AppState,
-    stream: &StreamEntry,
+    stream: &Arc<StreamEntry>,
     target: &Url,
     index: usize,
     query: Option<&str>,
@@ -190,6 +206,11 @@ async fn nested_playlist(
         let new = match stream.listings.listing(current, generation) {
             Some(listing) => listing,
             None => {
+                let _slot = state
+                    .upstream
+                    .providers()
+                    .hls_use(stream, current, true)
+                    .await?;
                 let top = state.upstream.fetch_playlist(current, &settings).await?;
                 let info = playlist::rewrite(&top.text, &top.final_url, |u, _| u.to_string()).info;
                 let listing = Listing::new(generation, &info);
@@ -208,8 +229,13 @@ async fn nested_playlist(
     let url = with_ll_hls_params(url, query);
     state
         .cache
-        .playlist(&stream.id, &url, || {
-            state.upstream.fetch_playlist(&url, &settings)
+        .playlist(&stream.id, &url, || async {
+            let _slot = state
+                .upstream
+                .providers()
+                .hls_use(stream, &url, true)
+                .await?;
+            state.upstream.fetch_playlist(&url, &settings).await
         })
         .await
 }
@@ -282,62 +308,84 @@ async fn direct_response(
                 headers,
                 body,
             } => Ok(shared_live_response(status, headers, body, viewing)),
-            Tuned::Own(index, url, res) => {
-                relay_direct(state, stream, &Method::GET, index, &url, res, viewing)
-            }
+            Tuned::Own(opened) => relay_direct(state, stream, &Method::GET, opened, viewing),
         };
     }
-    let (index, url, res) = open_direct(state, &stream, &viewing, &method, &headers).await?;
-    relay_direct(state, stream, &method, index, &url, res, viewing)
+    let opened = open_direct(state, &stream, &viewing, &method, &headers).await?;
+    relay_direct(state, stream, &method, opened, viewing)
 }
 
 /// Opens a direct stream's upstream under the failover policy, counting the failures met.
+/// Each attempt first takes a slot of its URL's provider: the first URL tried may stop the
+/// provider's oldest stream (`replace_oldest`), a failover attempt skips a full provider.
 async fn open_direct(
     state: &AppState,
     stream: &Arc<StreamEntry>,
     viewing: &Viewing,
     method: &Method,
     headers: &HeaderMap,
-) -> Result<(usize, Url, reqwest::Response), ApiError> {
+) -> Result<Opened, ApiError> {
+    let start = stream.current_index();
     let opened = state
         .upstream
         .failover()
-        .run(stream, &mut { viewing }, |_, url| {
+        .run(stream, &mut { viewing }, |index, url| {
             let (upstream, settings) = (state.upstream.clone(), stream.settings());
             let (method, headers) = (method.clone(), headers.clone());
+            let holder = Holder {
+                stream_id: Some(stream.id.clone()),
+                kind: "direct",
+            };
             async move {
+                let slot = upstream
+                    .providers()
+                    .slot(&settings, &url, holder, index == start)
+                    .await?;
                 let res = upstream
                     .send(Fetch::Direct, method, &url, &settings, &headers)
                     .await?;
                 check_media_status(&res)?;
-                Ok((url, res))
+                Ok((url, res, slot))
             }
         })
         .await;
-    let (index, (url, res)) = opened.inspect_err(|e| {
+    let (index, (url, res, slot)) = opened.inspect_err(|e| {
         viewing.upstream_error(e);
         tracing::warn!(stream_id = %stream.id, error = %e, "direct upstream failed");
     })?;
-    Ok((index, url, res))
+    Ok((index, url, res, slot))
 }
 
-/// One viewer's own direct upstream: a GET's body continues across failures.
+/// One viewer's own direct upstream: a GET's body continues across failures; the body
+/// holds the connection's provider slot until it is dropped.
 fn relay_direct(
     state: &AppState,
     stream: Arc<StreamEntry>,
     method: &Method,
-    index: usize,
-    url: &Url,
-    res: reqwest::Response,
+    (index, url, res, slot): Opened,
     viewing: Viewing,
 ) -> Result<Response, ApiError> {
     if method == Method::GET && res.status().is_success() {
         let upstream = state.upstream.clone();
-        return relay(res, url, UriKind::Media, viewing, false, move |res| {
-            DirectFeed::new(upstream, stream, index, res).into_stream()
+        return relay(res, &url, UriKind::Media, viewing, false, move |res| {
+            DirectFeed::new(upstream, stream, index, res, slot).into_stream()
         });
     }
-    relay(res, url, UriKind::Media, viewing, false, plain_body)
+    relay(res, &url, UriKind::Media, viewing, false, |res| {
+        holding(plain_body(res), slot)
+    })
+}
+
+/// `body`, holding `held` (a provider slot) until it is dropped.
+fn holding<T: Send + 'static>(
+    body: BoxStream<'static, Result<Chunk, UpstreamError>>,
+    held: T,
+) -> BoxStream<'static, Result<Chunk, UpstreamError>> {
+    futures_util::stream::unfold((body, held), |(mut body, held)| async move {
+        let item = body.next().await?;
+        Some((item, (body, held)))
+    })
+    .boxed()
 }
 
 /// Whether a direct request wants the stream from its start, as every live viewer does
@@ -651,6 +699,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Direct,
+            provider: None,
             options: Default::default(),
         });
         let (client, _) = registry.client("c", &stream.id, "127.0.0.1", "ua");

@@ -74,6 +74,8 @@ enum ApiCommand {
     Clients { id: Option<String> },
     /// Check that the server is up.
     Health,
+    /// List the providers (connection-limited accounts) with the slots they hold.
+    Providers,
     /// Watch streams, viewers and bytes per second live, until Ctrl-C.
     Monitor {
         /// Seconds between refreshes.
@@ -156,6 +158,7 @@ async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(),
         ApiCommand::Clients { id: None } => Endpoint::ListClients,
         ApiCommand::Clients { id: Some(id) } => Endpoint::Client(id),
         ApiCommand::Health => Endpoint::Health,
+        ApiCommand::Providers => Endpoint::ListProviders,
         ApiCommand::Monitor { interval } => {
             return monitor::run(client, Duration::from_secs(*interval), json).await;
         }
@@ -181,6 +184,9 @@ async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(),
         Endpoint::ListClients => render::client_table(&client.clients().await?.clients, now),
         Endpoint::Client(id) => render::client_detail(&client.client(id).await?, now),
         Endpoint::Health => render::health(&client.health().await?),
+        Endpoint::ListProviders => {
+            render::provider_table(&client.providers().await?.providers, now)
+        }
     };
     emit(&text);
     Ok(())

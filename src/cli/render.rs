@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use super::format::{self, Align, Table};
 use crate::client::Created;
 use crate::model::{
-    ClientInfo, FailoverDone, Health, Stats, StreamDeleted, StreamDetail, StreamInfo, StreamType,
+    ClientInfo, FailoverDone, Health, ProviderInfo, Stats, StreamDeleted, StreamDetail, StreamInfo,
+    StreamType,
 };
 
 /// URLs in tables are cut to this many characters; `info` shows them whole.
@@ -168,6 +169,43 @@ pub fn client_table(clients: &[ClientInfo], now: DateTime<Utc>) -> String {
         ]);
     }
     format!("{}{}\n", table.render(), count(clients.len(), "client"))
+}
+
+/// `providers`.
+pub fn provider_table(providers: &[ProviderInfo], now: DateTime<Utc>) -> String {
+    if providers.is_empty() {
+        return "No providers.\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("PROVIDER", Align::Left),
+        ("CONNS", Align::Right),
+        ("MAX", Align::Right),
+        ("ON FULL", Align::Left),
+        ("REFUSED", Align::Right),
+        ("REPLACED", Align::Right),
+        ("OLDEST SLOT", Align::Left),
+        ("HOSTS", Align::Left),
+    ]);
+    for p in providers {
+        let oldest = p.slots.iter().min_by_key(|s| s.since).map_or_else(
+            || "-".to_owned(),
+            |s| {
+                let stream = s.stream_id.as_deref().unwrap_or(&s.kind);
+                format!("{stream} ({})", format::ago(s.since, now))
+            },
+        );
+        table.row(vec![
+            p.name.clone(),
+            p.active_connections.to_string(),
+            p.max_connections.to_string(),
+            p.on_full.as_str().to_owned(),
+            p.rejections.to_string(),
+            p.replacements.to_string(),
+            oldest,
+            format::truncate_middle(&p.hosts.join(","), 40),
+        ]);
+    }
+    format!("{}{}\n", table.render(), count(providers.len(), "provider"))
 }
 
 /// `clients ID`.

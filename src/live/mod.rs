@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
-use url::Url;
 
 use self::hub::Joined;
 pub use self::hub::{Fanout, LiveHub, ViewerBody};
@@ -33,7 +32,7 @@ use crate::config::FanoutSettings;
 use crate::error::ApiError;
 use crate::playlist::UriKind;
 use crate::registry::{Registry, StreamEntry};
-use crate::upstream::direct::{DirectFeed, Shape};
+use crate::upstream::direct::{self, DirectFeed, Shape};
 use crate::upstream::media::relayed_headers;
 use crate::upstream::Upstream;
 
@@ -53,8 +52,9 @@ pub enum Tuned {
         headers: HeaderMap,
         body: ViewerBody,
     },
-    /// An upstream of its own, as the opener returned it: its URL index, URL and answer.
-    Own(usize, Url, reqwest::Response),
+    /// An upstream of its own, as the opener returned it: its URL index, URL, answer and
+    /// provider slot.
+    Own(direct::Opened),
 }
 
 impl Live {
@@ -93,7 +93,7 @@ impl Live {
     ) -> Result<Tuned, ApiError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(usize, Url, reqwest::Response), ApiError>>,
+        Fut: Future<Output = Result<direct::Opened, ApiError>>,
     {
         let leading = loop {
             match self.slots.step(&stream.id, &self.fanout) {
@@ -117,10 +117,9 @@ impl Live {
         };
         let opened = open().await;
         let Some(leading) = leading else {
-            let (index, url, res) = opened?;
-            return Ok(Tuned::Own(index, url, res));
+            return Ok(Tuned::Own(opened?));
         };
-        let (index, url, res) = match opened {
+        let (index, url, res, slot) = match opened {
             Ok(opened) => opened,
             Err(error) => {
                 leading.finish(None, Opened::Failed(error.clone()));
@@ -132,7 +131,8 @@ impl Live {
         if LiveHub::can_share(status, &shape) {
             let headers = relayed_headers(&res, &url, UriKind::Media);
             let ts = shape == (Shape::Live { ts: Some(true) });
-            let feed = DirectFeed::new(upstream.clone(), stream.clone(), index, res);
+            // The hub's feed holds the slot, and gives it back when its connection closes.
+            let feed = DirectFeed::new(upstream.clone(), stream.clone(), index, res, slot);
             let (hub, body) = LiveHub::start(
                 self.fanout.clone(),
                 registry.clone(),
@@ -149,7 +149,7 @@ impl Live {
         // A file: its later viewers go straight to the origin, never through the slot.
         let file = status.is_success() && !matches!(shape, Shape::Live { .. });
         leading.finish(file.then_some(Slot::File), Opened::Unshared);
-        Ok(Tuned::Own(index, url, res))
+        Ok(Tuned::Own((index, url, res, slot)))
     }
 }
 

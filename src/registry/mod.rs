@@ -316,7 +316,7 @@ impl StreamEntry {
     }
 
     /// How long after its last request a viewer of this stream still counts as watching.
-    fn watch_window_ms(&self) -> u64 {
+    pub fn watch_window_ms(&self) -> u64 {
         match self.settings().stream_type {
             StreamType::Hls => {
                 HLS_WATCH_WINDOW_MS.max(2 * self.target_duration_ms.load(Ordering::Relaxed))
@@ -938,6 +938,25 @@ impl Registry {
         )
     }
 
+    /// Announces `stream_stopped` with `reason` (and `extra` in its data) for a stream the
+    /// proxy stops without removing it (`provider_limit`); its viewers' connections end.
+    pub fn stream_stopped_for(&self, stream_id: &str, reason: &str, extra: serde_json::Value) {
+        let Some(s) = self.stream(stream_id) else {
+            return;
+        };
+        s.watched.store(false, Ordering::Relaxed);
+        let mut data = serde_json::json!({"reason": reason});
+        if let (Some(map), Some(extra)) = (data.as_object_mut(), extra.as_object()) {
+            map.extend(extra.clone());
+        }
+        self.events.emit(
+            EventType::StreamStopped,
+            Some(stream_id),
+            None,
+            with_metadata(data, &s.settings()),
+        );
+    }
+
     /// Announces `stream_stopped` (`last_client_disconnected`) for every stream whose last
     /// viewer left since `stream_started`. Called about once a second.
     pub fn note_stopped_viewing(&self) {
@@ -1203,6 +1222,7 @@ impl Registry {
         StreamInfo {
             stream_id: s.id.clone(),
             stream_type: settings.stream_type,
+            provider: settings.provider.clone(),
             original_url: settings.original_url.to_string(),
             current_url: settings.url_at(index).to_string(),
             failover_urls: settings.failover_urls.iter().map(Url::to_string).collect(),
@@ -1389,6 +1409,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Hls,
+            provider: None,
             options: Default::default(),
         }
     }

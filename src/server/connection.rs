@@ -299,6 +299,7 @@ fn json_error(status: StatusCode, code: &str, detail: String) -> Response<Body> 
     let body = serde_json::to_vec(&ErrorBody {
         detail,
         code: code.to_string(),
+        ..ErrorBody::default()
     })
     .unwrap_or_default();
     let mut res = Response::new(Body::from(body));
@@ -360,6 +361,7 @@ fn refusal_answer(refusal: Refusal, connections: &Connections) -> Vec<u8> {
     let body = serde_json::to_string(&ErrorBody {
         detail,
         code: code.to_string(),
+        ..ErrorBody::default()
     })
     .unwrap_or_default();
     format!(

@@ -39,8 +39,16 @@ use url::Url;
 use super::failover::Faults;
 use super::{check_media_status, Fetch, Upstream};
 use crate::error::UpstreamError;
+use crate::providers::{Holder, SlotGuard};
 use crate::registry::StreamEntry;
 use crate::stream::StreamSettings;
+
+/// An opened direct upstream: the URL index and URL that answered, the answer, and the
+/// provider slot its connection holds (none when its URL belongs to no provider).
+pub type Opened = (usize, Url, reqwest::Response, Option<SlotGuard>);
+
+/// What a stream's viewer gets when its provider's slot is taken back for another stream.
+pub const STOPPED_FOR_PROVIDER: &str = "stream stopped to make room on its provider";
 
 /// Size of an MPEG-TS packet.
 pub const TS_PACKET: usize = 188;
@@ -275,6 +283,10 @@ pub struct DirectFeed {
     /// The clean end of a live feed, reported only once the reconnection shows it was not
     /// the end of a file.
     unconfirmed_end: Option<UpstreamError>,
+    /// The provider slot the current connection holds, and a future that resolves when
+    /// it is taken back (polled only while the body waits, like `switched`).
+    slot: Option<SlotGuard>,
+    slot_stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Failures to report before anything else, oldest first.
     faults: StampedFaults,
     /// The failure that ends the feed, yielded once the faults before it are out.
@@ -283,12 +295,14 @@ pub struct DirectFeed {
 }
 
 impl DirectFeed {
-    /// Continues `res`, the answer of URL `index` to a GET, across failures.
+    /// Continues `res`, the answer of URL `index` to a GET (its connection holding `slot`),
+    /// across failures.
     pub fn new(
         upstream: Upstream,
         stream: Arc<StreamEntry>,
         index: usize,
         res: reqwest::Response,
+        slot: Option<SlotGuard>,
     ) -> Self {
         let shape = Shape::of_answer(&res);
         let live = matches!(shape, Shape::Live { .. });
@@ -311,6 +325,8 @@ impl DirectFeed {
             connected_at: Instant::now(),
             short_runs: 0,
             move_on: false,
+            slot_stopped: arm_stop(slot.as_ref()),
+            slot,
             faults: StampedFaults::default(),
             failed: None,
             done: false,
@@ -338,6 +354,14 @@ impl DirectFeed {
             }
             if self.done {
                 return None;
+            }
+            if self.slot.as_ref().is_some_and(|s| s.stop.is_fired()) {
+                // Its provider wants the slot for another stream: close, and end.
+                tracing::info!(stream_id = %self.stream.id, "direct upstream stopped for its provider's limit");
+                self.drop_upstream();
+                self.slot = None;
+                self.done = true;
+                return Some(Ok(Chunk::Abort(STOPPED_FOR_PROVIDER)));
             }
             let generation = self.stream.generation();
             if generation != self.generation {
@@ -387,6 +411,8 @@ impl DirectFeed {
                     // Seen by the generation check above.
                     self.switched = arm(switches);
                 }
+                // Seen by the slot check above.
+                () = &mut self.slot_stopped => {}
             }
         }
     }
@@ -529,6 +555,10 @@ impl DirectFeed {
         };
         let etag = self.etag.clone();
         let upstream = self.upstream.clone();
+        // The old connection is closed: its slot goes back before another is taken.
+        self.slot = None;
+        self.slot_stopped = arm_stop(None);
+        let stream_id = self.stream.id.clone();
         let opened = policy
             .run(&self.stream, &mut self.faults, |index, url| {
                 let upstream = upstream.clone();
@@ -537,13 +567,24 @@ impl DirectFeed {
                     .as_ref()
                     .filter(|(i, _)| *i == index)
                     .map(|(_, v)| v.clone());
+                let holder = Holder {
+                    stream_id: Some(stream_id.clone()),
+                    kind: "direct",
+                };
                 async move {
+                    // A reconnection never stops another stream to get in.
+                    let slot = upstream
+                        .providers()
+                        .slot(&settings, &url, holder, false)
+                        .await?;
                     let res = reopen(&upstream, &url, &settings, resume, etag).await?;
-                    Ok((url, res))
+                    Ok((url, res, slot))
                 }
             })
             .await;
-        let (index, (url, res)) = opened?;
+        let (index, (url, res, slot)) = opened?;
+        self.slot_stopped = arm_stop(slot.as_ref());
+        self.slot = slot;
         tracing::info!(stream_id = %self.stream.id, url_index = index, "direct upstream reconnected");
         if index != self.index {
             self.short_runs = 0;
@@ -556,6 +597,14 @@ impl DirectFeed {
             self.replay = Some(BytesMut::new());
         }
         Ok(())
+    }
+}
+
+/// A future that resolves when `slot` is taken back; never without a slot.
+fn arm_stop(slot: Option<&SlotGuard>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    match slot {
+        Some(slot) => Box::pin(slot.stop.fired()),
+        None => Box::pin(std::future::pending()),
     }
 }
 
@@ -757,6 +806,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: crate::model::StreamType::Direct,
+            provider: None,
             options: Default::default(),
         });
         let chunks = (0..1000u32).map(|_| Ok::<_, std::io::Error>(Bytes::from(packet(1))));
@@ -764,7 +814,7 @@ mod tests {
             .header(header::CONTENT_LENGTH, (1000 * TS_PACKET).to_string())
             .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
             .unwrap();
-        let mut feed = DirectFeed::new(upstream, stream, 0, reqwest::Response::from(answer));
+        let mut feed = DirectFeed::new(upstream, stream, 0, reqwest::Response::from(answer), None);
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = polls.clone();
         // Stands for the switch watch: counts how often it is looked at.

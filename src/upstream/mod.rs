@@ -24,6 +24,7 @@ use url::Url;
 use crate::config::{Config, UpstreamTimeouts};
 use crate::error::UpstreamError;
 use crate::metrics::Histogram;
+use crate::providers::{Holder, Providers};
 use crate::stream::StreamSettings;
 
 use self::failover::FailoverPolicy;
@@ -79,6 +80,8 @@ pub struct Upstream {
     failover: FailoverPolicy,
     /// Time to response headers, per [`Fetch::MEASURED`] purpose.
     latency: Arc<[Histogram; 4]>,
+    /// The connection limits of providers: every upstream connection takes a slot first.
+    providers: Arc<Providers>,
 }
 
 /// A playlist as fetched: its text and the URL it came from after redirects, which is the
@@ -108,7 +111,19 @@ impl Upstream {
             max_playlist_bytes: config.max_playlist_bytes,
             failover,
             latency: Arc::new(std::array::from_fn(|_| Histogram::latency())),
+            providers: Arc::default(),
         })
+    }
+
+    /// This client with the proxy's providers (which announce through its registry).
+    pub fn with_providers(mut self, providers: Arc<Providers>) -> Self {
+        self.providers = providers;
+        self
+    }
+
+    /// The providers whose slots every upstream connection takes.
+    pub fn providers(&self) -> &Arc<Providers> {
+        &self.providers
     }
 
     /// The underlying client, for callers that need plain HTTP (webhooks, probes).
@@ -230,7 +245,18 @@ impl Upstream {
     /// Asks the origin what a URL is: `Some(true)` for an HLS playlist (by content type or
     /// a `#EXTM3U` sniff of the first bytes), `Some(false)` for anything else it serves,
     /// `None` when it cannot tell within a few seconds.
+    /// A probe takes a slot of the URL's provider like any connection, and is skipped
+    /// (`None`) when the provider is full.
     pub async fn probe_is_playlist(&self, url: &Url, settings: &StreamSettings) -> Option<bool> {
+        let holder = Holder {
+            stream_id: None,
+            kind: "probe",
+        };
+        let _slot = self
+            .providers
+            .slot(settings, url, holder, false)
+            .await
+            .ok()?;
         let probe = async {
             let res = self
                 .send(Fetch::Probe, Method::GET, url, settings, &HeaderMap::new())
