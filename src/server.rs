@@ -30,7 +30,7 @@ use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
 use crate::live::Live;
-use crate::providers::{LocalSlots, Providers};
+use crate::providers::{LocalSlots, ProviderRecord, Providers};
 use crate::proxy_url::Signer;
 use crate::registry::Registry;
 use crate::store::{self, Store, StoreError};
@@ -259,6 +259,11 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         "state store"
     );
     let providers = Providers::new(Arc::new(LocalSlots::default()), Some(registry.clone()));
+    providers.restore(restored.providers.iter().filter_map(|(name, doc)| {
+        serde_json::from_value::<ProviderRecord>(doc.clone())
+            .map_err(|error| tracing::warn!(provider = %name, %error, "stored provider skipped"))
+            .ok()
+    }));
     Ok(AppState {
         upstream: Upstream::new(&config)?.with_providers(Arc::new(providers)),
         registry,

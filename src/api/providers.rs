@@ -10,10 +10,12 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::json::AppJson;
+use super::manage::store_unavailable;
 use super::AppState;
 use crate::error::ApiError;
 use crate::model::{ProviderInfo, ProviderList, ProviderSpec};
 use crate::providers::{validate, validate_name, InvalidProvider};
+use crate::store::Kind;
 
 impl From<InvalidProvider> for ApiError {
     fn from(e: InvalidProvider) -> Self {
@@ -84,8 +86,13 @@ async fn put_provider(
             ),
         ));
     }
-    let created = providers.put(record);
+    let created = providers.put(record.clone());
     tracing::info!(provider = %name, created, "provider defined");
+    state
+        .store
+        .put(Kind::Provider, &name, &record)
+        .await
+        .map_err(store_unavailable)?;
     let provider = providers.get(&name).ok_or_else(|| not_found(&name))?;
     let status = if created {
         StatusCode::CREATED
@@ -104,6 +111,11 @@ async fn delete_provider(
         return Err(not_found(&name));
     }
     tracing::info!(provider = %name, "provider deleted");
+    state
+        .store
+        .delete(Kind::Provider, &name)
+        .await
+        .map_err(store_unavailable)?;
     Ok(Json(ProviderDeleted {
         name,
         deleted: true,

@@ -27,6 +27,9 @@ pub struct StreamRecord {
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
     pub stream_type: StreamType,
+    /// The provider named in `POST /streams`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     #[serde(default)]
     pub failover_resolver_url: Option<String>,
     #[serde(default)]
@@ -63,6 +66,7 @@ impl StreamRecord {
                 .collect(),
             metadata: s.metadata.clone(),
             stream_type: s.stream_type,
+            provider: s.provider.clone(),
             failover_resolver_url: s.options.failover_resolver_url.as_ref().map(Url::to_string),
             strict_live_ts: s.options.strict_live_ts,
             use_sticky_session: s.options.use_sticky_session,
@@ -93,6 +97,7 @@ impl StreamRecord {
             headers,
             metadata: self.metadata.clone(),
             stream_type: self.stream_type,
+            provider: self.provider.clone(),
             options: StreamOptions {
                 failover_resolver_url: self
                     .failover_resolver_url
