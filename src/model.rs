@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How a stream is played: rewritten HLS playlists, or bytes relayed as they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamType {
     /// An HLS playlist (`/hls/{id}/playlist.m3u8`).
@@ -26,7 +26,7 @@ impl StreamType {
 }
 
 /// `POST /streams` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateStream {
     pub url: String,
     #[serde(default, deserialize_with = "lenient::list")]
@@ -87,7 +87,7 @@ mod lenient {
 }
 
 /// `POST /streams` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamCreated {
     pub stream_id: String,
     pub stream_type: StreamType,
@@ -108,7 +108,7 @@ pub struct StreamCreated {
 }
 
 /// One stream as the API reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamInfo {
     pub stream_id: String,
     pub stream_type: StreamType,
@@ -138,7 +138,7 @@ pub struct StreamInfo {
 }
 
 /// A stream's failover state as m3u-editor reads it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamEditorInfo {
     #[serde(default)]
     pub has_failover: bool,
@@ -154,7 +154,7 @@ pub struct StreamEditorInfo {
 }
 
 /// One viewer of one stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientInfo {
     pub client_id: String,
     pub stream_id: Option<String>,
@@ -176,7 +176,7 @@ pub struct ClientInfo {
 }
 
 /// A client as m3u-editor reads it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientEditorInfo {
     /// `?username=`, `?user=`, `?u=` or `X-Username` of its latest request.
     #[serde(default)]
@@ -191,14 +191,14 @@ pub struct ClientEditorInfo {
 }
 
 /// `GET /streams`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamList {
     pub streams: Vec<StreamInfo>,
     pub total: usize,
 }
 
 /// `GET /streams/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamDetail {
     pub stream: StreamInfo,
     pub clients: Vec<ClientInfo>,
@@ -206,7 +206,7 @@ pub struct StreamDetail {
 }
 
 /// `GET /clients`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientList {
     pub clients: Vec<ClientInfo>,
     pub total: usize,
@@ -216,14 +216,14 @@ pub struct ClientList {
 }
 
 /// `DELETE /streams/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamDeleted {
     pub stream_id: String,
     pub message: String,
 }
 
 /// `POST /streams/{id}/failover`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailoverDone {
     pub stream_id: String,
     pub previous_url: String,
@@ -232,7 +232,7 @@ pub struct FailoverDone {
 }
 
 /// Totals of the whole proxy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProxyStats {
     pub version: String,
     pub started_at: DateTime<Utc>,
@@ -250,7 +250,7 @@ pub struct ProxyStats {
 }
 
 /// `GET /stats`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stats {
     pub proxy: ProxyStats,
     pub streams: Vec<StreamInfo>,
@@ -258,7 +258,7 @@ pub struct Stats {
 }
 
 /// `GET /health`: cheap, for load balancers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -283,7 +283,7 @@ pub struct Health {
 }
 
 /// `GET /health` `stats`, as m3u-editor reads them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthStats {
     pub total_streams: usize,
     pub active_streams: usize,
@@ -295,7 +295,7 @@ pub struct HealthStats {
 }
 
 /// Every error answer of the API: `{"detail": "...", "code": "..."}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub detail: String,
     pub code: String,

@@ -10,7 +10,9 @@ mod events;
 mod json;
 mod manage;
 mod metrics;
+pub mod openapi;
 mod playback;
+mod ui;
 mod viewer;
 mod webhooks;
 
@@ -140,6 +142,8 @@ fn routes(state: AppState) -> Router {
 
     Router::new()
         .route("/health", get(manage::health))
+        .merge(ui::ui_router())
+        .merge(openapi::openapi_router())
         .merge(management)
         .merge(playback)
         .method_not_allowed_fallback(method_not_allowed)

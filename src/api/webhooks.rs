@@ -39,14 +39,14 @@ where
         .layer(DefaultBodyLimit::max(64 * 1024))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct WebhookList {
     webhooks: Vec<Webhook>,
     total: usize,
 }
 
 /// The body as it arrives: event names stay strings so an unknown one gets its own message.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RawSpec {
     url: String,
     #[serde(default, alias = "event_types")]
@@ -61,6 +61,12 @@ struct RawSpec {
     headers: std::collections::BTreeMap<String, String>,
 }
 
+#[utoipa::path(post, path = "/webhooks", tag = "webhooks", request_body = RawSpec,
+    responses((status = 201, description = "Registered (or updated, for a URL posted again)", body = Webhook),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = crate::model::ErrorBody),
+        (status = 422, description = "A field is wrong: `invalid_body`, `invalid_url`, `unknown_event_type`, `invalid_setting`, `too_many_webhooks`, ...", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn register_webhook(
     State(webhooks): State<Arc<Webhooks>>,
     AppJson(raw): AppJson<RawSpec>,
@@ -84,6 +90,9 @@ async fn register_webhook(
     Ok((StatusCode::CREATED, Json(webhook)).into_response())
 }
 
+#[utoipa::path(get, path = "/webhooks", tag = "webhooks",
+    responses((status = 200, description = "Every webhook and its delivery record", body = WebhookList), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn list_webhooks(State(webhooks): State<Arc<Webhooks>>) -> Json<WebhookList> {
     let webhooks = webhooks.list();
     Json(WebhookList {
@@ -92,6 +101,11 @@ async fn list_webhooks(State(webhooks): State<Arc<Webhooks>>) -> Json<WebhookLis
     })
 }
 
+#[utoipa::path(get, path = "/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 200, description = "One webhook", body = Webhook),
+        (status = 404, description = "No such webhook (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn show_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
     match webhooks.get(&id) {
         Some(webhook) => Json(webhook).into_response(),
@@ -99,6 +113,11 @@ async fn show_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<Stri
     }
 }
 
+#[utoipa::path(delete, path = "/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 200, description = "Removed", body = serde_json::Value),
+        (status = 404, description = "No such webhook (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn remove_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<String>) -> Response {
     if webhooks.remove(&id) {
         Json(serde_json::json!({ "id": id, "deleted": true })).into_response()
@@ -109,6 +128,13 @@ async fn remove_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<St
 
 /// `DELETE /webhooks?webhook_url=...`, or with `{"webhook_url": ...}` as the JSON body
 /// (m3u-editor sends the body).
+#[utoipa::path(delete, path = "/webhooks", tag = "webhooks",
+    params(("webhook_url" = Option<String>, Query, description = "The webhook's URL (or give it as `{\"webhook_url\": ...}` in a JSON body)")),
+    request_body(content = Option<serde_json::Value>, description = "m3u-editor sends the URL as a JSON body"),
+    responses((status = 200, description = "Removed", body = serde_json::Value),
+        (status = 400, description = "No webhook_url given (`missing_webhook_url`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No webhook with that URL (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn remove_webhook_by_url(
     State(webhooks): State<Arc<Webhooks>>,
     uri: axum::http::Uri,
