@@ -27,3 +27,4 @@ mod references;
 mod repost;
 mod stats;
 mod util;
+mod web;
