@@ -150,8 +150,8 @@ fn connected_clients(registry: &Registry, stream: &StreamEntry) -> usize {
 
 /// `GET /streams/by-metadata?field=&value=&active_only=`.
 #[utoipa::path(get, path = "/streams/by-metadata", tag = "editor",
-    params(("field" = String, Query, description = "Metadata field"),
-        ("value" = String, Query, description = "Metadata value, compared as text"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
     responses((status = 200, description = "Matching streams", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn streams_by_metadata(
@@ -195,7 +195,7 @@ async fn streams_by_metadata(
 /// `GET /streams/counts-by-metadata?field=&values=a,b,c&active_only=`: every value asked
 /// for is in `counts`, 0 when nothing matches.
 #[utoipa::path(get, path = "/streams/counts-by-metadata", tag = "editor",
-    params(("field" = String, Query, description = "Metadata field"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
     responses((status = 200, description = "Stream counts per value of the field", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn counts_by_metadata(
@@ -233,8 +233,8 @@ async fn counts_by_metadata(
 /// `exclude_channel_id`; query or JSON body). With `force=false` the named client is ended
 /// first, and a stream is deleted only when nobody else watches it.
 #[utoipa::path(delete, path = "/streams/by-metadata", tag = "editor",
-    params(("field" = String, Query, description = "Metadata field"),
-        ("value" = String, Query, description = "Metadata value, compared as text"), ("force" = Option<bool>, Query, description = "[default: true]"),
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("force" = Option<bool>, Query, description = "[default: true]"),
         ("client_id" = Option<String>, Query, description = ""), ("exclude_channel_id" = Option<String>, Query, description = "")),
     responses((status = 200, description = "What was deleted", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
@@ -292,8 +292,8 @@ async fn delete_by_metadata(
 /// `DELETE /streams/oldest-by-metadata`: the oldest matching stream, watched or not,
 /// except the channel `exclude_channel_id`.
 #[utoipa::path(delete, path = "/streams/oldest-by-metadata", tag = "editor",
-    params(("field" = String, Query, description = "Metadata field"),
-        ("value" = String, Query, description = "Metadata value, compared as text"), ("exclude_channel_id" = Option<String>, Query, description = "")),
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("exclude_channel_id" = Option<String>, Query, description = "")),
     responses((status = 200, description = "The stream stopped, if any", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn delete_oldest(
@@ -331,7 +331,7 @@ async fn delete_oldest(
 
 /// `DELETE /hls/{id}/clients/{client_id}`: ends one viewer; its open connections close.
 #[utoipa::path(delete, path = "/hls/{id}/clients/{client_id}", tag = "editor",
-    params(("id" = String, Path, description = "Stream id"), ("client_id" = String, Path, description = "Client id")),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"), ("client_id" = String, Path, min_length = 1, description = "Client id")),
     responses((status = 200, description = "The viewer is gone; its connections close", body = serde_json::Value),
         (status = 404, description = "No such stream or client (`stream_not_found`, `client_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
@@ -395,7 +395,7 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /test-connection {url}`: a short GET of the URL; always 200, the outcome inside.
-#[utoipa::path(post, path = "/test-connection", tag = "editor", request_body(content = serde_json::Value, description = "`{\"url\": ...}`"),
+#[utoipa::path(post, path = "/test-connection", tag = "editor", request_body(content = Option<serde_json::Value>, description = "`{\"url\": ...}`; anything else is answered 200 with `success: false`"),
     responses((status = 200, description = "Always 200; the outcome inside", body = serde_json::Value), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn test_connection(State(state): State<AppState>, body: Bytes) -> Json<Value> {

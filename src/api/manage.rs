@@ -206,7 +206,7 @@ pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
 }
 
 #[utoipa::path(get, path = "/streams/{id}", tag = "streams",
-    params(("id" = String, Path, description = "Stream id")),
+    params(("id" = String, Path, min_length = 1, description = "Stream id")),
     responses((status = 200, description = "The stream and its viewers", body = StreamDetail),
         (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
@@ -232,7 +232,7 @@ pub async fn get_stream(
 }
 
 #[utoipa::path(delete, path = "/streams/{id}", tag = "streams",
-    params(("id" = String, Path, description = "Stream id")),
+    params(("id" = String, Path, min_length = 1, description = "Stream id")),
     responses((status = 200, description = "Stream deleted; its viewers are disconnected", body = StreamDeleted),
         (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
@@ -253,7 +253,7 @@ pub async fn delete_stream(
 }
 
 #[utoipa::path(post, path = "/streams/{id}/failover", tag = "streams",
-    params(("id" = String, Path, description = "Stream id")),
+    params(("id" = String, Path, min_length = 1, description = "Stream id")),
     responses((status = 200, description = "Switched to the next URL", body = FailoverDone),
         (status = 400, description = "The stream has no failover URLs (`no_failover_urls`)", body = crate::model::ErrorBody),
         (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
@@ -329,7 +329,7 @@ pub async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
 }
 
 #[utoipa::path(get, path = "/clients/{id}", tag = "stats",
-    params(("id" = String, Path, description = "Client id")),
+    params(("id" = String, Path, min_length = 1, description = "Client id")),
     responses((status = 200, description = "One viewer", body = ClientInfo),
         (status = 404, description = "No such client (`client_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]

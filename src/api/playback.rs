@@ -37,7 +37,7 @@ const LL_HLS_PARAMS: [&str; 3] = ["_HLS_msn", "_HLS_part", "_HLS_skip"];
 
 /// `GET /hls/{id}/playlist.m3u8`: the stream's playlist, rewritten.
 #[utoipa::path(get, path = "/hls/{id}/playlist.m3u8", tag = "playback", security(()),
-    params(("id" = String, Path, description = "Stream id"), ("client_id" = Option<String>, Query, description = "The viewer's own id"),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"), ("client_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The viewer's own id"),
         ("username" = Option<String>, Query, description = "The viewer's user name")),
     responses((status = 200, description = "The playlist, every URI rewritten to this proxy", content_type = "application/vnd.apple.mpegurl", body = String),
         (status = 307, description = "A direct stream: see Location (`direct_stream`)", body = crate::model::ErrorBody),
@@ -92,9 +92,9 @@ pub async fn master_playlist(
 
 /// `GET /hls/{id}/{token}/{file}`: whatever an opaque reference points at.
 #[utoipa::path(get, path = "/hls/{id}/{token}/{file}", tag = "playback", security(()),
-    params(("id" = String, Path, description = "Stream id"),
-        ("token" = String, Path, description = "An opaque reference issued in a rewritten playlist"),
-        ("file" = String, Path, description = "A file name, for players that look at it"), ("client_id" = Option<String>, Query, description = "The viewer's own id"),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"),
+        ("token" = String, Path, min_length = 1, description = "An opaque reference issued in a rewritten playlist"),
+        ("file" = String, Path, min_length = 1, description = "A file name, for players that look at it"), ("client_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The viewer's own id"),
         ("username" = Option<String>, Query, description = "The viewer's user name")),
     responses((status = 200, description = "A nested playlist, a segment or a key, as the origin sent it", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "Part of a segment (Range)", content_type = "application/octet-stream", body = Vec<u8>),
@@ -246,7 +246,7 @@ impl Faults for &Viewing {
 
 /// `GET /stream/{id}`: a direct file or live stream, relayed byte for byte with Range.
 #[utoipa::path(get, path = "/stream/{id}", tag = "playback", security(()),
-    params(("id" = String, Path, description = "Stream id"), ("client_id" = Option<String>, Query, description = "The viewer's own id"),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"), ("client_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The viewer's own id"),
         ("username" = Option<String>, Query, description = "The viewer's user name")),
     responses((status = 200, description = "The stream's bytes, relayed as they arrive", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "A range of a file", content_type = "application/octet-stream", body = Vec<u8>),
