@@ -225,3 +225,43 @@ fn dashboard_is_small_and_self_contained() {
     }
     assert!(total < 300_000, "the dashboard weighs {total} bytes");
 }
+
+/// Found by schemathesis: JSON Schema counts `5.0` as an integer, and a form's empty
+/// `stream_id` meant "no stream matches" instead of "any stream".
+#[tokio::test]
+async fn webhooks_take_whole_numbers_and_an_empty_stream_id_as_none() {
+    let proxy = Proxy::start().await;
+    let res = proxy
+        .http
+        .post(proxy.url("/webhooks"))
+        .json(&serde_json::json!({
+            "url": "http://127.0.0.1:9/hook",
+            "timeout_secs": 5.0,
+            "max_retries": 2.0,
+            "stream_id": "",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let hook: Value = res.json().await.unwrap();
+    assert_eq!(hook["timeout_secs"], 5);
+    assert_eq!(hook["max_retries"], 2);
+    assert_eq!(hook["stream_id"], Value::Null);
+    for bad in [
+        serde_json::json!(5.5),
+        serde_json::json!(-1),
+        serde_json::json!("5"),
+    ] {
+        let res = proxy
+            .http
+            .post(proxy.url("/webhooks"))
+            .json(&serde_json::json!({"url": "http://127.0.0.1:9/other", "timeout_secs": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(res.json::<Value>().await.unwrap()["code"], "invalid_body");
+    }
+    proxy.stop().await;
+}
