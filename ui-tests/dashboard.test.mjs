@@ -169,6 +169,7 @@ async function scenario(browser, origin, { token, shots }) {
   await eventually(async () => /[1-9]/.test(await text(page, "#s-rate")) && (await text(page, "#s-rate")) !== "0 B/s", "a rate");
   await page.locator("#s-clients tr td:has-text('ui-test-viewer/1.0')").waitFor({ timeout: DEADLINE_MS });
   log(`  viewer seen: rate ${await text(page, "#s-rate")}`);
+  await sameNumbersAsMonitor(page, base, token);
   if (shots) {
     await page.screenshot({ path: path.join(SHOTS, "stream.png"), fullPage: true });
     await axeCheck(page, "stream page");
@@ -226,6 +227,39 @@ async function scenario(browser, origin, { token, shots }) {
   const real = problems.filter((p) => !(expected && expected.test(p)));
   if (real.length) throw new Error(real.join("\n"));
   return base;
+}
+
+/**
+ * The overview shows what `m3u-client monitor` shows: its first frame's totals (those that
+ * do not move while a viewer plays) read the same as the dashboard's cards.
+ */
+async function sameNumbersAsMonitor(page, base, token) {
+  const client = path.join(path.dirname(BIN), "m3u-client");
+  const args = ["--server", base, ...(token ? ["--token", token] : []), "monitor", "--interval", "1"];
+  const frame = await new Promise((resolve, reject) => {
+    const child = spawn(client, args, { stdio: ["ignore", "pipe", "inherit"] });
+    cleanups.push(() => child.kill("SIGTERM"));
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (/failovers \d+/.test(out)) {
+        child.kill("SIGTERM");
+        resolve(out);
+      }
+    });
+    child.on("error", reject);
+    setTimeout(() => reject(new Error(`no monitor frame: ${out}`)), DEADLINE_MS);
+  });
+  const totals = frame.split("\n").find((l) => l.startsWith("up "));
+  const m = totals.match(/streams (\d+ \(\d+ active\))  clients (\d+ \(\d+ active\))  connections (\d+) .* errors (\d+)  failovers (\d+)/);
+  if (!m) throw new Error(`monitor frame: ${totals}`);
+  await page.click("nav a[data-tab='overview']");
+  for (const [card, value] of [["c-streams", m[1]], ["c-clients", m[2]], ["c-conns", m[3]], ["c-errors", m[4]], ["c-failovers", m[5]]]) {
+    await page.locator(`#${card}:text-is('${value}')`).waitFor({ timeout: DEADLINE_MS });
+  }
+  log(`  same numbers as m3u-client monitor: ${totals.trim()}`);
+  await page.goBack();
+  await page.locator("#stream:not([hidden])").waitFor();
 }
 
 async function rootPathAndPhone(browser, origin) {
