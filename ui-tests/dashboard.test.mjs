@@ -40,10 +40,21 @@ async function freePort() {
   });
 }
 
-/** A live TS origin: /a.ts and /b.ts send 188-byte packets forever, ~200 kB/s each. */
+/**
+ * A live TS origin: /a.ts and /b.ts send 188-byte packets forever, ~190 kB/s each. Every
+ * packet carries a running count, so no two connections send the same bytes (as a live
+ * channel does not; the proxy takes a repeat of the first bytes for a file restarting).
+ */
 async function startOrigin() {
-  const packet = Buffer.alloc(188 * 100, 0xff);
-  for (let i = 0; i < 100; i++) packet[i * 188] = 0x47;
+  let sent = 0;
+  const burst = () => {
+    const chunk = Buffer.alloc(188 * 100, 0xff);
+    for (let i = 0; i < 100; i++) {
+      chunk[i * 188] = 0x47;
+      chunk.writeUInt32BE(sent++ >>> 0, i * 188 + 4);
+    }
+    return chunk;
+  };
   const server = http.createServer((req, res) => {
     if (req.url !== "/a.ts" && req.url !== "/b.ts") {
       res.writeHead(404).end();
@@ -51,7 +62,7 @@ async function startOrigin() {
     }
     res.writeHead(200, { "Content-Type": "video/mp2t" });
     if (req.method === "HEAD") return res.end();
-    const timer = setInterval(() => res.write(packet), 100);
+    const timer = setInterval(() => res.write(burst()), 100);
     res.on("close", () => clearInterval(timer));
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
@@ -120,6 +131,15 @@ async function axeCheck(page, name) {
 
 const text = (page, sel) => page.locator(sel).first().innerText();
 
+/** The dashboard's (and the monitor's) byte format, to compare a cell with a figure. */
+function api_bytes(n) {
+  if (n < 1000) return `${n} B`;
+  const units = ["kB", "MB", "GB", "TB", "PB"];
+  let value = n / 1000, unit = 0;
+  while (Math.round(value * 10) / 10 >= 1000 && unit < units.length - 1) { value /= 1000; unit += 1; }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
 async function scenario(browser, origin, { token, shots }) {
   const env = token ? { API_TOKEN: token } : {};
   const base = await startProxy(env);
@@ -187,7 +207,17 @@ async function scenario(browser, origin, { token, shots }) {
   await page.locator("#s-current:has-text('/b.ts')").waitFor({ timeout: DEADLINE_MS });
   await page.locator("#s-urls li.current:has-text('/b.ts')").waitFor({ timeout: DEADLINE_MS });
   await page.locator("#s-events li[data-type='failover']").waitFor({ timeout: DEADLINE_MS });
-  log("  failover seen");
+  // The viewer follows on its open connection, and keeps being served.
+  const served = await page.evaluate(async (id) => {
+    const s = await (await fetch(`streams/${id}`, { headers: { "X-API-Token": sessionStorage.getItem("m3u-proxy-token") || "" } })).json();
+    return s.stream.total_bytes_served;
+  }, id);
+  await eventually(async () => {
+    const cell = await text(page, "#s-bytes");
+    return cell !== api_bytes(served) && (await text(page, "#s-viewers")) === "1";
+  }, "bytes served after the failover");
+  if (viewer.exitCode !== null) throw new Error("the viewer was cut by the failover");
+  log("  failover seen; the viewer plays on");
 
   // The overview and the table show the same numbers as the API.
   await page.click("nav a[data-tab='overview']");
