@@ -31,7 +31,7 @@ pub use webhooks::{
 pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// What happened. Serialized (and parsed in filters) as its snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     StreamCreated,
@@ -114,7 +114,7 @@ impl FromStr for EventType {
 }
 
 /// One event as the feed, the webhooks and the log see it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct Event {
     /// Monotonic per process, starting at 1; the order in which readers receive events.
     pub id: u64,

@@ -51,9 +51,11 @@
 //!   listening and the background counter flush. Uses `registry`, `events`, `stream`,
 //!   `model`, `metrics`, `config`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
-//!   `/events` (SSE), `/webhooks` and `/providers`, and m3u-editor's forms of them (`api::editor`: streams
-//!   by metadata, `/info`, `/test-connection`, strict live TS, sticky sessions). Translates
-//!   HTTP to calls on the modules above.
+//!   `/events` (SSE), `/webhooks` and `/providers`, and m3u-editor's forms of them
+//!   (`api::editor`: streams by metadata, `/info`, `/test-connection`, strict live TS, sticky
+//!   sessions), the dashboard and `/docs` embedded from `ui/` (`api::ui`), and
+//!   `/openapi.json` generated from the handlers and `model` types (`api::openapi`).
+//!   Translates HTTP to calls on the modules above.
 //! - [`logging`] — the server's log set-up: checked `LOG_LEVEL`, colour only on a terminal,
 //!   text or JSON lines.
 //! - [`server`] — `run(config, shutdown)`: build state, spawn background tasks, accept

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How a stream is played: rewritten HLS playlists, or bytes relayed as they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamType {
     /// An HLS playlist (`/hls/{id}/playlist.m3u8`).
@@ -26,12 +26,19 @@ impl StreamType {
 }
 
 /// `POST /streams` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateStream {
+    /// An absolute http(s) URL with a host.
+    #[schema(
+        pattern = "^https?://[a-z]([a-z0-9]|-[a-z0-9])*(\\.[a-z]([a-z0-9]|-[a-z0-9])*)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     pub url: String,
+    /// Backup URLs, tried in order when the current one fails; each like `url`.
     #[serde(default, deserialize_with = "lenient::list")]
+    #[schema(schema_with = schemas::upstream_urls)]
     pub failover_urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$")]
     pub user_agent: Option<String>,
     /// Extra request headers sent upstream (e.g. `Referer`, `Authorization`). An empty
     /// JSON list (what PHP sends for an empty map) or `null` means none.
@@ -40,6 +47,7 @@ pub struct CreateStream {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "lenient::map"
     )]
+    #[schema(schema_with = schemas::upstream_headers)]
     pub headers: BTreeMap<String, String>,
     /// Free-form data of the orchestrator, stored and returned as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,8 +56,12 @@ pub struct CreateStream {
     pub stream_type: Option<StreamType>,
     #[serde(default)]
     pub provider: Option<String>,
-    /// m3u-editor's failover: asked for the next URL when the current one fails.
+    /// m3u-editor's failover: asked for the next URL when the current one fails. Empty
+    /// means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^$|^https?://[a-z]([a-z0-9]|-[a-z0-9])*(\\.[a-z]([a-z0-9]|-[a-z0-9])*)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     pub failover_resolver_url: Option<String>,
     /// Kodi mode for live TS: a player's Range is ignored and HEAD is answered at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +69,71 @@ pub struct CreateStream {
     /// Later playlist refreshes go to where the origin redirected, until that fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_sticky_session: Option<bool>,
+}
+
+/// Schemas utoipa cannot derive: the constraints a handler checks, so the OpenAPI document
+/// says which inputs are refused.
+pub(crate) mod schemas {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::{Array, Object, RefOr, Schema};
+
+    /// The pattern of `url`, for a list of URLs.
+    const URL: &str = "^https?://[a-z]([a-z0-9]|-[a-z0-9])*(\\.[a-z]([a-z0-9]|-[a-z0-9])*)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$";
+
+    /// Backup URLs, each an absolute http(s) URL with a host; `null` means none.
+    pub fn upstream_urls() -> Array {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(URL)),
+            )
+            .build()
+    }
+
+    /// Request headers, name to value: names are tokens, values text without control characters (tab aside).
+    pub fn header_map() -> Object {
+        headers(
+            "Extra request headers, name to value.",
+            "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+            false,
+        )
+    }
+
+    /// Upstream headers: names are tokens other than the hop-by-hop ones the proxy manages
+    /// (`host`, `connection`, ...); values as in [`header_map`].
+    pub fn upstream_headers() -> Object {
+        headers(
+            "Extra request headers sent upstream, name to value (`null` means none). `host`, `content-length`, `connection`, `transfer-encoding`, `upgrade`, `keep-alive` and `te` are the proxy's own.",
+            "^(?!(?:[Hh][Oo][Ss][Tt]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Ll][Ee][Nn][Gg][Tt][Hh]|[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]|[Tt][Rr][Aa][Nn][Ss][Ff][Ee][Rr]-[Ee][Nn][Cc][Oo][Dd][Ii][Nn][Gg]|[Uu][Pp][Gg][Rr][Aa][Dd][Ee]|[Kk][Ee][Ee][Pp]-[Aa][Ll][Ii][Vv][Ee]|[Tt][Ee])$)[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+            true,
+        )
+    }
+
+    fn headers(description: &str, names: &str, nullable: bool) -> Object {
+        let types = if nullable {
+            SchemaType::from_iter([Type::Object, Type::Null])
+        } else {
+            SchemaType::Type(Type::Object)
+        };
+        ObjectBuilder::new()
+            .schema_type(types)
+            .description(Some(description))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(names))
+                    .build(),
+            ))
+            .additional_properties(Some(RefOr::T(Schema::Object(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$"))
+                    .build(),
+            ))))
+            .build()
+    }
 }
 
 /// Deserializers that accept what PHP clients send for "nothing": `null` and `[]`.
@@ -89,7 +166,7 @@ mod lenient {
 }
 
 /// `POST /streams` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamCreated {
     pub stream_id: String,
     pub stream_type: StreamType,
@@ -110,7 +187,7 @@ pub struct StreamCreated {
 }
 
 /// One stream as the API reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamInfo {
     pub stream_id: String,
     pub stream_type: StreamType,
@@ -142,7 +219,7 @@ pub struct StreamInfo {
 }
 
 /// A stream's failover state as m3u-editor reads it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamEditorInfo {
     #[serde(default)]
     pub has_failover: bool,
@@ -158,7 +235,7 @@ pub struct StreamEditorInfo {
 }
 
 /// One viewer of one stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientInfo {
     pub client_id: String,
     pub stream_id: Option<String>,
@@ -180,7 +257,7 @@ pub struct ClientInfo {
 }
 
 /// A client as m3u-editor reads it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientEditorInfo {
     /// `?username=`, `?user=`, `?u=` or `X-Username` of its latest request.
     #[serde(default)]
@@ -195,14 +272,14 @@ pub struct ClientEditorInfo {
 }
 
 /// `GET /streams`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamList {
     pub streams: Vec<StreamInfo>,
     pub total: usize,
 }
 
 /// `GET /streams/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamDetail {
     pub stream: StreamInfo,
     pub clients: Vec<ClientInfo>,
@@ -210,7 +287,7 @@ pub struct StreamDetail {
 }
 
 /// `GET /clients`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientList {
     pub clients: Vec<ClientInfo>,
     pub total: usize,
@@ -220,14 +297,14 @@ pub struct ClientList {
 }
 
 /// `DELETE /streams/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamDeleted {
     pub stream_id: String,
     pub message: String,
 }
 
 /// `POST /streams/{id}/failover`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailoverDone {
     pub stream_id: String,
     pub previous_url: String,
@@ -236,7 +313,7 @@ pub struct FailoverDone {
 }
 
 /// Totals of the whole proxy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProxyStats {
     pub version: String,
     pub started_at: DateTime<Utc>,
@@ -254,7 +331,7 @@ pub struct ProxyStats {
 }
 
 /// `GET /stats`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stats {
     pub proxy: ProxyStats,
     pub streams: Vec<StreamInfo>,
@@ -265,7 +342,7 @@ pub struct Stats {
 }
 
 /// `GET /health`: cheap, for load balancers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -307,7 +384,7 @@ pub struct StoreStatus {
 }
 
 /// `GET /health` `stats`, as m3u-editor reads them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthStats {
     pub total_streams: usize,
     pub active_streams: usize,
@@ -319,7 +396,7 @@ pub struct HealthStats {
 }
 
 /// Every error answer of the API: `{"detail": "...", "code": "..."}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub detail: String,
     pub code: String,

@@ -29,3 +29,4 @@ mod repost;
 mod stats;
 mod store;
 mod util;
+mod web;

@@ -149,6 +149,11 @@ fn connected_clients(registry: &Registry, stream: &StreamEntry) -> usize {
 }
 
 /// `GET /streams/by-metadata?field=&value=&active_only=`.
+#[utoipa::path(get, path = "/streams/by-metadata", tag = "editor",
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
+    responses((status = 200, description = "Matching streams", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn streams_by_metadata(
     State(state): State<AppState>,
     uri: Uri,
@@ -189,6 +194,10 @@ async fn streams_by_metadata(
 
 /// `GET /streams/counts-by-metadata?field=&values=a,b,c&active_only=`: every value asked
 /// for is in `counts`, 0 when nothing matches.
+#[utoipa::path(get, path = "/streams/counts-by-metadata", tag = "editor",
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
+    responses((status = 200, description = "Stream counts per value of the field", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn counts_by_metadata(
     State(state): State<AppState>,
     uri: Uri,
@@ -223,6 +232,12 @@ async fn counts_by_metadata(
 /// `DELETE /streams/by-metadata` (`field`, `value`, `force`, `client_id`,
 /// `exclude_channel_id`; query or JSON body). With `force=false` the named client is ended
 /// first, and a stream is deleted only when nobody else watches it.
+#[utoipa::path(delete, path = "/streams/by-metadata", tag = "editor",
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("force" = Option<bool>, Query, description = "[default: true]"),
+        ("client_id" = Option<String>, Query, description = ""), ("exclude_channel_id" = Option<String>, Query, description = "")),
+    responses((status = 200, description = "What was deleted", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn delete_by_metadata(
     State(state): State<AppState>,
     uri: Uri,
@@ -281,6 +296,11 @@ async fn delete_by_metadata(
 
 /// `DELETE /streams/oldest-by-metadata`: the oldest matching stream, watched or not,
 /// except the channel `exclude_channel_id`.
+#[utoipa::path(delete, path = "/streams/oldest-by-metadata", tag = "editor",
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("exclude_channel_id" = Option<String>, Query, description = "")),
+    responses((status = 200, description = "The stream stopped, if any", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn delete_oldest(
     State(state): State<AppState>,
     uri: Uri,
@@ -322,6 +342,11 @@ async fn delete_oldest(
 }
 
 /// `DELETE /hls/{id}/clients/{client_id}`: ends one viewer; its open connections close.
+#[utoipa::path(delete, path = "/hls/{id}/clients/{client_id}", tag = "editor",
+    params(("id" = String, Path, min_length = 1, description = "Stream id"), ("client_id" = String, Path, min_length = 1, description = "Client id")),
+    responses((status = 200, description = "The viewer is gone; its connections close", body = serde_json::Value),
+        (status = 404, description = "No such stream or client (`stream_not_found`, `client_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn end_client(
     State(state): State<AppState>,
     Path((id, client_id)): Path<(String, String)>,
@@ -342,6 +367,9 @@ async fn end_client(
 
 /// `GET /info`: what this proxy is, with the keys the editor reads. It relays streams
 /// unchanged: no transcoding, no ffmpeg, no hardware acceleration, no Redis. No secret.
+#[utoipa::path(get, path = "/info", tag = "editor",
+    responses((status = 200, description = "What this proxy is and does", body = serde_json::Value), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn info(State(state): State<AppState>) -> Json<Value> {
     let c = &state.config;
     Json(json!({
@@ -379,6 +407,9 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /test-connection {url}`: a short GET of the URL; always 200, the outcome inside.
+#[utoipa::path(post, path = "/test-connection", tag = "editor", request_body(content = Option<serde_json::Value>, description = "`{\"url\": ...}`; anything else is answered 200 with `success: false`"),
+    responses((status = 200, description = "Always 200; the outcome inside", body = serde_json::Value), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn test_connection(State(state): State<AppState>, body: Bytes) -> Json<Value> {
     let raw = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -452,6 +483,9 @@ async fn test_connection(State(state): State<AppState>, body: Bytes) -> Json<Val
 }
 
 /// `POST /transcode`: this proxy relays streams unchanged.
+#[utoipa::path(post, path = "/transcode", tag = "editor",
+    responses((status = 501, description = "This proxy does not transcode (`transcoding_unsupported`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn transcode() -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,

@@ -30,6 +30,16 @@ where
     Router::new().route("/events", get(event_feed))
 }
 
+#[utoipa::path(get, path = "/events", tag = "events",
+    params(
+        ("stream_id" = Option<String>, Query, description = "Only this stream's events"),
+        ("client_id" = Option<String>, Query, description = "Only this client's events"),
+        ("types" = Option<String>, Query, description = "Comma-separated event types (may repeat)"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: each `event:` is an event type, each `data:` an Event as JSON; the feed does not end", content_type = "text/event-stream", body = Event),
+        (status = 422, description = "An unknown event type (`unknown_event_type`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn event_feed(State(bus): State<EventBus>, RawQuery(query): RawQuery) -> Response {
     let filter = match filter_from_query(query.as_deref().unwrap_or("")) {
         Ok(filter) => filter,

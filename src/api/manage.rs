@@ -36,6 +36,18 @@ const DIRECT_EXTENSIONS: [&str; 16] = [
     "aac", "m4a", "ogg",
 ];
 
+#[utoipa::path(
+    post, path = "/streams", tag = "streams",
+    request_body = CreateStream,
+    responses(
+        (status = 201, description = "Stream registered", body = StreamCreated),
+        (status = 200, description = "The URL was registered already: its settings are updated", body = StreamCreated),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = crate::model::ErrorBody),
+        (status = 422, description = "A field is wrong: `invalid_body`, `invalid_url`, `unsupported_scheme`, `invalid_header`", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn create_stream(
     State(state): State<AppState>,
     AppJson(req): AppJson<CreateStream>,
@@ -203,6 +215,9 @@ async fn detect_stream_type(state: &AppState, settings: &StreamSettings) -> Stre
     }
 }
 
+#[utoipa::path(get, path = "/streams", tag = "streams",
+    responses((status = 200, description = "Every stream", body = StreamList), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
     let streams: Vec<_> = state
         .registry
@@ -216,6 +231,11 @@ pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
     })
 }
 
+#[utoipa::path(get, path = "/streams/{id}", tag = "streams",
+    params(("id" = String, Path, min_length = 1, description = "Stream id")),
+    responses((status = 200, description = "The stream and its viewers", body = StreamDetail),
+        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn get_stream(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -237,6 +257,11 @@ pub async fn get_stream(
     }))
 }
 
+#[utoipa::path(delete, path = "/streams/{id}", tag = "streams",
+    params(("id" = String, Path, min_length = 1, description = "Stream id")),
+    responses((status = 200, description = "Stream deleted; its viewers are disconnected", body = StreamDeleted),
+        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn delete_stream(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -258,6 +283,12 @@ pub async fn delete_stream(
     }))
 }
 
+#[utoipa::path(post, path = "/streams/{id}/failover", tag = "streams",
+    params(("id" = String, Path, min_length = 1, description = "Stream id")),
+    responses((status = 200, description = "Switched to the next URL", body = FailoverDone),
+        (status = 400, description = "The stream has no failover URLs (`no_failover_urls`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn failover(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -286,6 +317,9 @@ pub async fn failover(
 
 /// Proxy totals, every stream and every client: one pass over each map, no per-stream
 /// scan of the clients.
+#[utoipa::path(get, path = "/stats", tag = "stats",
+    responses((status = 200, description = "Proxy totals, every stream and every client", body = Stats), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     let r = &state.registry;
     let streams: Vec<_> = r.streams().iter().map(|s| r.stream_info(s)).collect();
@@ -315,6 +349,9 @@ pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     })
 }
 
+#[utoipa::path(get, path = "/clients", tag = "stats",
+    responses((status = 200, description = "Every viewer", body = ClientList), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
     let r = &state.registry;
     let clients: Vec<_> = r.clients().iter().map(|c| r.client_info(c)).collect();
@@ -325,6 +362,11 @@ pub async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
     })
 }
 
+#[utoipa::path(get, path = "/clients/{id}", tag = "stats",
+    params(("id" = String, Path, min_length = 1, description = "Client id")),
+    responses((status = 200, description = "One viewer", body = ClientInfo),
+        (status = 404, description = "No such client (`client_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn get_client(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -337,6 +379,8 @@ pub async fn get_client(
 
 /// Cheap on purpose: counts and atomics only, no per-stream work beyond one pass over each
 /// map for the active counts. Never asks for the token: `?api_token=` is ignored.
+#[utoipa::path(get, path = "/health", tag = "stats", security(()),
+    responses((status = 200, description = "The proxy is up; cheap counts", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let r = &state.registry;
     let (active_streams, active_clients) = r.active_counts();

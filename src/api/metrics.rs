@@ -128,6 +128,9 @@ fn route_label(template: &str) -> String {
     template.replace('{', ":").replace('}', "")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "stats",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn render(State(state): State<AppState>) -> Response {
     let r = &state.registry;
     let mut page = PromText::new();

@@ -10,8 +10,10 @@ mod events;
 mod json;
 mod manage;
 mod metrics;
+pub mod openapi;
 mod playback;
 mod providers;
+mod ui;
 mod viewer;
 mod webhooks;
 
@@ -150,6 +152,8 @@ fn routes(state: AppState) -> Router {
 
     Router::new()
         .route("/health", get(manage::health))
+        .merge(ui::ui_router())
+        .merge(openapi::openapi_router())
         .merge(management)
         .merge(playback)
         .method_not_allowed_fallback(method_not_allowed)

@@ -37,6 +37,16 @@ use super::{AppState, Relayed, Viewer};
 const LL_HLS_PARAMS: [&str; 3] = ["_HLS_msn", "_HLS_part", "_HLS_skip"];
 
 /// `GET /hls/{id}/playlist.m3u8`: the stream's playlist, rewritten.
+#[utoipa::path(get, path = "/hls/{id}/playlist.m3u8", tag = "playback", security(()),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"), ("client_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The viewer's own id"),
+        ("username" = Option<String>, Query, description = "The viewer's user name")),
+    responses((status = 200, description = "The playlist, every URI rewritten to this proxy", content_type = "application/vnd.apple.mpegurl", body = String),
+        (status = 307, description = "A direct stream: see Location (`direct_stream`)", body = crate::model::ErrorBody),
+        (status = 400, description = "An invalid client_id (`invalid_client_id`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such stream, or the origin says it is gone (`stream_not_found`, `upstream_not_found`)", body = crate::model::ErrorBody),
+        (status = 502, description = "The origin failed (`upstream_unreachable`, `upstream_status`, `upstream_not_playlist`, `upstream_not_media`, `upstream_too_large`, `upstream_error`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Too many connections (`too_many_connections`, `too_many_connections_per_ip`)", body = crate::model::ErrorBody),
+        (status = 504, description = "The origin did not answer in time (`upstream_timeout`)", body = crate::model::ErrorBody)))]
 pub async fn master_playlist(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -88,6 +98,19 @@ pub async fn master_playlist(
 }
 
 /// `GET /hls/{id}/{token}/{file}`: whatever an opaque reference points at.
+#[utoipa::path(get, path = "/hls/{id}/{token}/{file}", tag = "playback", security(()),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"),
+        ("token" = String, Path, min_length = 1, description = "An opaque reference issued in a rewritten playlist"),
+        ("file" = String, Path, min_length = 1, description = "A file name, for players that look at it"), ("client_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The viewer's own id"),
+        ("username" = Option<String>, Query, description = "The viewer's user name")),
+    responses((status = 200, description = "A nested playlist, a segment or a key, as the origin sent it", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "Part of a segment (Range)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "An invalid client_id (`invalid_client_id`)", body = crate::model::ErrorBody),
+        (status = 403, description = "A reference this proxy did not issue for this stream (`invalid_reference`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such stream, or the origin says it is gone (`stream_not_found`, `upstream_not_found`)", body = crate::model::ErrorBody),
+        (status = 502, description = "The origin failed (`upstream_unreachable`, `upstream_status`, `upstream_not_playlist`, `upstream_not_media`, `upstream_too_large`, `upstream_error`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Too many connections (`too_many_connections`, `too_many_connections_per_ip`)", body = crate::model::ErrorBody),
+        (status = 504, description = "The origin did not answer in time (`upstream_timeout`)", body = crate::model::ErrorBody)))]
 pub async fn signed_reference(
     State(state): State<AppState>,
     Path((id, token, _file)): Path<(String, String, String)>,
@@ -248,6 +271,17 @@ impl Faults for &Viewing {
 }
 
 /// `GET /stream/{id}`: a direct file or live stream, relayed byte for byte with Range.
+#[utoipa::path(get, path = "/stream/{id}", tag = "playback", security(()),
+    params(("id" = String, Path, min_length = 1, description = "Stream id"), ("client_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The viewer's own id"),
+        ("username" = Option<String>, Query, description = "The viewer's user name")),
+    responses((status = 200, description = "The stream's bytes, relayed as they arrive", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "A range of a file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 307, description = "An HLS stream: see Location"),
+        (status = 400, description = "An invalid client_id (`invalid_client_id`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such stream, or the origin says it is gone (`stream_not_found`, `upstream_not_found`)", body = crate::model::ErrorBody),
+        (status = 502, description = "The origin failed (`upstream_unreachable`, `upstream_status`, `upstream_not_playlist`, `upstream_not_media`, `upstream_too_large`, `upstream_error`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Too many connections (`too_many_connections`, `too_many_connections_per_ip`)", body = crate::model::ErrorBody),
+        (status = 504, description = "The origin did not answer in time (`upstream_timeout`)", body = crate::model::ErrorBody)))]
 pub async fn direct(
     State(state): State<AppState>,
     Path(id): Path<String>,

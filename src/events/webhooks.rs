@@ -40,7 +40,7 @@ pub struct WebhookSpec {
 }
 
 /// A registered webhook and its delivery record, as `GET /webhooks` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Webhook {
     /// Random, unguessable.
     pub id: String,
