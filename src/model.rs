@@ -370,7 +370,7 @@ pub struct Health {
 }
 
 /// `GET /health` `store`: the state backend and how its writes go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoreStatus {
     /// `sqlite` or `memory`.
     pub backend: String,
@@ -408,7 +408,7 @@ pub struct ErrorBody {
 }
 
 /// What a provider's full slots do to a new connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Refuse it at once: 503 `provider_full`, before any upstream request.
@@ -428,18 +428,20 @@ impl OnFull {
 }
 
 /// `PUT /providers/{name}`: an account or origin with a connection limit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// `host:port` (or `host`, any port) of each origin of the provider.
+    #[schema(min_items = 1, max_items = 100)]
     pub hosts: Vec<String>,
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_connections: u32,
     #[serde(default)]
     pub on_full: OnFull,
 }
 
 /// One slot of a provider held now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderSlot {
     pub stream_id: Option<String>,
     /// `direct` (a live channel's shared upstream or a file viewer), `hls` (a watched HLS
@@ -449,7 +451,7 @@ pub struct ProviderSlot {
 }
 
 /// A provider as the API reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderInfo {
     pub name: String,
     pub hosts: Vec<String>,
@@ -468,7 +470,7 @@ pub struct ProviderInfo {
 }
 
 /// `GET /providers`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderList {
     pub providers: Vec<ProviderInfo>,
     pub total: usize,

@@ -236,7 +236,8 @@ async fn counts_by_metadata(
     params(("field" = String, Query, min_length = 1, description = "Metadata field"),
         ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("force" = Option<bool>, Query, description = "[default: true]"),
         ("client_id" = Option<String>, Query, description = ""), ("exclude_channel_id" = Option<String>, Query, description = "")),
-    responses((status = 200, description = "What was deleted", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+    responses((status = 200, description = "What was deleted", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn delete_by_metadata(
     State(state): State<AppState>,
@@ -299,7 +300,8 @@ async fn delete_by_metadata(
 #[utoipa::path(delete, path = "/streams/oldest-by-metadata", tag = "editor",
     params(("field" = String, Query, min_length = 1, description = "Metadata field"),
         ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("exclude_channel_id" = Option<String>, Query, description = "")),
-    responses((status = 200, description = "The stream stopped, if any", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+    responses((status = 200, description = "The stream stopped, if any", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn delete_oldest(
     State(state): State<AppState>,

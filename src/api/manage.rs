@@ -44,6 +44,7 @@ const DIRECT_EXTENSIONS: [&str; 16] = [
         (status = 200, description = "The URL was registered already: its settings are updated", body = StreamCreated),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = crate::model::ErrorBody),
         (status = 422, description = "A field is wrong: `invalid_body`, `invalid_url`, `unsupported_scheme`, `invalid_header`", body = crate::model::ErrorBody),
+        (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
         (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody),
     )
@@ -260,7 +261,8 @@ pub async fn get_stream(
 #[utoipa::path(delete, path = "/streams/{id}", tag = "streams",
     params(("id" = String, Path, min_length = 1, description = "Stream id")),
     responses((status = 200, description = "Stream deleted; its viewers are disconnected", body = StreamDeleted),
-        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn delete_stream(
     State(state): State<AppState>,
@@ -287,7 +289,9 @@ pub async fn delete_stream(
     params(("id" = String, Path, min_length = 1, description = "Stream id")),
     responses((status = 200, description = "Switched to the next URL", body = FailoverDone),
         (status = 400, description = "The stream has no failover URLs (`no_failover_urls`)", body = crate::model::ErrorBody),
-        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such stream (`stream_not_found`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Switched, but not saved yet (`store_unavailable`); a retry switches again", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn failover(
     State(state): State<AppState>,

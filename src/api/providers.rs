@@ -34,8 +34,8 @@ pub fn providers_router() -> Router<AppState> {
 }
 
 /// `DELETE /providers/{name}`.
-#[derive(Debug, Serialize)]
-struct ProviderDeleted {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ProviderDeleted {
     name: String,
     deleted: bool,
 }
@@ -44,7 +44,11 @@ fn not_found(name: &str) -> ApiError {
     ApiError::not_found("provider_not_found", format!("provider not found: {name}"))
 }
 
-async fn list_providers(State(state): State<AppState>) -> Json<ProviderList> {
+#[utoipa::path(get, path = "/providers", tag = "providers",
+    responses((status = 200, description = "Every provider with its slots in use", body = ProviderList),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn list_providers(State(state): State<AppState>) -> Json<ProviderList> {
     let providers = state.upstream.providers().infos().await;
     Json(ProviderList {
         total: providers.len(),
@@ -52,7 +56,13 @@ async fn list_providers(State(state): State<AppState>) -> Json<ProviderList> {
     })
 }
 
-async fn show_provider(
+#[utoipa::path(get, path = "/providers/{name}", tag = "providers",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Provider name")),
+    responses((status = 200, description = "The provider and its slots in use", body = ProviderInfo),
+        (status = 404, description = "No such provider (`provider_not_found`)", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn show_provider(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProviderInfo>, ApiError> {
@@ -63,7 +73,17 @@ async fn show_provider(
 
 /// Creates (201) or replaces (200) a provider. Lowering `max_connections` below the slots
 /// held now ends none of them: new connections wait until enough have closed.
-async fn put_provider(
+#[utoipa::path(put, path = "/providers/{name}", tag = "providers",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Provider name")),
+    request_body = ProviderSpec,
+    responses((status = 201, description = "Provider defined", body = ProviderInfo),
+        (status = 200, description = "Provider replaced", body = ProviderInfo),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = crate::model::ErrorBody),
+        (status = 422, description = "A field is wrong: `invalid_body`, `invalid_provider`", body = crate::model::ErrorBody),
+        (status = 503, description = "Defined, but not saved yet (`store_unavailable`)", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn put_provider(
     State(state): State<AppState>,
     Path(name): Path<String>,
     AppJson(spec): AppJson<ProviderSpec>,
@@ -102,7 +122,14 @@ async fn put_provider(
     Ok((status, Json(providers.info(&provider).await)))
 }
 
-async fn delete_provider(
+#[utoipa::path(delete, path = "/providers/{name}", tag = "providers",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Provider name")),
+    responses((status = 200, description = "Provider removed; its streams are no longer limited", body = ProviderDeleted),
+        (status = 404, description = "No such provider (`provider_not_found`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Removed, but not saved yet (`store_unavailable`)", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn delete_provider(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProviderDeleted>, ApiError> {

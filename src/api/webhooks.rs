@@ -104,6 +104,7 @@ struct RemoveByUrl {
     responses((status = 201, description = "Registered (or updated, for a URL posted again)", body = Webhook),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = crate::model::ErrorBody),
         (status = 422, description = "A field is wrong: `invalid_body`, `invalid_url`, `unknown_event_type`, `invalid_setting`, `too_many_webhooks`, ...", body = crate::model::ErrorBody),
+        (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
         (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn register_webhook(
@@ -161,7 +162,8 @@ async fn show_webhook(State(webhooks): State<Arc<Webhooks>>, Path(id): Path<Stri
 #[utoipa::path(delete, path = "/webhooks/{id}", tag = "webhooks",
     params(("id" = String, Path, min_length = 1, description = "Webhook id")),
     responses((status = 200, description = "Removed", body = serde_json::Value),
-        (status = 404, description = "No such webhook (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No such webhook (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn remove_webhook(
     State(webhooks): State<Arc<Webhooks>>,
@@ -184,7 +186,8 @@ async fn remove_webhook(
     request_body(content = RemoveByUrl, description = "The webhook's URL (m3u-editor sends it so); `?webhook_url=` may stand in for the body"),
     responses((status = 200, description = "Removed", body = serde_json::Value),
         (status = 400, description = "No webhook_url given (`missing_webhook_url`)", body = crate::model::ErrorBody),
-        (status = 404, description = "No webhook with that URL (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 404, description = "No webhook with that URL (`webhook_not_found`)", body = crate::model::ErrorBody), (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn remove_webhook_by_url(
     State(webhooks): State<Arc<Webhooks>>,
