@@ -587,3 +587,55 @@ async fn an_automatic_failover_and_an_idle_removal_reach_the_store_without_a_man
     .await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn providers_and_a_streams_provider_survive_a_restart() {
+    let dir = TempDir::new("store-providers");
+    let http = http_client();
+    let proxy = run_in(dir.path()).await;
+    let spec = json!({"hosts": ["iptv.example.com:8080"], "max_connections": 2, "on_full": "replace_oldest"});
+    let res = http
+        .put(format!("{}/providers/acme", proxy.base))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = http
+        .put(format!("{}/providers/gone", proxy.base))
+        .json(&json!({"hosts": ["gone.example.com"], "max_connections": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = http
+        .delete(format!("{}/providers/gone", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = http
+        .post(format!("{}/streams", proxy.base))
+        .json(&json!({"url": "http://127.0.0.1:9/live.ts", "provider": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let id = res.json::<Value>().await.unwrap()["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    proxy.stop().await;
+
+    let proxy = run_in(dir.path()).await;
+    let list = get_json(&http, format!("{}/providers", proxy.base)).await;
+    assert_eq!(list["total"], 1, "{list}");
+    let acme = &list["providers"][0];
+    assert_eq!(acme["name"], "acme");
+    assert_eq!(acme["hosts"], spec["hosts"]);
+    assert_eq!(acme["max_connections"], 2);
+    assert_eq!(acme["on_full"], "replace_oldest");
+    let stream = get_json(&http, format!("{}/streams/{id}", proxy.base)).await;
+    assert_eq!(stream["stream"]["provider"], "acme", "{stream}");
+    proxy.stop().await;
+}
