@@ -795,7 +795,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn flowing_bytes_touch_no_lock_of_the_switch_watch() {
+    async fn flowing_bytes_touch_no_lock_of_the_switch_watch_or_the_slot() {
         let config = crate::config::Config::default();
         let upstream = Upstream::new(&config).unwrap();
         let registry = crate::registry::Registry::new(b"k");
@@ -822,6 +822,12 @@ mod tests {
             counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::task::Poll::Pending
         }));
+        // And for the provider slot's stop signal, with the same count.
+        let counted = polls.clone();
+        feed.slot_stopped = Box::pin(futures_util::future::poll_fn(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::task::Poll::Pending
+        }));
         let mut bytes = 0;
         while let Some(chunk) = feed.next().await {
             match chunk.unwrap() {
@@ -831,8 +837,8 @@ mod tests {
         }
         assert_eq!(bytes, 1000 * TS_PACKET);
         assert!(
-            polls.load(std::sync::atomic::Ordering::Relaxed) <= 1,
-            "the watch was polled {} times",
+            polls.load(std::sync::atomic::Ordering::Relaxed) <= 2,
+            "the watch and the slot's stop were polled {} times",
             polls.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
