@@ -677,31 +677,35 @@ fn serve(listener: tokio::net::TcpListener) -> tokio::sync::oneshot::Sender<()> 
 
 #[tokio::test]
 async fn monitor_survives_a_server_restart() {
-    let proxy = Proxy::start().await;
-    let addr = proxy.addr;
-    let before = proxy.create_stream("http://127.0.0.1:1/before.m3u8").await["stream_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // The restarted server must get the same port back. A port the kernel hands out for
+    // outgoing connections could be taken in between by any socket on this machine, so
+    // the port comes from below that range, and the rebind is retried while the first
+    // server's socket goes away.
+    let listener = listener_below_ephemeral_ports().await;
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let http = crate::util::http_client();
+    let stop = serve(listener);
+    let before = create_stream_at(&http, &base, "http://127.0.0.1:1/before.m3u8").await;
+    let before = before["stream_id"].as_str().unwrap().to_owned();
     let screen = Screen::default();
-    let child = spawn_monitor_in_pty(&proxy.base, &screen);
+    let child = spawn_monitor_in_pty(&base, &screen);
     screen
         .wait_for("the first stream", |f| f.contains(&before))
         .await;
 
-    proxy.stop().await;
+    let _ = stop.send(());
     screen
         .wait_for("the retry notice", |f| {
             f.contains("server unreachable, retrying...")
         })
         .await;
 
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("rebind the same port");
+    let listener = eventually(Duration::from_secs(10), "the same port again", || async {
+        tokio::net::TcpListener::bind(addr).await.ok()
+    })
+    .await;
     let _stop = serve(listener);
-    let http = crate::util::http_client();
-    let base = format!("http://{addr}");
     let created = create_stream_at(&http, &base, "http://127.0.0.1:1/after.m3u8").await;
     let created: StreamCreated = serde_json::from_value(created).unwrap();
     let frame = screen
@@ -711,6 +715,23 @@ async fn monitor_survives_a_server_restart() {
         .await;
     assert!(!frame.contains("unreachable"), "{frame}");
     press_ctrl_c(child).await;
+}
+
+/// A loopback listener on a port below the kernel's range for outgoing connections
+/// (`ip_local_port_range`), which no other socket takes unless it asks for that port.
+async fn listener_below_ephemeral_ports() -> tokio::net::TcpListener {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = first_ephemeral.saturating_sub(12_000).max(1024);
+    for _ in 0..100 {
+        let port = rand::random_range(low..first_ephemeral);
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    panic!("no free port in {low}..{first_ephemeral}");
 }
 
 #[tokio::test]

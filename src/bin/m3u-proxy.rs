@@ -16,6 +16,11 @@ use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;
 use m3u_proxy::store::StoreError;
 
+/// mimalloc gives freed memory back to the system within moments; glibc's malloc keeps
+/// what a burst of viewers used resident long after they left (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -44,6 +44,12 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// larger than this is cut off without reading it all.
 const HARD_HEAD_BYTES: usize = 2 * MAX_HEAD_BYTES;
 
+/// The most hyper buffers in each direction of a connection: its read buffer (which must
+/// hold a whole request head, hence [`HARD_HEAD_BYTES`]) and the response bytes queued
+/// for a player that reads slower than they come. hyper's default, about 400 KB, let
+/// each paced viewer hold that much more.
+const MAX_BUF_BYTES: usize = HARD_HEAD_BYTES;
+
 /// Refused connections still being answered; beyond this, a refused connection is
 /// closed without an answer so that refusing costs no more than a moment.
 const MAX_REFUSING: usize = 256;
@@ -119,7 +125,8 @@ impl Shared {
         // idle keep-alive connections at the header timeout.
         builder
             .header_read_timeout(None)
-            .max_header_size(HARD_HEAD_BYTES);
+            .max_header_size(HARD_HEAD_BYTES)
+            .max_buf_size(MAX_BUF_BYTES);
         let conn = builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
         let mut stopping = false;
