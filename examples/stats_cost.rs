@@ -31,6 +31,7 @@ fn settings(n: usize) -> StreamSettings {
         headers: Default::default(),
         metadata: None,
         stream_type: StreamType::Hls,
+        provider: None,
         options: Default::default(),
     }
 }

@@ -46,6 +46,8 @@ pub struct CreateStream {
     pub metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_type: Option<StreamType>,
+    #[serde(default)]
+    pub provider: Option<String>,
     /// m3u-editor's failover: asked for the next URL when the current one fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_resolver_url: Option<String>,
@@ -112,6 +114,8 @@ pub struct StreamCreated {
 pub struct StreamInfo {
     pub stream_id: String,
     pub stream_type: StreamType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     pub original_url: String,
     pub current_url: String,
     pub failover_urls: Vec<String>,

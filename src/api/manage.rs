@@ -66,6 +66,7 @@ pub async fn create_stream(
         headers,
         metadata: req.metadata,
         stream_type: StreamType::Hls,
+        provider: req.provider.filter(|p| !p.trim().is_empty()),
         options,
     };
     settings.stream_type = match (req.stream_type, existing) {

@@ -651,6 +651,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Direct,
+            provider: None,
             options: Default::default(),
         });
         let (client, _) = registry.client("c", &stream.id, "127.0.0.1", "ua");

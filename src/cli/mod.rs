@@ -134,6 +134,7 @@ pub(crate) mod fixtures {
         StreamInfo {
             stream_id: id.into(),
             stream_type: StreamType::Hls,
+            provider: None,
             original_url: "http://origin/live.m3u8".into(),
             current_url: "http://backup/live.m3u8".into(),
             failover_urls: vec!["http://backup/live.m3u8".into()],

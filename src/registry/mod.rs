@@ -1079,6 +1079,7 @@ impl Registry {
         StreamInfo {
             stream_id: s.id.clone(),
             stream_type: settings.stream_type,
+            provider: settings.provider.clone(),
             original_url: settings.original_url.to_string(),
             current_url: settings.url_at(index).to_string(),
             failover_urls: settings.failover_urls.iter().map(Url::to_string).collect(),
@@ -1265,6 +1266,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: StreamType::Hls,
+            provider: None,
             options: Default::default(),
         }
     }

@@ -15,6 +15,8 @@ pub struct StreamSettings {
     pub headers: HeaderMap,
     pub metadata: Option<serde_json::Value>,
     pub stream_type: StreamType,
+    /// The provider (connection-limited account) this stream belongs to, by name.
+    pub provider: Option<String>,
     /// m3u-editor's per-stream options.
     pub options: StreamOptions,
 }

@@ -757,6 +757,7 @@ mod tests {
             headers: HeaderMap::new(),
             metadata: None,
             stream_type: crate::model::StreamType::Direct,
+            provider: None,
             options: Default::default(),
         });
         let chunks = (0..1000u32).map(|_| Ok::<_, std::io::Error>(Bytes::from(packet(1))));

@@ -273,6 +273,7 @@ mod tests {
             headers: Default::default(),
             metadata: None,
             stream_type: crate::model::StreamType::Hls,
+            provider: None,
             options: Default::default(),
         };
         registry.upsert(settings).0

@@ -179,6 +179,7 @@ pub fn hls_settings(url: &str) -> StreamSettings {
         headers: Default::default(),
         metadata: None,
         stream_type: StreamType::Hls,
+        provider: None,
         options: Default::default(),
     }
 }
