@@ -45,11 +45,13 @@ pub enum EventType {
     StreamStarted,
     /// A stream's last viewer left, or the stream was removed; `data.reason` says which.
     StreamStopped,
+    /// A channel list was imported or refreshed (or a refresh failed), with its counts.
+    PlaylistRefreshed,
 }
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::StreamCreated,
         EventType::StreamUpdated,
         EventType::StreamDeleted,
@@ -60,6 +62,7 @@ impl EventType {
         EventType::UpstreamError,
         EventType::StreamStarted,
         EventType::StreamStopped,
+        EventType::PlaylistRefreshed,
     ];
 
     /// m3u-editor's vocabulary (`stream_started`, `stream_stopped`), which restates what the
@@ -82,6 +85,7 @@ impl EventType {
             EventType::UpstreamError => "upstream_error",
             EventType::StreamStarted => "stream_started",
             EventType::StreamStopped => "stream_stopped",
+            EventType::PlaylistRefreshed => "playlist_refreshed",
         }
     }
 }

@@ -41,6 +41,11 @@
 //!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
+//! - [`channels`] — channel lists: fetched or uploaded M3U lists imported atomically, each
+//!   channel a registered stream (duplicates of merged lists become failover URLs), the
+//!   refresh loop, retiring of dropped channels, the stored guides; what the proxied list
+//!   and the HDHomeRun lineup say. Uses `playlist`, `registry`, `upstream`, `stream`,
+//!   `events`, `config`, `model`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
 //!   `/events` (SSE) and `/webhooks`, and m3u-editor's forms of them (`api::editor`: streams
 //!   by metadata, `/info`, `/test-connection`, strict live TS, sticky sessions). Translates
@@ -58,6 +63,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod channels;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -25,6 +25,7 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
 use crate::cache::Cache;
+use crate::channels::Channels;
 use crate::config::{Config, ConfigError};
 use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
@@ -103,6 +104,7 @@ async fn serve_state(
         "player connection limits"
     );
     let maintenance = spawn_maintenance(state.clone());
+    let channel_lists = state.channels.clone().spawn();
     let dispatcher = spawn_dispatcher(
         &state.registry.events,
         state.webhooks.clone(),
@@ -116,6 +118,7 @@ async fn serve_state(
     };
     let result = accept_loop(listener, state, signal).await;
     maintenance.abort();
+    channel_lists.abort();
     dispatcher.abort();
     result
 }
@@ -210,20 +213,28 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         limits.max_connections_per_ip,
         descriptors,
     );
+    let registry = Arc::new(
+        Registry::new(&secret)
+            .with_client_timeout(config.client_timeout)
+            .with_client_limits(config.client_limits),
+    );
+    let upstream = Upstream::new(&config)?;
+    let config = Arc::new(config);
     Ok(AppState {
-        registry: Arc::new(
-            Registry::new(&secret)
-                .with_client_timeout(config.client_timeout)
-                .with_client_limits(config.client_limits),
-        ),
-        upstream: Upstream::new(&config)?,
+        channels: Arc::new(Channels::new(
+            registry.clone(),
+            upstream.http().clone(),
+            config.clone(),
+        )),
+        registry,
+        upstream,
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(Webhooks::default()),
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
         live: Arc::new(Live::new(config.fanout)),
         connections: Arc::new(connections),
-        config: Arc::new(config),
+        config,
     })
 }
 

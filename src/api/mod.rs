@@ -5,6 +5,7 @@
 //! players, and answer HEAD. Handlers here translate HTTP to calls on the registry and the
 //! upstream client; they hold no lock across an `.await`.
 
+mod channels;
 mod editor;
 mod events;
 mod json;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub live: Arc<crate::live::Live>,
     /// Player connections: open, refused, timed out, and the limits in effect.
     pub connections: Arc<crate::connections::Connections>,
+    /// Channel lists and the streams they registered.
+    pub channels: Arc<crate::channels::Channels>,
 }
 
 impl FromRef<AppState> for EventBus {
@@ -126,6 +129,7 @@ fn routes(state: AppState) -> Router {
         .merge(events::sse_router())
         .merge(webhooks::webhooks_router())
         .merge(editor::editor_router())
+        .merge(channels::channels_router())
         // Before the layers, so a wrong method meets them like any request.
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -134,6 +138,7 @@ fn routes(state: AppState) -> Router {
         .route("/hls/{id}/playlist.m3u8", get(playback::master_playlist))
         .route("/hls/{id}/{token}/{file}", get(playback::signed_reference))
         .route("/stream/{id}", get(playback::direct))
+        .merge(channels::channels_playback_router())
         // Before CORS, which answers a browser's OPTIONS preflight itself.
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(cors));

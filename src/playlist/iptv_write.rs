@@ -81,7 +81,7 @@ pub fn with_guide(line: &str, guide: Option<&str>) -> String {
     let Some(guide) = guide else {
         return line.to_owned();
     };
-    let Some(start) = line.find(|c: char| c == '#').map(|i| i + "#EXTM3U".len()) else {
+    let Some(start) = line.find('#').map(|i| i + "#EXTM3U".len()) else {
         return line.to_owned();
     };
     let Some(attrs) = line.get(start..) else {
