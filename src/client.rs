@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::model::{
-    ClientInfo, ClientList, CreateStream, ErrorBody, FailoverDone, Health, Stats, StreamCreated,
-    StreamDeleted, StreamDetail, StreamList,
+    ClientInfo, ClientList, CreatePlaylist, CreateStream, ErrorBody, FailoverDone, Health,
+    PlaylistInfo, PlaylistList, Stats, StreamCreated, StreamDeleted, StreamDetail, StreamList,
 };
 
 /// How long to wait for a TCP connection: a server that is down should be reported quickly.
@@ -83,12 +83,18 @@ pub enum Endpoint<'a> {
     ListClients,
     Client(&'a str),
     Health,
+    ImportPlaylist(&'a CreatePlaylist),
+    ListPlaylists,
+    RefreshPlaylist(&'a str),
 }
 
 impl Endpoint<'_> {
     pub fn method(&self) -> Method {
         match self {
-            Endpoint::CreateStream(_) | Endpoint::Failover(_) => Method::POST,
+            Endpoint::CreateStream(_)
+            | Endpoint::Failover(_)
+            | Endpoint::ImportPlaylist(_)
+            | Endpoint::RefreshPlaylist(_) => Method::POST,
             Endpoint::DeleteStream(_) => Method::DELETE,
             _ => Method::GET,
         }
@@ -100,7 +106,8 @@ impl Endpoint<'_> {
             Endpoint::Stream(id)
             | Endpoint::DeleteStream(id)
             | Endpoint::Failover(id)
-            | Endpoint::Client(id) => Some(id),
+            | Endpoint::Client(id)
+            | Endpoint::RefreshPlaylist(id) => Some(id),
             _ => None,
         }
     }
@@ -115,6 +122,8 @@ impl Endpoint<'_> {
             Endpoint::ListClients => vec!["clients"],
             Endpoint::Client(id) => vec!["clients", id],
             Endpoint::Health => vec!["health"],
+            Endpoint::ImportPlaylist(_) | Endpoint::ListPlaylists => vec!["playlists"],
+            Endpoint::RefreshPlaylist(id) => vec!["playlists", id, "refresh"],
         }
     }
 }
@@ -263,6 +272,24 @@ impl ApiClient {
         self.fetch(Endpoint::Health).await
     }
 
+    /// `POST /playlists`.
+    pub async fn import_playlist(
+        &self,
+        request: &CreatePlaylist,
+    ) -> Result<PlaylistInfo, ClientError> {
+        self.fetch(Endpoint::ImportPlaylist(request)).await
+    }
+
+    /// `GET /playlists`.
+    pub async fn playlists(&self) -> Result<PlaylistList, ClientError> {
+        self.fetch(Endpoint::ListPlaylists).await
+    }
+
+    /// `POST /playlists/{id}/refresh`.
+    pub async fn refresh_playlist(&self, id: &str) -> Result<PlaylistInfo, ClientError> {
+        self.fetch(Endpoint::RefreshPlaylist(id)).await
+    }
+
     async fn fetch<T: DeserializeOwned>(&self, endpoint: Endpoint<'_>) -> Result<T, ClientError> {
         let (url, status, body) = self.send(endpoint).await?;
         if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
@@ -279,8 +306,10 @@ impl ApiClient {
         if let Some(token) = &self.token {
             request = request.header(TOKEN_HEADER, token);
         }
-        if let Endpoint::CreateStream(body) = endpoint {
-            request = request.json(body);
+        match endpoint {
+            Endpoint::CreateStream(body) => request = request.json(body),
+            Endpoint::ImportPlaylist(body) => request = request.json(body),
+            _ => {}
         }
         let unreachable = |source| ClientError::Unreachable {
             url: self.base().to_owned(),

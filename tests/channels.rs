@@ -721,3 +721,82 @@ async fn bad_lists_are_refused_whole_and_bad_entries_one_by_one() {
         out.len()
     );
 }
+
+/// Runs `m3u-client --server BASE ARGS`; returns (exit code, stdout, stderr).
+async fn client(base: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_m3u-client"))
+        .arg("--server")
+        .arg(base)
+        .args(args)
+        .env_remove("API_TOKEN")
+        .env_remove("M3U_PROXY_URL")
+        .output()
+        .await
+        .expect("m3u-client runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_imports_lists_and_refreshes_them() {
+    let origin = start_origin().await;
+    let proxy = Proxy::start().await;
+    let (code, out, err) = client(
+        &proxy.base,
+        &[
+            "import",
+            &origin.url("/a.m3u"),
+            "--name",
+            "Provider A",
+            "--merge",
+            "tvg-id",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Provider A"), "{out}");
+    assert!(out.contains("3 channels in 2 groups"), "{out}");
+    assert!(
+        out.contains("added 3, removed 0, updated 0, unchanged 0, refused 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 12: only http and https channels"),
+        "{out}"
+    );
+    let id = proxy.get_json("/playlists").await["playlists"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        out.contains(&proxy.url(&format!("/playlists/{id}/playlist.m3u"))),
+        "{out}"
+    );
+
+    let (code, table, _) = client(&proxy.base, &["playlists"]).await;
+    assert_eq!(code, 0);
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("a row");
+    assert!(
+        row.contains("Provider A") && row.contains(" 3 ") && row.contains("ok"),
+        "{table}"
+    );
+    assert!(table.contains("1 channel list"), "{table}");
+
+    let (code, out, _) = client(&proxy.base, &["refresh", &id]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("added 0, removed 0, updated 0, unchanged 3"),
+        "{out}"
+    );
+    let (code, json_out, _) = client(&proxy.base, &["--json", "playlists"]).await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["total"], 1);
+
+    let (code, _, err) = client(&proxy.base, &["refresh", "pl-000000000000"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("playlist not found"), "{err}");
+}

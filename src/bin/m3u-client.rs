@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 use m3u_proxy::cli::{self, monitor, render, Subject};
 use m3u_proxy::client::{ApiClient, ClientError, Endpoint};
-use m3u_proxy::model::CreateStream;
+use m3u_proxy::model::{CreatePlaylist, CreateStream, MergeKey};
 
 /// Command-line client of m3u-proxy: manage streams, read statistics, watch viewers live.
 #[derive(Debug, Parser)]
@@ -74,6 +74,27 @@ enum ApiCommand {
     Clients { id: Option<String> },
     /// Check that the server is up.
     Health,
+    /// List the channel lists with their channel counts and last refresh.
+    Playlists,
+    /// Import a channel list (an M3U URL, e.g. a provider's get.php?...&type=m3u_plus).
+    Import {
+        /// URL of the M3U list.
+        url: String,
+        /// Name of the list.
+        #[arg(long)]
+        name: String,
+        /// Minutes between automatic refreshes.
+        #[arg(long)]
+        refresh_interval_minutes: Option<u64>,
+        /// Merge channels with the same key across merged lists into one stream.
+        #[arg(long, value_parser = ["tvg-id", "name"])]
+        merge: Option<String>,
+        /// The provider whose connection limits the list's streams count against.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Fetch a channel list again now and apply what changed.
+    Refresh { id: String },
     /// Watch streams, viewers and bytes per second live, until Ctrl-C.
     Monitor {
         /// Seconds between refreshes.
@@ -132,6 +153,7 @@ async fn main() -> ExitCode {
 async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(), ClientError> {
     let now = chrono::Utc::now();
     let request;
+    let playlist;
     let endpoint = match command {
         ApiCommand::Create {
             url,
@@ -156,6 +178,28 @@ async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(),
         ApiCommand::Clients { id: None } => Endpoint::ListClients,
         ApiCommand::Clients { id: Some(id) } => Endpoint::Client(id),
         ApiCommand::Health => Endpoint::Health,
+        ApiCommand::Playlists => Endpoint::ListPlaylists,
+        ApiCommand::Import {
+            url,
+            name,
+            refresh_interval_minutes,
+            merge,
+            provider,
+        } => {
+            playlist = CreatePlaylist {
+                name: name.clone(),
+                url: Some(url.clone()),
+                refresh_interval_minutes: *refresh_interval_minutes,
+                merge: merge.as_deref().map(|m| match m {
+                    "name" => MergeKey::Name,
+                    _ => MergeKey::TvgId,
+                }),
+                provider: provider.clone(),
+                ..CreatePlaylist::default()
+            };
+            Endpoint::ImportPlaylist(&playlist)
+        }
+        ApiCommand::Refresh { id } => Endpoint::RefreshPlaylist(id),
         ApiCommand::Monitor { interval } => {
             return monitor::run(client, Duration::from_secs(*interval), json).await;
         }
@@ -181,6 +225,17 @@ async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(),
         Endpoint::ListClients => render::client_table(&client.clients().await?.clients, now),
         Endpoint::Client(id) => render::client_detail(&client.client(id).await?, now),
         Endpoint::Health => render::health(&client.health().await?),
+        Endpoint::ListPlaylists => {
+            render::playlist_table(&client.playlists().await?.playlists, now)
+        }
+        Endpoint::ImportPlaylist(request) => {
+            let info = client.import_playlist(request).await?;
+            render::playlist_summary(&info, &client.absolute(&info.playlist_url))
+        }
+        Endpoint::RefreshPlaylist(id) => {
+            let info = client.refresh_playlist(id).await?;
+            render::playlist_summary(&info, &client.absolute(&info.playlist_url))
+        }
     };
     emit(&text);
     Ok(())
