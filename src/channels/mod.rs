@@ -647,7 +647,8 @@ impl Channels {
         }
         for (id, d) in &desired {
             if applied.get(id) != Some(d) || self.registry.stream(id).is_none() {
-                self.registry.upsert(d.settings());
+                // One `playlist_refreshed` event says what changed, not one event per stream.
+                self.registry.upsert_quietly(d.settings());
             }
         }
         let mut done = Applied::default();
