@@ -228,42 +228,43 @@ fn filters(uri: &axum::http::Uri) -> Filters {
     f
 }
 
-fn m3u(body: String) -> Response {
-    (
+async fn all_playlists(
+    State(state): State<AppState>,
+    base: Base,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    playlist(&state, None, base, &uri)
+}
+
+async fn one_playlist(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    base: Base,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    playlist(&state, Some(&id), base, &uri)
+}
+
+/// The proxied M3U of one list or of all, filtered by the query's `group` and `q`.
+fn playlist(
+    state: &AppState,
+    id: Option<&str>,
+    Base(base): Base,
+    uri: &axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let f = filters(uri);
+    let body = state
+        .channels
+        .playlist(id, &base, &f.groups, f.query.as_deref())
+        .map_err(api_error)?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("audio/x-mpegurl; charset=utf-8"),
         )],
         body,
     )
-        .into_response()
-}
-
-async fn all_playlists(
-    State(state): State<AppState>,
-    Base(base): Base,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    let f = filters(&uri);
-    let body = state
-        .channels
-        .playlist(None, &base, &f.groups, f.query.as_deref())
-        .map_err(api_error)?;
-    Ok(m3u(body))
-}
-
-async fn one_playlist(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Base(base): Base,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    let f = filters(&uri);
-    let body = state
-        .channels
-        .playlist(Some(&id), &base, &f.groups, f.query.as_deref())
-        .map_err(api_error)?;
-    Ok(m3u(body))
+        .into_response())
 }
 
 /// The stored guide: as the origin gave it, gzip kept for a client that accepts it and

@@ -177,6 +177,21 @@ struct Desired {
 }
 
 impl Desired {
+    /// Changes when any of it changes: what the last reconcile registered is kept as this,
+    /// not as a second copy of every stream's settings.
+    fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for u in &self.urls {
+            u.as_str().hash(&mut h);
+        }
+        self.user_agent.hash(&mut h);
+        self.headers.hash(&mut h);
+        self.metadata.to_string().hash(&mut h);
+        self.stream_type.as_str().hash(&mut h);
+        self.provider.hash(&mut h);
+        h.finish()
+    }
+
     fn settings(&self) -> StreamSettings {
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
@@ -250,8 +265,9 @@ pub struct Channels {
     /// Per list, per entry: its stream.
     routes: RwLock<HashMap<String, Arc<Vec<Option<Route>>>>>,
     guides: RwLock<HashMap<String, GuideState>>,
-    /// What the last reconcile registered, by stream id. Also serializes reconciles.
-    applied: Mutex<HashMap<String, Desired>>,
+    /// What the last reconcile registered: stream id to [`Desired::digest`]. Also
+    /// serializes reconciles.
+    applied: Mutex<HashMap<String, u64>>,
     /// Streams no list wants any more that were still playing.
     retiring: Mutex<HashSet<String>>,
     /// When each list with an interval is refreshed next.
@@ -645,8 +661,11 @@ impl Channels {
             }
             routes.insert(list.record.id.clone(), Arc::new(list_routes));
         }
+        let mut digests = HashMap::with_capacity(desired.len());
         for (id, d) in &desired {
-            if applied.get(id) != Some(d) || self.registry.stream(id).is_none() {
+            let digest = d.digest();
+            digests.insert(id.clone(), digest);
+            if applied.get(id) != Some(&digest) || self.registry.stream(id).is_none() {
                 // One `playlist_refreshed` event says what changed, not one event per stream.
                 self.registry.upsert_quietly(d.settings());
             }
@@ -668,7 +687,7 @@ impl Channels {
             }
         }
         drop(retiring);
-        *applied = desired;
+        *applied = digests;
         *self.routes.write().expect("routes lock") = routes;
         done
     }
