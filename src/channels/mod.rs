@@ -45,6 +45,15 @@ pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// Most bytes of tag lines and URL one entry may have; a longer one is refused.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
+/// The `#EXTINF` attributes kept after import (the others are only in the source text).
+const KEPT_ATTRS: [&str; 5] = [
+    "tvg-id",
+    "tvg-name",
+    "tvg-chno",
+    "channel-number",
+    "channel-id",
+];
+
 /// Refused entries listed per list (all are counted).
 const MAX_LISTED_ERRORS: usize = 1_000;
 
@@ -171,7 +180,9 @@ struct Desired {
     urls: Vec<Url>,
     user_agent: Option<String>,
     headers: Vec<(String, String)>,
-    metadata: serde_json::Value,
+    /// The list and entry whose channel it is first, which its metadata describes (built
+    /// only when needed: 50,000 of them at once would cost tens of megabytes).
+    first: (usize, usize),
     stream_type: StreamType,
     provider: Option<String>,
 }
@@ -179,20 +190,20 @@ struct Desired {
 impl Desired {
     /// Changes when any of it changes: what the last reconcile registered is kept as this,
     /// not as a second copy of every stream's settings.
-    fn digest(&self) -> u64 {
+    fn digest(&self, metadata: &serde_json::Value) -> u64 {
         let mut h = DefaultHasher::new();
         for u in &self.urls {
             u.as_str().hash(&mut h);
         }
         self.user_agent.hash(&mut h);
         self.headers.hash(&mut h);
-        self.metadata.to_string().hash(&mut h);
+        metadata.to_string().hash(&mut h);
         self.stream_type.as_str().hash(&mut h);
         self.provider.hash(&mut h);
         h.finish()
     }
 
-    fn settings(&self) -> StreamSettings {
+    fn settings(&self, metadata: serde_json::Value) -> StreamSettings {
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
             if let (Ok(k), Ok(v)) = (
@@ -207,7 +218,7 @@ impl Desired {
             failover_urls: self.urls[1..].to_vec(),
             user_agent: self.user_agent.clone(),
             headers,
-            metadata: Some(self.metadata.clone()),
+            metadata: Some(metadata),
             stream_type: self.stream_type,
             provider: self.provider.clone(),
             options: Default::default(),
@@ -462,7 +473,7 @@ impl Channels {
 
     /// Parses `record`'s body and resolves each entry, counting what changed since `old`.
     fn build(&self, record: ChannelListRecord, old: Option<&ListState>) -> ListState {
-        let parsed = iptv::parse(&record.source);
+        let mut parsed = iptv::parse(&record.source);
         let definition = &record.definition;
         let list_headers = checked_headers(&definition.headers).unwrap_or_default();
         let mut errors = Vec::new();
@@ -488,6 +499,17 @@ impl Channels {
                 },
             )
             .collect();
+        // Only what filters, lineups, merges and metadata read is kept: the output is
+        // written from the source text, and the targets hold the rest.
+        for channel in &mut parsed.entries {
+            channel
+                .attrs
+                .retain(|(k, _)| KEPT_ATTRS.iter().any(|kept| k.eq_ignore_ascii_case(kept)));
+            channel.attrs.shrink_to_fit();
+            channel.vlc_opts = Vec::new();
+            channel.extra_lines = Vec::new();
+            channel.url = String::new();
+        }
         let counts = count_changes(
             old.map(|o| &o.targets[..]).unwrap_or(&[]),
             &targets,
@@ -621,10 +643,12 @@ impl Channels {
         let mut desired: HashMap<String, Desired> = HashMap::new();
         let mut merged: HashMap<(MergeKey, String), String> = HashMap::new();
         let mut routes = HashMap::new();
-        for list in &lists {
+        for (list_index, list) in lists.iter().enumerate() {
             let definition = &list.record.definition;
             let mut list_routes = Vec::with_capacity(list.targets.len());
-            for (channel, target) in list.parsed.entries.iter().zip(&list.targets) {
+            for (entry_index, (channel, target)) in
+                list.parsed.entries.iter().zip(&list.targets).enumerate()
+            {
                 let Some(t) = target else {
                     list_routes.push(None);
                     continue;
@@ -647,7 +671,7 @@ impl Channels {
                     urls: vec![t.url.clone()],
                     user_agent: t.user_agent.clone(),
                     headers: t.headers.clone(),
-                    metadata: metadata(&list.record, channel),
+                    first: (list_index, entry_index),
                     stream_type: t.stream_type,
                     provider: definition.provider.clone().filter(|p| !p.trim().is_empty()),
                 });
@@ -663,11 +687,13 @@ impl Channels {
         }
         let mut digests = HashMap::with_capacity(desired.len());
         for (id, d) in &desired {
-            let digest = d.digest();
+            let (list, entry) = d.first;
+            let meta = metadata(&lists[list].record, &lists[list].parsed.entries[entry]);
+            let digest = d.digest(&meta);
             digests.insert(id.clone(), digest);
             if applied.get(id) != Some(&digest) || self.registry.stream(id).is_none() {
                 // One `playlist_refreshed` event says what changed, not one event per stream.
-                self.registry.upsert_quietly(d.settings());
+                self.registry.upsert_quietly(d.settings(meta));
             }
         }
         let mut done = Applied::default();
