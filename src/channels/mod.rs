@@ -1172,3 +1172,55 @@ fn count_changes(old: &[Option<Target>], new: &[Option<Target>], errors: usize) 
     counts.removed = old.keys().filter(|id| !new.contains_key(*id)).count();
     counts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channels() -> Channels {
+        let config = Arc::new(Config::default());
+        Channels::new(
+            Arc::new(Registry::new(b"test")),
+            reqwest::Client::new(),
+            config,
+        )
+    }
+
+    #[tokio::test]
+    async fn restored_records_register_their_streams_again() {
+        let source = "#EXTM3U\n#EXTINF:-1 tvg-id=\"a\",A\nhttp://o.example/a.ts\n\
+                      #EXTINF:-1,B\nhttp://o.example/b.m3u8\n#EXTINF:-1,C\nudp://x\n";
+        let record = ChannelListRecord {
+            id: "pl-000000000001".into(),
+            definition: CreatePlaylist {
+                name: "stored".into(),
+                url: Some("http://o.example/list.m3u".into()),
+                ..CreatePlaylist::default()
+            },
+            created_at: Utc::now(),
+            source: source.into(),
+            refreshed_at: Utc::now(),
+        };
+        // A record survives a JSON round trip, as the store keeps it.
+        let stored: ChannelListRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(stored, record);
+        let channels = channels();
+        channels.restore(vec![stored]);
+        let info = channels.info("pl-000000000001").unwrap();
+        assert_eq!((info.channel_count, info.errors.len()), (2, 1));
+        assert_eq!(channels.registry.stream_count(), 2);
+        assert_eq!(channels.records(), vec![record]);
+        let out = channels
+            .playlist(Some("pl-000000000001"), "http://p", &[], None)
+            .unwrap();
+        let a = channels
+            .registry
+            .stream_id_for(&"http://o.example/a.ts".parse().unwrap());
+        assert!(out.contains(&format!("http://p/stream/{a}\n")), "{out}");
+        assert!(out.contains("/playlist.m3u8\n") && !out.contains("udp://"));
+        channels.delete("pl-000000000001").unwrap();
+        assert_eq!(channels.registry.stream_count(), 0);
+        assert!(channels.records().is_empty());
+    }
+}
