@@ -800,3 +800,26 @@ async fn the_cli_imports_lists_and_refreshes_them() {
     assert_eq!(code, 1);
     assert!(err.contains("playlist not found"), "{err}");
 }
+
+#[tokio::test]
+async fn list_streams_outlive_the_idle_sweep() {
+    let origin = start_origin().await;
+    let proxy = Proxy::start_with(|c| {
+        c.stream_timeout = Some(Duration::from_secs(2));
+        c.cleanup_interval = Duration::from_secs(1);
+    })
+    .await;
+    import(&proxy, json!({"name": "B", "url": origin.url("/b.m3u")})).await;
+    // A stream of no list, idle like them: once the sweep removed it, it has had its chance
+    // at the list's streams too.
+    let control = proxy
+        .create_stream(&origin.url("/media/direct/clip.ts"))
+        .await;
+    let control_id = control["stream_id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(15), "the idle sweep", || async {
+        (proxy.get(&format!("/streams/{control_id}")).await.status() == StatusCode::NOT_FOUND)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(proxy.get_json("/streams").await["total"], 2);
+}

@@ -63,8 +63,8 @@ const MAX_GUIDE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// How often retiring streams are checked and due refreshes started.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Ticks between two touches of every list stream, which keeps them from the idle sweep
-/// (`STREAM_TIMEOUT`): a channel of a list is there until the list drops it.
+/// Most ticks between two touches of every list stream, which keeps them from the idle
+/// sweep (`STREAM_TIMEOUT`): a channel of a list is there until the list drops it.
 const TOUCH_EVERY_TICKS: u32 = 30;
 
 /// Request headers a list may not set for the upstream: they describe the connection.
@@ -994,7 +994,11 @@ impl Channels {
                 lock(&self.retiring).remove(&id);
             }
         }
-        if count % TOUCH_EVERY_TICKS == 0 {
+        // Often enough for any STREAM_TIMEOUT: at least twice per timeout.
+        let touch_every = self.config.stream_timeout.map_or(TOUCH_EVERY_TICKS, |t| {
+            ((t.as_secs() / 2) as u32).clamp(1, TOUCH_EVERY_TICKS)
+        });
+        if count % touch_every == 0 {
             let now = self.registry.clock.now_ms();
             let ids: Vec<String> = lock(&self.applied).keys().cloned().collect();
             for id in ids {
