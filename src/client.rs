@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::model::{
-    ClientInfo, ClientList, CreateStream, ErrorBody, FailoverDone, Health, ProviderList, Stats,
-    StreamCreated, StreamDeleted, StreamDetail, StreamList,
+    ClientInfo, ClientList, CreatePlaylist, CreateStream, ErrorBody, FailoverDone, Health,
+    PlaylistInfo, PlaylistList, ProviderList, Stats, StreamCreated, StreamDeleted, StreamDetail,
+    StreamList,
 };
 
 /// How long to wait for a TCP connection: a server that is down should be reported quickly.
@@ -84,12 +85,18 @@ pub enum Endpoint<'a> {
     Client(&'a str),
     Health,
     ListProviders,
+    ImportPlaylist(&'a CreatePlaylist),
+    ListPlaylists,
+    RefreshPlaylist(&'a str),
 }
 
 impl Endpoint<'_> {
     pub fn method(&self) -> Method {
         match self {
-            Endpoint::CreateStream(_) | Endpoint::Failover(_) => Method::POST,
+            Endpoint::CreateStream(_)
+            | Endpoint::Failover(_)
+            | Endpoint::ImportPlaylist(_)
+            | Endpoint::RefreshPlaylist(_) => Method::POST,
             Endpoint::DeleteStream(_) => Method::DELETE,
             _ => Method::GET,
         }
@@ -101,7 +108,8 @@ impl Endpoint<'_> {
             Endpoint::Stream(id)
             | Endpoint::DeleteStream(id)
             | Endpoint::Failover(id)
-            | Endpoint::Client(id) => Some(id),
+            | Endpoint::Client(id)
+            | Endpoint::RefreshPlaylist(id) => Some(id),
             _ => None,
         }
     }
@@ -117,6 +125,8 @@ impl Endpoint<'_> {
             Endpoint::Client(id) => vec!["clients", id],
             Endpoint::Health => vec!["health"],
             Endpoint::ListProviders => vec!["providers"],
+            Endpoint::ImportPlaylist(_) | Endpoint::ListPlaylists => vec!["playlists"],
+            Endpoint::RefreshPlaylist(id) => vec!["playlists", id, "refresh"],
         }
     }
 }
@@ -270,6 +280,24 @@ impl ApiClient {
         self.fetch(Endpoint::ListProviders).await
     }
 
+    /// `POST /playlists`.
+    pub async fn import_playlist(
+        &self,
+        request: &CreatePlaylist,
+    ) -> Result<PlaylistInfo, ClientError> {
+        self.fetch(Endpoint::ImportPlaylist(request)).await
+    }
+
+    /// `GET /playlists`.
+    pub async fn playlists(&self) -> Result<PlaylistList, ClientError> {
+        self.fetch(Endpoint::ListPlaylists).await
+    }
+
+    /// `POST /playlists/{id}/refresh`.
+    pub async fn refresh_playlist(&self, id: &str) -> Result<PlaylistInfo, ClientError> {
+        self.fetch(Endpoint::RefreshPlaylist(id)).await
+    }
+
     async fn fetch<T: DeserializeOwned>(&self, endpoint: Endpoint<'_>) -> Result<T, ClientError> {
         let (url, status, body) = self.send(endpoint).await?;
         if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
@@ -286,8 +314,10 @@ impl ApiClient {
         if let Some(token) = &self.token {
             request = request.header(TOKEN_HEADER, token);
         }
-        if let Endpoint::CreateStream(body) = endpoint {
-            request = request.json(body);
+        match endpoint {
+            Endpoint::CreateStream(body) => request = request.json(body),
+            Endpoint::ImportPlaylist(body) => request = request.json(body),
+            _ => {}
         }
         let unreachable = |source| ClientError::Unreachable {
             url: self.base().to_owned(),

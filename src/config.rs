@@ -54,6 +54,33 @@ pub struct Config {
     /// `/health`), for reverse proxies that pass it on. Empty for none; see
     /// [`normalize_root_path`].
     pub root_path: String,
+    /// Channel lists: imports, their proxied playlists and the HDHomeRun tuner; see
+    /// [`ChannelSettings`].
+    pub channels: ChannelSettings,
+}
+
+/// Channel lists (`/playlists`) and what is served from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelSettings {
+    /// `PUBLIC_URL`: the base of the absolute URLs written into proxied playlists, lineups
+    /// and guides (`https://tv.example/m3u-proxy`), without a trailing slash. `None`: the
+    /// request's scheme and host (the forwarded ones from a trusted proxy).
+    pub public_url: Option<String>,
+    /// Largest channel list accepted, in bytes (`CHANNEL_LIST_MAX_MB`); a bigger one is
+    /// refused as soon as it passes this size.
+    pub max_list_bytes: u64,
+    /// The tuners the HDHomeRun emulation announces (`HDHOMERUN_TUNER_COUNT`).
+    pub tuner_count: u32,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            max_list_bytes: 100 * 1024 * 1024,
+            tuner_count: 2,
+        }
+    }
 }
 
 /// The store backends; see `crate::store`.
@@ -274,6 +301,7 @@ impl Default for Config {
             fanout: FanoutSettings::default(),
             connections: ConnectionSettings::default(),
             root_path: DEFAULT_ROOT_PATH.to_string(),
+            channels: ChannelSettings::default(),
         }
     }
 }
@@ -287,6 +315,8 @@ pub enum ConfigError {
     EmptyToken,
     #[error("{0} must be at most {1}")]
     TooLarge(&'static str, u64),
+    #[error("PUBLIC_URL must be an absolute http or https URL, not {0:?}")]
+    PublicUrl(String),
 }
 
 /// Largest `FANOUT_BUFFER`: its slots are allocated when a live stream is first shared.
@@ -325,6 +355,19 @@ impl Config {
         }
         if self.connections.max_connections_per_ip == Some(0) {
             return Err(ConfigError::Zero("max connections per ip"));
+        }
+        if self.channels.max_list_bytes == 0 {
+            return Err(ConfigError::Zero("channel list size"));
+        }
+        if self.channels.tuner_count == 0 {
+            return Err(ConfigError::Zero("HDHomeRun tuner count"));
+        }
+        if let Some(public) = &self.channels.public_url {
+            let ok = url::Url::parse(public)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(ConfigError::PublicUrl(public.clone()));
+            }
         }
         if self.fanout.buffer > MAX_FANOUT_BUFFER {
             return Err(ConfigError::TooLarge(

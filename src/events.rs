@@ -48,11 +48,13 @@ pub enum EventType {
     StreamStopped,
     /// A connection was refused because every slot of its provider was taken.
     ProviderFull,
+    /// A channel list was imported or refreshed (or a refresh failed), with its counts.
+    PlaylistRefreshed,
 }
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         EventType::StreamCreated,
         EventType::StreamUpdated,
         EventType::StreamDeleted,
@@ -64,6 +66,7 @@ impl EventType {
         EventType::StreamStarted,
         EventType::StreamStopped,
         EventType::ProviderFull,
+        EventType::PlaylistRefreshed,
     ];
 
     /// m3u-editor's vocabulary (`stream_started`, `stream_stopped`), which restates what the
@@ -87,6 +90,7 @@ impl EventType {
             EventType::StreamStarted => "stream_started",
             EventType::StreamStopped => "stream_stopped",
             EventType::ProviderFull => "provider_full",
+            EventType::PlaylistRefreshed => "playlist_refreshed",
         }
     }
 }

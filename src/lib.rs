@@ -45,6 +45,11 @@
 //!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
+//! - [`channels`] — channel lists: fetched or uploaded M3U lists imported atomically, each
+//!   channel a registered stream (duplicates of merged lists become failover URLs), the
+//!   refresh loop, retiring of dropped channels, the stored guides; what the proxied list
+//!   and the HDHomeRun lineup say. Uses `playlist`, `registry`, `upstream`, `stream`,
+//!   `events`, `config`, `model`.
 //! - [`store`] — durable state: the one persistence interface (documents by kind and id,
 //!   additive counters, a load at start-up), its `memory` and `sqlite` backends on a
 //!   writer thread of their own, the stream and webhook documents, the restore before
@@ -69,6 +74,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod channels;
 pub mod cli;
 pub mod client;
 pub mod config;

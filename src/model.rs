@@ -475,3 +475,130 @@ pub struct ProviderList {
     pub providers: Vec<ProviderInfo>,
     pub total: usize,
 }
+
+/// `POST /playlists`: a channel list to import from `url` (or from the uploaded body).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreatePlaylist {
+    #[serde(default)]
+    pub name: String,
+    /// Where the list is fetched (absent for an uploaded list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Minutes between automatic refreshes; absent or 0: only on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval_minutes: Option<u64>,
+    /// Sent when fetching the list and the guide, and to channels that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Sent when fetching the list and the guide, and to every channel of the list.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "lenient::map"
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// The provider whose connection limits the list's streams count against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The guide (XMLTV) to fetch when the list's `#EXTM3U` names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epg_url: Option<String>,
+    /// Channels with the same key across all merged lists become one stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeKey>,
+}
+
+/// What makes two channels of merged lists the same channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MergeKey {
+    #[serde(rename = "tvg-id")]
+    TvgId,
+    #[serde(rename = "name")]
+    Name,
+}
+
+/// What an import or refresh changed in a list, by channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshCounts {
+    pub added: usize,
+    pub removed: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    /// Entries refused (and skipped): see the list's `errors`.
+    pub errors: usize,
+}
+
+/// One entry of a list that was refused and skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryError {
+    /// 1-based line of the entry's `#EXTINF` (or URL) in the list.
+    pub line: usize,
+    /// The start of the entry's URL line.
+    pub url: String,
+    /// `unsupported_scheme`, `invalid_url` or `line_too_long`.
+    pub code: String,
+    pub detail: String,
+}
+
+/// The outcome of the latest import or refresh of a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshResult {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    /// Why it failed (the previous list was kept), and the error's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub counts: RefreshCounts,
+}
+
+/// A channel list as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaylistInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub merge: Option<MergeKey>,
+    #[serde(default)]
+    pub refresh_interval_minutes: Option<u64>,
+    /// Channels imported (refused entries not counted).
+    pub channel_count: usize,
+    /// The groups of its channels, in first-seen order.
+    pub groups: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// When the list in use was fetched.
+    pub last_refresh: DateTime<Utc>,
+    /// The latest import or refresh, successful or not.
+    pub last_result: RefreshResult,
+    /// The entries refused by the list in use (at most 1,000 are listed).
+    pub errors: Vec<EntryError>,
+    /// Paths of its proxied playlist and guide.
+    pub playlist_url: String,
+    #[serde(default)]
+    pub guide_url: Option<String>,
+    /// Whether a guide was fetched and is served, and its error if the latest fetch failed.
+    pub guide_available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guide_error: Option<String>,
+}
+
+/// `GET /playlists` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaylistList {
+    pub total: usize,
+    pub playlists: Vec<PlaylistInfo>,
+}
+
+/// `DELETE /playlists/{id}` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaylistDeleted {
+    pub id: String,
+    /// Its streams removed now, and those still playing that go when their viewers leave.
+    pub streams_removed: usize,
+    pub streams_retiring: usize,
+}

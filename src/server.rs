@@ -25,6 +25,7 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
 use crate::cache::Cache;
+use crate::channels::Channels;
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
@@ -117,6 +118,7 @@ pub async fn serve_state(
         )
     });
     let (store, stored_registry) = (state.store.clone(), state.registry.clone());
+    let channel_lists = state.channels.clone().spawn();
     let dispatcher = spawn_dispatcher(
         &state.registry.events,
         state.webhooks.clone(),
@@ -130,6 +132,7 @@ pub async fn serve_state(
     };
     let result = accept_loop(listener, state, signal).await;
     maintenance.abort();
+    channel_lists.abort();
     dispatcher.abort();
     if let Some(flusher) = flusher {
         flusher.abort();
@@ -264,9 +267,16 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
             .map_err(|error| tracing::warn!(provider = %name, %error, "stored provider skipped"))
             .ok()
     }));
+    let upstream = Upstream::new(&config)?.with_providers(Arc::new(providers));
+    let config = Arc::new(config);
     Ok(AppState {
-        upstream: Upstream::new(&config)?.with_providers(Arc::new(providers)),
+        channels: Arc::new(Channels::new(
+            registry.clone(),
+            upstream.http().clone(),
+            config.clone(),
+        )),
         registry,
+        upstream,
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(webhooks),
         store: Arc::new(store),
@@ -274,7 +284,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         cache: Arc::new(Cache::new(config.cache)),
         live: Arc::new(Live::new(config.fanout)),
         connections: Arc::new(connections),
-        config: Arc::new(config),
+        config,
     })
 }
 

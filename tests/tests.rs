@@ -4,6 +4,7 @@
 mod api;
 mod binary;
 mod cache;
+mod channels;
 mod cleanup;
 mod cli;
 mod direct;

@@ -5,6 +5,7 @@
 //! players, and answer HEAD. Handlers here translate HTTP to calls on the registry and the
 //! upstream client; they hold no lock across an `.await`.
 
+mod channels;
 mod editor;
 mod events;
 mod json;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub connections: Arc<crate::connections::Connections>,
     /// Where streams, webhooks and counters are kept.
     pub store: Arc<crate::store::Store>,
+    /// Channel lists and the streams they registered.
+    pub channels: Arc<crate::channels::Channels>,
 }
 
 impl FromRef<AppState> for Arc<crate::store::Store> {
@@ -138,6 +141,7 @@ fn routes(state: AppState) -> Router {
         .merge(webhooks::webhooks_router())
         .merge(providers::providers_router())
         .merge(editor::editor_router())
+        .merge(channels::channels_router())
         // Before the layers, so a wrong method meets them like any request.
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -146,6 +150,7 @@ fn routes(state: AppState) -> Router {
         .route("/hls/{id}/playlist.m3u8", get(playback::master_playlist))
         .route("/hls/{id}/{token}/{file}", get(playback::signed_reference))
         .route("/stream/{id}", get(playback::direct))
+        .merge(channels::channels_playback_router())
         // Before CORS, which answers a browser's OPTIONS preflight itself.
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(cors));

@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 use m3u_proxy::cli::{self, monitor, render, Subject};
 use m3u_proxy::client::{ApiClient, ClientError, Endpoint};
-use m3u_proxy::model::CreateStream;
+use m3u_proxy::model::{CreatePlaylist, CreateStream, MergeKey};
 
 /// Command-line client of m3u-proxy: manage streams, read statistics, watch viewers live.
 #[derive(Debug, Parser)]
@@ -76,6 +76,27 @@ enum ApiCommand {
     Health,
     /// List the providers (connection-limited accounts) with the slots they hold.
     Providers,
+    /// List the channel lists with their channel counts and last refresh.
+    Playlists,
+    /// Import a channel list (an M3U URL, e.g. a provider's get.php?...&type=m3u_plus).
+    Import {
+        /// URL of the M3U list.
+        url: String,
+        /// Name of the list.
+        #[arg(long)]
+        name: String,
+        /// Minutes between automatic refreshes.
+        #[arg(long)]
+        refresh_interval_minutes: Option<u64>,
+        /// Merge channels with the same key across merged lists into one stream.
+        #[arg(long, value_parser = ["tvg-id", "name"])]
+        merge: Option<String>,
+        /// The provider whose connection limits the list's streams count against.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Fetch a channel list again now and apply what changed.
+    Refresh { id: String },
     /// Watch streams, viewers and bytes per second live, until Ctrl-C.
     Monitor {
         /// Seconds between refreshes.
@@ -134,6 +155,7 @@ async fn main() -> ExitCode {
 async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(), ClientError> {
     let now = chrono::Utc::now();
     let request;
+    let playlist;
     let endpoint = match command {
         ApiCommand::Create {
             url,
@@ -159,6 +181,28 @@ async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(),
         ApiCommand::Clients { id: Some(id) } => Endpoint::Client(id),
         ApiCommand::Health => Endpoint::Health,
         ApiCommand::Providers => Endpoint::ListProviders,
+        ApiCommand::Playlists => Endpoint::ListPlaylists,
+        ApiCommand::Import {
+            url,
+            name,
+            refresh_interval_minutes,
+            merge,
+            provider,
+        } => {
+            playlist = CreatePlaylist {
+                name: name.clone(),
+                url: Some(url.clone()),
+                refresh_interval_minutes: *refresh_interval_minutes,
+                merge: merge.as_deref().map(|m| match m {
+                    "name" => MergeKey::Name,
+                    _ => MergeKey::TvgId,
+                }),
+                provider: provider.clone(),
+                ..CreatePlaylist::default()
+            };
+            Endpoint::ImportPlaylist(&playlist)
+        }
+        ApiCommand::Refresh { id } => Endpoint::RefreshPlaylist(id),
         ApiCommand::Monitor { interval } => {
             return monitor::run(client, Duration::from_secs(*interval), json).await;
         }
@@ -186,6 +230,17 @@ async fn run(client: &ApiClient, command: &ApiCommand, json: bool) -> Result<(),
         Endpoint::Health => render::health(&client.health().await?),
         Endpoint::ListProviders => {
             render::provider_table(&client.providers().await?.providers, now)
+        }
+        Endpoint::ListPlaylists => {
+            render::playlist_table(&client.playlists().await?.playlists, now)
+        }
+        Endpoint::ImportPlaylist(request) => {
+            let info = client.import_playlist(request).await?;
+            render::playlist_summary(&info, &client.absolute(&info.playlist_url))
+        }
+        Endpoint::RefreshPlaylist(id) => {
+            let info = client.refresh_playlist(id).await?;
+            render::playlist_summary(&info, &client.absolute(&info.playlist_url))
         }
     };
     emit(&text);

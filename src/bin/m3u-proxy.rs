@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use m3u_proxy::config::{
-    CacheSettings, ClientLimits, Config, ConnectionSettings, FailoverSettings, FanoutSettings,
-    SlowViewer, StoreBackend, UpstreamTimeouts,
+    CacheSettings, ChannelSettings, ClientLimits, Config, ConnectionSettings, FailoverSettings,
+    FanoutSettings, SlowViewer, StoreBackend, UpstreamTimeouts,
 };
 use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;
@@ -137,6 +137,16 @@ struct Args {
     /// default: no limit.
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// Base of the absolute URLs in proxied channel lists, lineups and guides
+    /// (default: the request's scheme and host).
+    #[arg(long, env = "PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Largest channel list accepted, in megabytes.
+    #[arg(long, env = "CHANNEL_LIST_MAX_MB", default_value_t = 100)]
+    channel_list_max_mb: u64,
+    /// Tuners the HDHomeRun emulation announces (/discover.json TunerCount).
+    #[arg(long, env = "HDHOMERUN_TUNER_COUNT", default_value_t = 2)]
+    hdhomerun_tuner_count: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -239,6 +249,14 @@ impl Args {
                 keepalive_timeout: seconds("--keepalive-timeout", self.keepalive_timeout)?,
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+            },
+            channels: ChannelSettings {
+                public_url: self
+                    .public_url
+                    .map(|u| u.trim().trim_end_matches('/').to_string())
+                    .filter(|u| !u.is_empty()),
+                max_list_bytes: self.channel_list_max_mb.saturating_mul(1024 * 1024),
+                tuner_count: self.hdhomerun_tuner_count,
             },
         })
     }

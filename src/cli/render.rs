@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use super::format::{self, Align, Table};
 use crate::client::Created;
 use crate::model::{
-    ClientInfo, FailoverDone, Health, ProviderInfo, Stats, StreamDeleted, StreamDetail, StreamInfo,
+    ClientInfo, FailoverDone, Health, PlaylistInfo, ProviderInfo, Stats, StreamDeleted,
+    StreamDetail, StreamInfo,
     StreamType,
 };
 
@@ -280,6 +281,70 @@ pub fn health(h: &Health) -> String {
 /// `delete ID`.
 pub fn deleted(d: &StreamDeleted) -> String {
     format!("Deleted stream {}\n", d.stream_id)
+}
+
+/// `playlists`: one row per channel list.
+pub fn playlist_table(lists: &[PlaylistInfo], now: DateTime<Utc>) -> String {
+    if lists.is_empty() {
+        return "No channel lists.\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("NAME", Align::Left),
+        ("CHANNELS", Align::Right),
+        ("ERRORS", Align::Right),
+        ("REFRESHED", Align::Left),
+        ("LAST RESULT", Align::Left),
+        ("URL", Align::Left),
+    ]);
+    for l in lists {
+        table.row(vec![
+            l.id.clone(),
+            l.name.clone(),
+            l.channel_count.to_string(),
+            l.last_result.counts.errors.to_string(),
+            format::ago(l.last_refresh, now),
+            result_word(l),
+            format::truncate_middle(l.url.as_deref().unwrap_or("(uploaded)"), URL_WIDTH),
+        ]);
+    }
+    format!("{}{}\n", table.render(), count(lists.len(), "channel list"))
+}
+
+fn result_word(l: &PlaylistInfo) -> String {
+    match (&l.last_result.ok, &l.last_result.code) {
+        (true, _) => "ok".to_owned(),
+        (false, Some(code)) => format!("failed ({code})"),
+        (false, None) => "failed".to_owned(),
+    }
+}
+
+/// `import` and `refresh`: what the list holds now and what changed.
+pub fn playlist_summary(l: &PlaylistInfo, playlist_url: &str) -> String {
+    let c = &l.last_result.counts;
+    let mut out = format!(
+        "Channel list {} ({}): {} channels in {} groups\n  \
+         added {}, removed {}, updated {}, unchanged {}, refused {}\n  Playlist: {playlist_url}\n",
+        l.id,
+        l.name,
+        l.channel_count,
+        l.groups.len(),
+        c.added,
+        c.removed,
+        c.updated,
+        c.unchanged,
+        c.errors,
+    );
+    for e in l.errors.iter().take(5) {
+        out.push_str(&format!("  line {}: {} ({})\n", e.line, e.detail, e.code));
+    }
+    if l.errors.len() > 5 {
+        out.push_str(&format!(
+            "  ... and {} more refused entries\n",
+            c.errors - 5
+        ));
+    }
+    out
 }
 
 /// `failover ID`.

@@ -12,6 +12,8 @@
 //! This module only reads: it must not resolve, fetch or judge URLs, and it keeps values
 //! exactly as written (no unescaping, no trimming inside quotes).
 
+use std::ops::Range;
+
 /// A whole channel list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChannelList {
@@ -154,7 +156,7 @@ fn finish(pending: Pending, url: &str, url_line: usize) -> Channel {
 }
 
 /// `line` without its directive `name` (ASCII case-insensitive), if it starts with it.
-fn directive<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn directive<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let head = line.get(..name.len())?;
     head.eq_ignore_ascii_case(name).then(|| &line[name.len()..])
 }
@@ -180,10 +182,29 @@ fn parse_extinf(rest: &str, line: usize) -> Extinf {
 
 /// Reads `key="value" key=value 'single' bare` attributes. With `stop_at_comma`, a comma
 /// outside a quoted value ends the attributes and the text after it is returned (the
-/// `#EXTINF` display name). A quote opens a value only right after `=`, so an apostrophe in
-/// a bare word is just a character. An unterminated quote runs to the last comma, the most
-/// likely start of the name.
+/// `#EXTINF` display name).
 fn parse_attrs(text: &str, stop_at_comma: bool) -> (Vec<(String, String)>, Option<&str>) {
+    let (spans, name) = attr_spans(text, stop_at_comma);
+    let attrs = spans
+        .into_iter()
+        .map(|a| (text[a.key].to_owned(), text[a.value].to_owned()))
+        .collect();
+    (attrs, name.map(|start| &text[start..]))
+}
+
+/// Where one attribute sits in the text it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttrSpan {
+    pub key: Range<usize>,
+    /// The value without its quotes (empty, at the end of the key, for a bare word).
+    pub value: Range<usize>,
+}
+
+/// The attributes of `text` as byte ranges, and where the display name starts (after the
+/// comma) when `stop_at_comma` found one. A quote opens a value only right after `=`, so an
+/// apostrophe in a bare word is just a character. An unterminated quote runs to the last
+/// comma, the most likely start of the name.
+pub(crate) fn attr_spans(text: &str, stop_at_comma: bool) -> (Vec<AttrSpan>, Option<usize>) {
     let bytes = text.as_bytes();
     let ends_word = |b: u8| b.is_ascii_whitespace() || (stop_at_comma && b == b',');
     let mut attrs = Vec::new();
@@ -196,33 +217,36 @@ fn parse_attrs(text: &str, stop_at_comma: bool) -> (Vec<(String, String)>, Optio
             return (attrs, None);
         }
         if stop_at_comma && bytes[i] == b',' {
-            return (attrs, Some(&text[i + 1..]));
+            return (attrs, Some(i + 1));
         }
         // All delimiters are ASCII, so every index below is a char boundary.
         let key_start = i;
         while i < bytes.len() && bytes[i] != b'=' && !ends_word(bytes[i]) {
             i += 1;
         }
-        let key = text[key_start..i].to_owned();
+        let key = key_start..i;
         if bytes.get(i) != Some(&b'=') {
-            attrs.push((key, String::new()));
+            attrs.push(AttrSpan { key, value: i..i });
             continue;
         }
         i += 1;
         match bytes.get(i) {
             Some(&quote @ (b'"' | b'\'')) => {
-                let value = &text[i + 1..];
-                if let Some(len) = value.find(char::from(quote)) {
-                    attrs.push((key, value[..len].to_owned()));
-                    i += len + 2;
+                let start = i + 1;
+                if let Some(len) = text[start..].find(char::from(quote)) {
+                    attrs.push(AttrSpan {
+                        key,
+                        value: start..start + len,
+                    });
+                    i = start + len + 1;
                     continue;
                 }
-                let comma = value.rfind(',').filter(|_| stop_at_comma);
+                let comma = text[start..].rfind(',').filter(|_| stop_at_comma);
                 let (value, name) = match comma {
-                    Some(c) => (&value[..c], Some(&value[c + 1..])),
-                    None => (value, None),
+                    Some(c) => (start..start + c, Some(start + c + 1)),
+                    None => (start..text.len(), None),
                 };
-                attrs.push((key, value.to_owned()));
+                attrs.push(AttrSpan { key, value });
                 return (attrs, name);
             }
             _ => {
@@ -230,7 +254,10 @@ fn parse_attrs(text: &str, stop_at_comma: bool) -> (Vec<(String, String)>, Optio
                 while i < bytes.len() && !ends_word(bytes[i]) {
                     i += 1;
                 }
-                attrs.push((key, text[start..i].to_owned()));
+                attrs.push(AttrSpan {
+                    key,
+                    value: start..i,
+                });
             }
         }
     }

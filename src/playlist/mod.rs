@@ -1,10 +1,12 @@
-//! PURE: the lossless line-based HLS playlist rewriter and the IPTV M3U reader.
+//! PURE: the lossless line-based HLS playlist rewriter, the IPTV M3U reader and its writer
+//! (the proxied channel list and the HDHomeRun lineup).
 //!
 //! No I/O, no async, no HTTP-framework types: text in, text out.
 
 mod attributes;
 pub mod hls;
 pub mod iptv;
+pub mod iptv_write;
 
 pub use hls::{looks_like_playlist, rewrite, PlaylistInfo, PlaylistKind, Rewrite};
 

@@ -652,7 +652,10 @@ impl Registry {
         (entry, upsert)
     }
 
-    fn upsert_quietly(&self, settings: StreamSettings) -> (Arc<StreamEntry>, Upsert) {
+    /// [`Registry::upsert`] without its `stream_created` / `stream_updated` event: a channel
+    /// list registers thousands of streams at once and announces them as one
+    /// `playlist_refreshed` event instead.
+    pub fn upsert_quietly(&self, settings: StreamSettings) -> (Arc<StreamEntry>, Upsert) {
         let id = self.stream_id_for(&settings.original_url);
         let now = self.clock.now_ms();
         let mut streams = self.streams.write().expect("streams lock");
