@@ -25,7 +25,7 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use crate::api::{self, AppState};
 use crate::cache::Cache;
-use crate::channels::Channels;
+use crate::channels::{ChannelListRecord, Channels};
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
@@ -268,18 +268,31 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
             .ok()
     }));
     let upstream = Upstream::new(&config)?.with_providers(Arc::new(providers));
+    let mut config = config;
+    // Guides are kept next to the database, so they are served again after a restart.
+    config.data_dir = data_dir;
     let config = Arc::new(config);
+    let store = Arc::new(store);
+    let channels = Channels::new(registry.clone(), upstream.http().clone(), config.clone())
+        .with_store(store.clone());
+    channels.restore(
+        restored
+            .channel_lists
+            .iter()
+            .filter_map(|(id, doc)| {
+                serde_json::from_value::<ChannelListRecord>(doc.clone())
+                    .map_err(|error| tracing::warn!(playlist = %id, %error, "stored channel list skipped"))
+                    .ok()
+            })
+            .collect(),
+    );
     Ok(AppState {
-        channels: Arc::new(Channels::new(
-            registry.clone(),
-            upstream.http().clone(),
-            config.clone(),
-        )),
+        channels: Arc::new(channels),
         registry,
         upstream,
         signer: Arc::new(Signer::new(&secret)),
         webhooks: Arc::new(webhooks),
-        store: Arc::new(store),
+        store,
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
         live: Arc::new(Live::new(config.fanout)),

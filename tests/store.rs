@@ -639,3 +639,63 @@ async fn providers_and_a_streams_provider_survive_a_restart() {
     assert_eq!(stream["stream"]["provider"], "acme", "{stream}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_channel_list_survives_a_restart_with_its_stream_ids() {
+    let dir = TempDir::new("store-channels");
+    let http = http_client();
+    let list = "#EXTM3U\n#EXTINF:-1 tvg-id=\"one\" group-title=\"News\",One\nhttp://127.0.0.1:9/one.ts\n#EXTINF:-1 tvg-id=\"two\",Two\nhttp://127.0.0.1:9/two/index.m3u8\n";
+    let proxy = run_in(dir.path()).await;
+    let res = http
+        .post(format!("{}/playlists?name=home", proxy.base))
+        .header("content-type", "audio/x-mpegurl")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m3u = |base: String| {
+        let http = http.clone();
+        let id = id.clone();
+        async move {
+            let res = http
+                .get(format!("{base}/playlists/{id}/playlist.m3u"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap()
+        }
+    };
+    // The channel URLs without the base (it differs per run): the same stream ids after.
+    let urls = |text: &str, base: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("http"))
+            .map(|l| l.trim_start_matches(base).to_string())
+            .collect()
+    };
+    let before = urls(&m3u(proxy.base.clone()).await, &proxy.base);
+    assert_eq!(before.len(), 2, "{before:?}");
+    proxy.stop().await;
+
+    let proxy = run_in(dir.path()).await;
+    let info = get_json(&http, format!("{}/playlists/{id}", proxy.base)).await;
+    assert_eq!(info["name"], "home", "{info}");
+    assert_eq!(info["channel_count"], 2, "{info}");
+    assert_eq!(urls(&m3u(proxy.base.clone()).await, &proxy.base), before);
+    let deleted = http
+        .delete(format!("{}/playlists/{id}", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    proxy.stop().await;
+    let proxy = run_in(dir.path()).await;
+    let lists = get_json(&http, format!("{}/playlists", proxy.base)).await;
+    assert_eq!(lists["total"], 0, "{lists}");
+    proxy.stop().await;
+}

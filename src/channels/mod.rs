@@ -37,6 +37,7 @@ use crate::model::{
 use crate::playlist::iptv::{self, Channel, ChannelList};
 use crate::playlist::iptv_write::{self, LineupEntry};
 use crate::registry::{Registry, Removal};
+use crate::store::{Kind, Store};
 use crate::stream::StreamSettings;
 
 /// Longest URL accepted in an entry.
@@ -92,6 +93,10 @@ pub enum ChannelError {
     TooLarge { limit: u64 },
     #[error("not an M3U channel list: {0}")]
     NotM3u(String),
+    /// The change is in effect but the store could not commit it (it is written when the
+    /// store recovers).
+    #[error("the change is in effect but could not be saved yet ({0}); it is saved when the store recovers")]
+    Store(String),
 }
 
 impl ChannelError {
@@ -103,6 +108,7 @@ impl ChannelError {
             ChannelError::Fetch(_) => "playlist_fetch_failed",
             ChannelError::TooLarge { .. } => "playlist_too_large",
             ChannelError::NotM3u(_) => "playlist_not_m3u",
+            ChannelError::Store(_) => "store_unavailable",
         }
     }
 
@@ -283,6 +289,8 @@ pub struct Channels {
     retiring: Mutex<HashSet<String>>,
     /// When each list with an interval is refreshed next.
     next_refresh: Mutex<HashMap<String, Instant>>,
+    /// Where each list's record is kept across restarts.
+    store: Arc<Store>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -308,7 +316,24 @@ impl Channels {
             applied: Mutex::default(),
             retiring: Mutex::default(),
             next_refresh: Mutex::default(),
+            store: Arc::new(Store::memory()),
         }
+    }
+
+    /// Keeps each list's record in `store` (the default keeps nothing).
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Writes the list's record as it is now (or its removal) and waits for the commit.
+    async fn persist(&self, id: &str) -> Result<(), ChannelError> {
+        let record = self.list(id).ok().map(|l| l.record.clone());
+        let saved = match record {
+            Some(record) => self.store.put(Kind::ChannelList, id, &record).await,
+            None => self.store.delete(Kind::ChannelList, id).await,
+        };
+        saved.map_err(|e| ChannelError::Store(e.to_string()))
     }
 
     fn sorted_lists(&self) -> Vec<Arc<ListState>> {
@@ -364,6 +389,7 @@ impl Channels {
         };
         self.install(record, None);
         self.schedule(&id);
+        self.persist(&id).await?;
         self.refresh_guide(&id).await;
         self.info(&id)
     }
@@ -418,6 +444,7 @@ impl Channels {
                     return Err(ChannelError::NotFound(id.to_owned()));
                 }
                 self.install(record, Some(&old));
+                self.persist(id).await?;
                 self.refresh_guide(id).await;
                 self.info(id)
             }
@@ -725,7 +752,7 @@ impl Channels {
 
     /// Removes a list: its streams go, except those still playing, which go when their
     /// viewers leave. Its guide file is deleted.
-    pub fn delete(&self, id: &str) -> Result<crate::model::PlaylistDeleted, ChannelError> {
+    pub async fn delete(&self, id: &str) -> Result<crate::model::PlaylistDeleted, ChannelError> {
         self.lists
             .write()
             .expect("lists lock")
@@ -737,6 +764,7 @@ impl Channels {
         if let Some(file) = guide.and_then(|g| g.file) {
             let _ = std::fs::remove_file(file.path);
         }
+        self.persist(id).await?;
         Ok(crate::model::PlaylistDeleted {
             id: id.to_owned(),
             streams_removed: done.removed,
@@ -1223,7 +1251,7 @@ mod tests {
             .stream_id_for(&"http://o.example/a.ts".parse().unwrap());
         assert!(out.contains(&format!("http://p/stream/{a}\n")), "{out}");
         assert!(out.contains("/playlist.m3u8\n") && !out.contains("udp://"));
-        channels.delete("pl-000000000001").unwrap();
+        channels.delete("pl-000000000001").await.unwrap();
         assert_eq!(channels.registry.stream_count(), 0);
         assert!(channels.records().is_empty());
     }
