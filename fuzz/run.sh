@@ -32,10 +32,12 @@ PORT=18390
 TOKEN=fuzz-token
 OUT=target/fuzz
 mkdir -p "$OUT"
+# A fresh store each run (the default sqlite one, in a data directory of its own).
+DATA=$(mktemp -d)
 # Short timeouts: every upstream fetch fails at once in here (no route, no DNS).
-API_TOKEN=$TOKEN HOST=127.0.0.1 PORT=$PORT LOG_LEVEL=warn "$BIN" >"$OUT/proxy.log" 2>&1 &
+M3U_PROXY_DATA_DIR=$DATA API_TOKEN=$TOKEN HOST=127.0.0.1 PORT=$PORT LOG_LEVEL=warn "$BIN" >"$OUT/proxy.log" 2>&1 &
 proxy=$!
-trap 'kill $proxy 2>/dev/null || true' EXIT
+trap 'kill $proxy 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
     sleep 0.1

@@ -477,18 +477,26 @@ pub struct ProviderList {
 }
 
 /// `POST /playlists`: a channel list to import from `url` (or from the uploaded body).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatePlaylist {
     #[serde(default)]
+    #[schema(required = true, pattern = "\\S")]
     pub name: String,
     /// Where the list is fetched (absent for an uploaded list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        value_type = String,
+        required = true,
+        pattern = "^https?://[a-z]([a-z0-9]|-[a-z0-9])*(\\.[a-z]([a-z0-9]|-[a-z0-9])*)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     pub url: Option<String>,
     /// Minutes between automatic refreshes; absent or 0: only on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 525600)]
     pub refresh_interval_minutes: Option<u64>,
     /// Sent when fetching the list and the guide, and to channels that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$")]
     pub user_agent: Option<String>,
     /// Sent when fetching the list and the guide, and to every channel of the list.
     #[serde(
@@ -496,12 +504,16 @@ pub struct CreatePlaylist {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "lenient::map"
     )]
+    #[schema(schema_with = schemas::upstream_headers)]
     pub headers: BTreeMap<String, String>,
     /// The provider whose connection limits the list's streams count against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     /// The guide (XMLTV) to fetch when the list's `#EXTM3U` names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^$|^https?://[a-z]([a-z0-9]|-[a-z0-9])*(\\.[a-z]([a-z0-9]|-[a-z0-9])*)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     pub epg_url: Option<String>,
     /// Channels with the same key across all merged lists become one stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -509,7 +521,7 @@ pub struct CreatePlaylist {
 }
 
 /// What makes two channels of merged lists the same channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum MergeKey {
     #[serde(rename = "tvg-id")]
     TvgId,
@@ -518,7 +530,7 @@ pub enum MergeKey {
 }
 
 /// What an import or refresh changed in a list, by channel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefreshCounts {
     pub added: usize,
     pub removed: usize,
@@ -529,7 +541,7 @@ pub struct RefreshCounts {
 }
 
 /// One entry of a list that was refused and skipped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntryError {
     /// 1-based line of the entry's `#EXTINF` (or URL) in the list.
     pub line: usize,
@@ -541,7 +553,7 @@ pub struct EntryError {
 }
 
 /// The outcome of the latest import or refresh of a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefreshResult {
     pub at: DateTime<Utc>,
     pub ok: bool,
@@ -554,7 +566,7 @@ pub struct RefreshResult {
 }
 
 /// A channel list as the API reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlaylistInfo {
     pub id: String,
     pub name: String,
@@ -588,14 +600,14 @@ pub struct PlaylistInfo {
 }
 
 /// `GET /playlists` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlaylistList {
     pub total: usize,
     pub playlists: Vec<PlaylistInfo>,
 }
 
 /// `DELETE /playlists/{id}` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlaylistDeleted {
     pub id: String,
     /// Its streams removed now, and those still playing that go when their viewers leave.

@@ -823,3 +823,52 @@ async fn list_streams_outlive_the_idle_sweep() {
     .await;
     assert_eq!(proxy.get_json("/streams").await["total"], 2);
 }
+
+#[tokio::test]
+async fn the_tuner_count_is_the_connection_limit_of_the_lists_providers() {
+    let origin = start_origin().await;
+    let proxy = Proxy::start_with(|c| c.channels.tuner_count = 4).await;
+    import(
+        &proxy,
+        json!({"name": "A", "url": origin.url("/a.m3u"), "provider": "acme"}),
+    )
+    .await;
+    // The provider is not defined yet: the setting.
+    assert_eq!(proxy.get_json("/discover.json").await["TunerCount"], 4);
+    let res = proxy
+        .http
+        .put(proxy.url("/providers/acme"))
+        .json(&json!({"hosts": ["iptv.example.com"], "max_connections": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(proxy.get_json("/discover.json").await["TunerCount"], 3);
+}
+
+#[tokio::test]
+async fn a_refresh_interval_over_a_year_is_refused() {
+    let origin = start_origin().await;
+    let proxy = Proxy::start().await;
+    let res = proxy
+        .http
+        .post(proxy.url("/playlists"))
+        .json(
+            &json!({"name": "A", "url": origin.url("/a.m3u"), "refresh_interval_minutes": 525_601}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_parameter");
+    let huge = proxy
+        .http
+        .post(proxy.url("/playlists"))
+        .json(&json!({"name": "A", "url": origin.url("/a.m3u"), "refresh_interval_minutes": u64::MAX}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(proxy.get_json("/playlists").await["total"], 0);
+}

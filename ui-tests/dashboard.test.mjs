@@ -5,7 +5,8 @@
 //
 //   M3U_PROXY_BIN=target/debug/m3u-proxy CHROMIUM=/usr/bin/chromium node ui-tests/dashboard.test.mjs
 import { spawn } from "node:child_process";
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -72,8 +73,11 @@ async function startOrigin() {
 
 async function startProxy(env) {
   const port = await freePort();
+  // The default store (sqlite) in a data directory of its own, removed afterwards.
+  const data = mkdtempSync(path.join(os.tmpdir(), "m3u-proxy-ui-"));
+  cleanups.push(() => rmSync(data, { recursive: true, force: true }));
   const child = spawn(BIN, [], {
-    env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), LOG_LEVEL: "warn", ...env },
+    env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), LOG_LEVEL: "warn", M3U_PROXY_DATA_DIR: data, ...env },
     stdio: ["ignore", "inherit", "inherit"],
   });
   cleanups.push(() => child.kill("SIGTERM"));
@@ -313,6 +317,42 @@ async function rootPathAndPhone(browser, origin) {
   if (problems.length) throw new Error(problems.join("\n"));
 }
 
+/** Providers and channel lists: their panels show what the API says, and Refresh works. */
+async function providersAndLists(browser, origin) {
+  const base = await startProxy({});
+  const put = await fetch(`${base}/providers/acme`, {
+    method: "PUT",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ hosts: [new URL(origin).host], max_connections: 2 }),
+  });
+  if (put.status !== 201) throw new Error(`PUT /providers/acme: ${put.status}`);
+  const list = `#EXTM3U\n#EXTINF:-1 tvg-id="a" group-title="News",A\n${origin}/a.ts\n#EXTINF:-1 tvg-id="b",B\n${origin}/b.ts\n`;
+  const imported = await fetch(`${base}/playlists?name=home`, {
+    method: "POST",
+    headers: { "Content-Type": "audio/x-mpegurl" },
+    body: list,
+  });
+  if (imported.status !== 201) throw new Error(`POST /playlists: ${imported.status}`);
+  const { id } = await imported.json();
+  // One viewer of a channel of the list holds one slot of the provider.
+  startViewer(`${base}/stream/${(await (await fetch(`${base}/streams`)).json()).streams[0].stream_id}`);
+  const { page, context, problems } = await openPage(browser, base);
+  await page.goto(`${base}/`);
+  await page.locator("#conn[data-state='live']").waitFor({ timeout: DEADLINE_MS });
+  await page.locator("nav [data-panel='providers']:not([hidden]) a").click({ timeout: DEADLINE_MS });
+  await eventually(async () => (await text(page, "#providers-body tr")).replace(/\s+/g, " ").trim() === "acme 1 2",
+    "the providers panel to show acme with 1 of 2 slots in use");
+  await page.locator("nav [data-panel='playlists']:not([hidden]) a").click();
+  await eventually(async () => (await text(page, "#playlists-body tr")).startsWith("home"), "the channel list row");
+  if (!(await text(page, "#playlists-body tr")).includes("2")) throw new Error("the list's channel count is not shown");
+  const refreshed = page.waitForResponse((r) => r.url().endsWith(`/playlists/${id}/refresh`) && r.request().method() === "POST");
+  await page.getByRole("button", { name: "Refresh home" }).click();
+  if ((await refreshed).status() !== 200) throw new Error("Refresh did not succeed");
+  await axeCheck(page, "channel lists");
+  await context.close();
+  if (problems.length) throw new Error(problems.join("\n"));
+}
+
 async function unreachable(browser) {
   const base = await startProxy({});
   const { page, context, problems } = await openPage(browser, base);
@@ -345,6 +385,7 @@ try {
   await run("dashboard scenario, no token", () => scenario(browser, origin, { shots: true }));
   await run("dashboard scenario, API_TOKEN", () => scenario(browser, origin, { token: "s3cret-ui-test" }));
   await run("ROOT_PATH, phone width, docs page", () => rootPathAndPhone(browser, origin));
+  await run("providers and channel lists panels", () => providersAndLists(browser, origin));
   await run("server unreachable", () => unreachable(browser));
 } finally {
   await browser.close();

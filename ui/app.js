@@ -76,6 +76,7 @@ async function poll() {
     }
     setConn("live", `Live · updated ${new Date().toLocaleTimeString()}`);
     render();
+    if (state.view === "providers" || state.view === "playlists") optionalPanels();
   } catch (e) {
     if (e instanceof api.ApiError && (e.status === 401 || e.status === 403)) {
       setConn("auth", "Needs the API token");
@@ -388,8 +389,7 @@ function restartEvents() {
 // ---- providers and channel lists (when this proxy has them) -------------------------------
 
 function listOf(body, key) {
-  if (Array.isArray(body)) return body;
-  return (body && (body[key] || body.items)) || [];
+  return (body && body[key]) || [];
 }
 
 // Asked only when openapi.json lists the route (so a proxy without it sees no 404s), and
@@ -417,25 +417,25 @@ async function optionalPanels() {
     $(`${panel}-empty`).hidden = items.length !== 0;
     if (panel === "providers") {
       $("providers-body").replaceChildren(...items.map((p) => el("tr", {},
-        el("td", { text: p.name ?? p.id ?? "" }),
-        el("td", { class: "num", text: String(p.in_use ?? p.slots_in_use ?? p.active ?? "–") }),
-        el("td", { class: "num", text: String(p.max_connections ?? p.limit ?? "–") }))));
+        el("td", { text: p.name }),
+        el("td", { class: "num", text: String(p.active_connections) }),
+        el("td", { class: "num", text: String(p.max_connections) }))));
     } else {
       $("playlists-body").replaceChildren(...items.map((l) => {
-        const name = l.name ?? l.id ?? "";
+        const name = l.name;
         const refresh = el("button", { type: "button", class: "secondary", text: "Refresh" });
         refresh.setAttribute("aria-label", `Refresh ${name}`);
         refresh.addEventListener("click", async () => {
           try {
-            await api.call("POST", `playlists/${encodeURIComponent(l.id ?? name)}/refresh`);
+            await api.call("POST", `playlists/${encodeURIComponent(l.id)}/refresh`);
           } catch {
             // shown on the next refresh of the panel
           }
           optionalPanels();
         });
         return el("tr", {}, el("td", { text: name }),
-          el("td", { class: "num", text: String(l.channel_count ?? l.channels ?? "–") }),
-          el("td", { text: l.updated_at ? api.ago(l.updated_at) : "–" }), el("td", {}, refresh));
+          el("td", { class: "num", text: String(l.channel_count) }),
+          el("td", { text: l.last_refresh ? api.ago(l.last_refresh) : "–" }), el("td", {}, refresh));
       }));
     }
   }

@@ -25,7 +25,9 @@ use url::Url;
 
 use crate::channels::ChannelError;
 use crate::error::ApiError;
-use crate::model::{CreatePlaylist, MergeKey, PlaylistDeleted, PlaylistInfo, PlaylistList};
+use crate::model::{
+    CreatePlaylist, ErrorBody, MergeKey, PlaylistDeleted, PlaylistInfo, PlaylistList,
+};
 use crate::playlist::iptv_write::LineupEntry;
 
 use super::AppState;
@@ -64,6 +66,7 @@ fn api_error(e: ChannelError) -> ApiError {
     let status = match &e {
         ChannelError::NotFound(_) => StatusCode::NOT_FOUND,
         ChannelError::Fetch(_) => StatusCode::BAD_GATEWAY,
+        ChannelError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ChannelError::Invalid { .. } | ChannelError::TooLarge { .. } | ChannelError::NotM3u(_) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -73,7 +76,7 @@ fn api_error(e: ChannelError) -> ApiError {
 
 /// The definition of an uploaded list, from the query string.
 #[derive(Debug, Default, Deserialize)]
-struct UploadQuery {
+pub(super) struct UploadQuery {
     name: Option<String>,
     provider: Option<String>,
     epg_url: Option<String>,
@@ -81,7 +84,48 @@ struct UploadQuery {
     refresh_interval_minutes: Option<u64>,
 }
 
-async fn create_playlist(
+/// An uploaded channel list, as the body of `POST /playlists` (documentation only: the
+/// handler reads the bytes). The pattern is what the import accepts as a list: `#EXTM3U`
+/// first, no control characters but tab, line breaks and form feed.
+pub(super) struct M3uUpload;
+
+impl utoipa::PartialSchema for M3uUpload {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "An M3U channel list. Refused (`playlist_not_m3u`) when it is binary, an HTML page, or has neither `#EXTM3U` nor `#EXTINF`.",
+            ))
+            .pattern(Some(
+                "^#EXTM3U[^\\u0000-\\u0008\\u000b\\u000e-\\u001f]*$",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for M3uUpload {}
+
+/// Imports a list from `url` (a JSON definition), or from the body itself when it is sent
+/// as `audio/x-mpegurl` (or `text/plain`, `application/vnd.apple.mpegurl`, ...), its
+/// definition then in the query string. Nothing is created unless the whole body is a
+/// channel list.
+#[utoipa::path(post, path = "/playlists", tag = "playlists",
+    params(("name" = String, Query, pattern = "\\S", description = "An uploaded list's name: required with an upload (422 `missing_parameter` without it); ignored with a JSON definition, which carries its own"),
+        ("provider" = Option<String>, Query, description = "An uploaded list's provider"),
+        ("epg_url" = Option<String>, Query, pattern = "^$|^https?://[a-z]([a-z0-9]|-[a-z0-9])*(\\.[a-z]([a-z0-9]|-[a-z0-9])*)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$", description = "An uploaded list's guide (XMLTV) URL"),
+        ("merge" = Option<MergeKey>, Query, description = "An uploaded list's merge key"),
+        ("refresh_interval_minutes" = Option<u64>, Query, minimum = 0, maximum = 525600, description = "An uploaded list's refresh interval; 0: only on request")),
+    request_body(description = "The list's definition as JSON (fetched from its `url`), or the list itself with its definition in the query",
+        content((CreatePlaylist = "application/json"), (M3uUpload = "audio/x-mpegurl"), (M3uUpload = "text/plain"))),
+    responses((status = 201, description = "The list is imported and its channels are streams", body = PlaylistInfo),
+        (status = 400, description = "The body is not JSON (`malformed_json`), or the query or body cannot be read (`invalid_request`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server reads (`payload_too_large`)", body = ErrorBody),
+        (status = 422, description = "The definition or the list is wrong: `invalid_body`, `missing_parameter`, `invalid_parameter` (`refresh_interval_minutes` over a year), `invalid_url`, `unsupported_scheme`, `invalid_header`, `playlist_too_large` (beyond `CHANNEL_LIST_MAX_MB`), `playlist_not_m3u`", body = ErrorBody),
+        (status = 502, description = "The list's URL could not be fetched (`playlist_fetch_failed`)", body = ErrorBody),
+        (status = 503, description = "The list is imported but not saved yet (`store_unavailable`)", body = ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn create_playlist(
     State(state): State<AppState>,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
@@ -104,7 +148,7 @@ async fn create_playlist(
         };
         (definition, Some(body.to_vec()))
     } else {
-        (super::json::parse::<CreatePlaylist>(&body)?, None)
+        (json_definition(&body)?, None)
     };
     let info = state
         .channels
@@ -114,7 +158,30 @@ async fn create_playlist(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-async fn list_playlists(State(state): State<AppState>) -> Json<PlaylistList> {
+/// The JSON definition of a list. `refresh_interval_minutes` may be written `5.0`: JSON has
+/// one number type, and JSON Schema counts `5.0` as an integer.
+fn json_definition(body: &[u8]) -> Result<CreatePlaylist, ApiError> {
+    let mut value = super::json::parse::<serde_json::Value>(body)?;
+    if let Some(v) = value.get_mut("refresh_interval_minutes") {
+        let whole = v
+            .as_f64()
+            .filter(|f| {
+                v.as_u64().is_none() && f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64
+            })
+            .map(|f| f as u64);
+        if let Some(w) = whole {
+            *v = w.into();
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid request body: {e}")))
+}
+
+#[utoipa::path(get, path = "/playlists", tag = "playlists",
+    responses((status = 200, description = "Every list, oldest first", body = PlaylistList),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn list_playlists(State(state): State<AppState>) -> Json<PlaylistList> {
     let playlists = state.channels.infos();
     Json(PlaylistList {
         total: playlists.len(),
@@ -122,14 +189,31 @@ async fn list_playlists(State(state): State<AppState>) -> Json<PlaylistList> {
     })
 }
 
-async fn get_playlist(
+#[utoipa::path(get, path = "/playlists/{id}", tag = "playlists",
+    params(("id" = String, Path, min_length = 1, description = "Playlist id")),
+    responses((status = 200, description = "The list, its latest refresh and its refused entries", body = PlaylistInfo),
+        (status = 404, description = "No such list (`playlist_not_found`)", body = ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn get_playlist(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PlaylistInfo>, ApiError> {
     state.channels.info(&id).map(Json).map_err(api_error)
 }
 
-async fn refresh_playlist(
+/// Fetches the list again (an uploaded list is read again from its stored body); a failure
+/// keeps the list in use and is recorded in its `last_result`.
+#[utoipa::path(post, path = "/playlists/{id}/refresh", tag = "playlists",
+    params(("id" = String, Path, min_length = 1, description = "Playlist id")),
+    responses((status = 200, description = "Refreshed; `last_result` says what changed", body = PlaylistInfo),
+        (status = 404, description = "No such list (`playlist_not_found`)", body = ErrorBody),
+        (status = 422, description = "The list's definition or the fetched body is refused (`invalid_url`, `unsupported_scheme`, `invalid_header`, `playlist_too_large`, `playlist_not_m3u`); the list in use is kept", body = ErrorBody),
+        (status = 502, description = "The list's URL could not be fetched (`playlist_fetch_failed`); the list in use is kept", body = ErrorBody),
+        (status = 503, description = "Refreshed, but not saved yet (`store_unavailable`)", body = ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn refresh_playlist(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PlaylistInfo>, ApiError> {
@@ -141,11 +225,23 @@ async fn refresh_playlist(
         .map_err(api_error)
 }
 
-async fn delete_playlist(
+#[utoipa::path(delete, path = "/playlists/{id}", tag = "playlists",
+    params(("id" = String, Path, min_length = 1, description = "Playlist id")),
+    responses((status = 200, description = "List removed; its streams go, those still playing when their viewers leave", body = PlaylistDeleted),
+        (status = 404, description = "No such list (`playlist_not_found`)", body = ErrorBody),
+        (status = 503, description = "Removed, but not saved yet (`store_unavailable`)", body = ErrorBody),
+        (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
+        (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
+pub(super) async fn delete_playlist(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PlaylistDeleted>, ApiError> {
-    state.channels.delete(&id).map(Json).map_err(api_error)
+    state
+        .channels
+        .delete(&id)
+        .await
+        .map(Json)
+        .map_err(api_error)
 }
 
 /// The absolute base of the URLs a response writes: `PUBLIC_URL`, or the request's
@@ -228,7 +324,11 @@ fn filters(uri: &axum::http::Uri) -> Filters {
     f
 }
 
-async fn all_playlists(
+#[utoipa::path(get, path = "/playlist.m3u", tag = "playlists", security(()),
+    params(("group" = Option<Vec<String>>, Query, style = Form, explode, description = "Only channels of these groups (repeatable)"),
+        ("q" = Option<String>, Query, description = "Only channels whose name contains this")),
+    responses((status = 200, description = "Every list's channels, each URL pointing at this proxy, with the guides in `url-tvg`", content_type = "audio/x-mpegurl", body = String)))]
+pub(super) async fn all_playlists(
     State(state): State<AppState>,
     base: Base,
     uri: axum::http::Uri,
@@ -236,7 +336,12 @@ async fn all_playlists(
     playlist(&state, None, base, &uri)
 }
 
-async fn one_playlist(
+#[utoipa::path(get, path = "/playlists/{id}/playlist.m3u", tag = "playlists", security(()),
+    params(("id" = String, Path, min_length = 1, description = "Playlist id"), ("group" = Option<Vec<String>>, Query, style = Form, explode, description = "Only channels of these groups (repeatable)"),
+        ("q" = Option<String>, Query, description = "Only channels whose name contains this")),
+    responses((status = 200, description = "The list's channels, each URL pointing at this proxy", content_type = "audio/x-mpegurl", body = String),
+        (status = 404, description = "No such list (`playlist_not_found`)", body = ErrorBody)))]
+pub(super) async fn one_playlist(
     State(state): State<AppState>,
     Path(id): Path<String>,
     base: Base,
@@ -269,7 +374,11 @@ fn playlist(
 
 /// The stored guide: as the origin gave it, gzip kept for a client that accepts it and
 /// decompressed on the fly for one that does not. Streamed from the file either way.
-async fn guide(
+#[utoipa::path(get, path = "/playlists/{id}/epg.xml", tag = "playlists", security(()),
+    params(("id" = String, Path, min_length = 1, description = "Playlist id")),
+    responses((status = 200, description = "The list's guide (XMLTV), as the origin gave it: gzip (`Content-Encoding: gzip`) to a client that accepts it", content_type = "application/xml", body = String),
+        (status = 404, description = "No such list (`playlist_not_found`), or no guide was fetched for it (`guide_not_available`)", body = ErrorBody)))]
+pub(super) async fn guide(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -354,8 +463,8 @@ fn gunzip(file: std::fs::File) -> impl futures_util::Stream<Item = std::io::Resu
 }
 
 /// `/discover.json`, as an HDHomeRun answers it.
-#[derive(Debug, Serialize)]
-struct Discover {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Discover {
     #[serde(rename = "FriendlyName")]
     friendly_name: &'static str,
     #[serde(rename = "Manufacturer")]
@@ -379,8 +488,8 @@ struct Discover {
 }
 
 /// `/lineup_status.json`: never scanning, a cable source.
-#[derive(Debug, Serialize)]
-struct LineupStatus {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LineupStatus {
     #[serde(rename = "ScanInProgress")]
     scan_in_progress: u8,
     #[serde(rename = "ScanPossible")]
@@ -388,7 +497,20 @@ struct LineupStatus {
     #[serde(rename = "Source")]
     source: &'static str,
     #[serde(rename = "SourceList")]
+    #[schema(value_type = Vec<String>)]
     source_list: [&'static str; 1],
+}
+
+/// The schema of [`LineupEntry`] (documentation only; a test keeps the two alike).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = LineupEntry)]
+pub(super) struct LineupEntryDoc {
+    #[serde(rename = "GuideNumber")]
+    guide_number: String,
+    #[serde(rename = "GuideName")]
+    guide_name: String,
+    #[serde(rename = "URL")]
+    url: String,
 }
 
 const FRIENDLY_NAME: &str = "m3u-proxy";
@@ -400,7 +522,27 @@ fn device_id(state: &AppState) -> String {
     state.registry.stream_id_for(&key)[..8].to_ascii_uppercase()
 }
 
-async fn discover(State(state): State<AppState>, Base(base): Base) -> Json<Discover> {
+/// The tuners to announce: the connections of the providers the lists name (those defined),
+/// else `HDHOMERUN_TUNER_COUNT`.
+async fn tuner_count(state: &AppState) -> u32 {
+    let providers = state.upstream.providers();
+    let limits: u32 = state
+        .channels
+        .provider_names()
+        .iter()
+        .filter_map(|name| providers.get(name))
+        .map(|p| p.max_connections())
+        .fold(0, u32::saturating_add);
+    if limits > 0 {
+        limits
+    } else {
+        state.config.channels.tuner_count
+    }
+}
+
+#[utoipa::path(get, path = "/discover.json", tag = "hdhomerun", security(()),
+    responses((status = 200, description = "This proxy as an HDHomeRun tuner (Plex, Jellyfin, Emby)", body = Discover)))]
+pub(super) async fn discover(State(state): State<AppState>, Base(base): Base) -> Json<Discover> {
     Json(Discover {
         friendly_name: FRIENDLY_NAME,
         manufacturer: "Silicondust",
@@ -411,11 +553,14 @@ async fn discover(State(state): State<AppState>, Base(base): Base) -> Json<Disco
         device_auth: "m3u-proxy",
         lineup_url: format!("{base}/lineup.json"),
         base_url: base,
-        tuner_count: state.config.channels.tuner_count,
+        tuner_count: tuner_count(&state).await,
     })
 }
 
-async fn lineup(
+#[utoipa::path(get, path = "/lineup.json", tag = "hdhomerun", security(()),
+    params(("playlist" = Option<Vec<String>>, Query, style = Form, explode, description = "Only the channels of these lists (repeatable)")),
+    responses((status = 200, description = "Every channel, numbered, with its stream URL", body = Vec<LineupEntryDoc>)))]
+pub(super) async fn lineup(
     State(state): State<AppState>,
     Base(base): Base,
     uri: axum::http::Uri,
@@ -423,7 +568,9 @@ async fn lineup(
     Json(state.channels.lineup(&filters(&uri).playlists, &base))
 }
 
-async fn lineup_status() -> Json<LineupStatus> {
+#[utoipa::path(get, path = "/lineup_status.json", tag = "hdhomerun", security(()),
+    responses((status = 200, description = "Never scanning; a cable source", body = LineupStatus)))]
+pub(super) async fn lineup_status() -> Json<LineupStatus> {
     Json(LineupStatus {
         scan_in_progress: 0,
         scan_possible: 1,
@@ -432,7 +579,9 @@ async fn lineup_status() -> Json<LineupStatus> {
     })
 }
 
-async fn device_xml(State(state): State<AppState>, Base(base): Base) -> Response {
+#[utoipa::path(get, path = "/device.xml", tag = "hdhomerun", security(()),
+    responses((status = 200, description = "The UPnP device description of the tuner", content_type = "application/xml", body = String)))]
+pub(super) async fn device_xml(State(state): State<AppState>, Base(base): Base) -> Response {
     let id = device_id(&state);
     let xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -459,4 +608,37 @@ async fn device_xml(State(state): State<AppState>, Base(base): Base) -> Response
         xml,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented lineup entry has the fields the real one serializes.
+    #[test]
+    fn lineup_entry_doc_matches() {
+        let real = serde_json::to_value(LineupEntry {
+            guide_number: "1".into(),
+            guide_name: "A".into(),
+            url: "http://p/stream/x".into(),
+        })
+        .unwrap();
+        let doc = serde_json::to_value(LineupEntryDoc {
+            guide_number: "1".into(),
+            guide_name: "A".into(),
+            url: "http://p/stream/x".into(),
+        })
+        .unwrap();
+        assert_eq!(real, doc);
+    }
+
+    #[test]
+    fn a_whole_float_is_a_refresh_interval() {
+        let body = br#"{"name": "a", "url": "http://a/", "refresh_interval_minutes": 5.0}"#;
+        let d = json_definition(body).unwrap();
+        assert_eq!(d.refresh_interval_minutes, Some(5));
+        let half = br#"{"name": "a", "refresh_interval_minutes": 5.5}"#;
+        assert_eq!(json_definition(half).unwrap_err().code, "invalid_body");
+        assert_eq!(json_definition(b"{").unwrap_err().code, "malformed_json");
+    }
 }

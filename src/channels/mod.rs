@@ -61,6 +61,9 @@ const MAX_LISTED_ERRORS: usize = 1_000;
 /// Largest guide stored.
 const MAX_GUIDE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
+/// The longest refresh interval: a year.
+const MAX_REFRESH_MINUTES: u64 = 525_600;
+
 /// How often retiring streams are checked and due refreshes started.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -389,8 +392,8 @@ impl Channels {
         };
         self.install(record, None);
         self.schedule(&id);
-        self.persist(&id).await?;
         self.refresh_guide(&id).await;
+        self.persist(&id).await?;
         self.info(&id)
     }
 
@@ -444,8 +447,8 @@ impl Channels {
                     return Err(ChannelError::NotFound(id.to_owned()));
                 }
                 self.install(record, Some(&old));
-                self.persist(id).await?;
                 self.refresh_guide(id).await;
+                self.persist(id).await?;
                 self.info(id)
             }
             Err(e) => {
@@ -772,6 +775,18 @@ impl Channels {
         })
     }
 
+    /// The providers the lists name, each once.
+    pub fn provider_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .sorted_lists()
+            .iter()
+            .filter_map(|l| l.record.definition.provider.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Every list, oldest first.
     pub fn infos(&self) -> Vec<PlaylistInfo> {
         self.sorted_lists()
@@ -960,7 +975,10 @@ impl Channels {
         let mut next = lock(&self.next_refresh);
         match list.record.definition.refresh_interval_minutes {
             Some(m) if m > 0 => {
-                next.insert(id.to_owned(), Instant::now() + Duration::from_secs(m * 60));
+                next.insert(
+                    id.to_owned(),
+                    Instant::now() + Duration::from_secs(m.min(MAX_REFRESH_MINUTES) * 60),
+                );
             }
             _ => {
                 next.remove(id);
@@ -1072,6 +1090,14 @@ fn check_definition(d: &CreatePlaylist, upload: bool) -> Result<Checked, Channel
         return Err(ChannelError::invalid(
             "missing_parameter",
             "name: every list needs a name",
+        ));
+    }
+    if d.refresh_interval_minutes.unwrap_or(0) > MAX_REFRESH_MINUTES {
+        return Err(ChannelError::invalid(
+            "invalid_parameter",
+            format!(
+                "refresh_interval_minutes: at most {MAX_REFRESH_MINUTES} (a year), or 0 for none"
+            ),
         ));
     }
     let url = match (&d.url, upload) {

@@ -7,8 +7,7 @@ use super::format::{self, Align, Table};
 use crate::client::Created;
 use crate::model::{
     ClientInfo, FailoverDone, Health, PlaylistInfo, ProviderInfo, Stats, StreamDeleted,
-    StreamDetail, StreamInfo,
-    StreamType,
+    StreamDetail, StreamInfo, StreamType,
 };
 
 /// URLs in tables are cut to this many characters; `info` shows them whole.
