@@ -45,18 +45,19 @@
 //!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
-//! - [`channels`] — channel lists: fetched or uploaded M3U lists imported atomically, each
-//!   channel a registered stream (duplicates of merged lists become failover URLs), the
-//!   refresh loop, retiring of dropped channels, the stored guides; what the proxied list
-//!   and the HDHomeRun lineup say. Uses `playlist`, `registry`, `upstream`, `stream`,
-//!   `events`, `config`, `model`.
 //! - [`store`] — durable state: the one persistence interface (documents by kind and id,
 //!   additive counters, a load at start-up), its `memory` and `sqlite` backends on a
 //!   writer thread of their own, the stream and webhook documents, the restore before
 //!   listening and the background counter flush. Uses `registry`, `events`, `stream`,
 //!   `model`, `metrics`, `config`.
+//! - [`channels`] — channel lists: fetched or uploaded M3U lists imported atomically, each
+//!   channel a registered stream (duplicates of merged lists become failover URLs), the
+//!   refresh loop, retiring of dropped channels, the stored guides; what the proxied list
+//!   and the HDHomeRun lineup say. Uses `playlist`, `registry`, `upstream`, `stream`,
+//!   `events`, `config`, `model`, `store` (each list's record).
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
-//!   `/events` (SSE), `/webhooks` and `/providers`, and m3u-editor's forms of them
+//!   `/events` (SSE), `/webhooks`, `/providers`, channel lists and the HDHomeRun tuner
+//!   (`api::channels`), and m3u-editor's forms of them
 //!   (`api::editor`: streams by metadata, `/info`, `/test-connection`, strict live TS, sticky
 //!   sessions), the dashboard and `/docs` embedded from `ui/` (`api::ui`), and
 //!   `/openapi.json` generated from the handlers and `model` types (`api::openapi`).
