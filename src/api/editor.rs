@@ -151,7 +151,7 @@ fn connected_clients(registry: &Registry, stream: &StreamEntry) -> usize {
 /// `GET /streams/by-metadata?field=&value=&active_only=`.
 #[utoipa::path(get, path = "/streams/by-metadata", tag = "editor",
     params(("field" = String, Query, min_length = 1, description = "Metadata field"),
-        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("active_only" = Option<String>, Query, pattern = "^([01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff])?$", description = "Only watched streams [default: true] (1/0, true/false, yes/no, on/off in any case; empty means the default)")),
     responses((status = 200, description = "Matching streams", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn streams_by_metadata(
@@ -195,7 +195,7 @@ async fn streams_by_metadata(
 /// `GET /streams/counts-by-metadata?field=&values=a,b,c&active_only=`: every value asked
 /// for is in `counts`, 0 when nothing matches.
 #[utoipa::path(get, path = "/streams/counts-by-metadata", tag = "editor",
-    params(("field" = String, Query, min_length = 1, description = "Metadata field"), ("active_only" = Option<bool>, Query, description = "Only watched streams [default: true]")),
+    params(("field" = String, Query, min_length = 1, description = "Metadata field"), ("active_only" = Option<String>, Query, pattern = "^([01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff])?$", description = "Only watched streams [default: true] (1/0, true/false, yes/no, on/off in any case; empty means the default)")),
     responses((status = 200, description = "Stream counts per value of the field", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 async fn counts_by_metadata(
@@ -234,7 +234,7 @@ async fn counts_by_metadata(
 /// first, and a stream is deleted only when nobody else watches it.
 #[utoipa::path(delete, path = "/streams/by-metadata", tag = "editor",
     params(("field" = String, Query, min_length = 1, description = "Metadata field"),
-        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("force" = Option<bool>, Query, description = "[default: true]"),
+        ("value" = String, Query, min_length = 1, description = "Metadata value, compared as text"), ("force" = Option<String>, Query, pattern = "^([01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff])?$", description = "[default: true] (1/0, true/false, yes/no, on/off in any case; empty means the default)"),
         ("client_id" = Option<String>, Query, description = ""), ("exclude_channel_id" = Option<String>, Query, description = "")),
     responses((status = 200, description = "What was deleted", body = serde_json::Value), (status = 422, description = "A parameter is missing or wrong (`missing_parameter`, `invalid_parameter`)", body = crate::model::ErrorBody), (status = 503, description = "The change is in effect but not saved yet (`store_unavailable`); a retry is harmless", body = crate::model::ErrorBody),
         (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),

@@ -151,28 +151,7 @@ pub(super) fn store_unavailable(e: StoreError) -> ApiError {
 
 /// An absolute http(s) URL with a host: the only kind of upstream the proxy will fetch.
 fn parse_upstream_url(field: &str, raw: &str) -> Result<Url, ApiError> {
-    let url = Url::parse(raw.trim()).map_err(|e| {
-        ApiError::unprocessable(
-            "invalid_url",
-            format!("{field}: not a valid URL ({e}): {raw}"),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::unprocessable(
-            "unsupported_scheme",
-            format!(
-                "{field}: only http and https URLs can be proxied, not {}:",
-                url.scheme()
-            ),
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::unprocessable(
-            "invalid_url",
-            format!("{field}: the URL has no host: {raw}"),
-        ));
-    }
-    Ok(url)
+    crate::stream::upstream_url(field, raw).map_err(|e| ApiError::unprocessable(e.code, e.detail))
 }
 
 fn upstream_headers(req: &CreateStream) -> Result<HeaderMap, ApiError> {

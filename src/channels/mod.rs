@@ -1117,28 +1117,7 @@ fn check_definition(d: &CreatePlaylist, upload: bool) -> Result<Checked, Channel
 }
 
 fn http_url(field: &str, raw: &str) -> Result<Url, ChannelError> {
-    let url = Url::parse(raw.trim()).map_err(|e| {
-        ChannelError::invalid(
-            "invalid_url",
-            format!("{field}: not a valid URL ({e}): {raw}"),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ChannelError::invalid(
-            "unsupported_scheme",
-            format!(
-                "{field}: only http and https URLs can be fetched, not {}:",
-                url.scheme()
-            ),
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ChannelError::invalid(
-            "invalid_url",
-            format!("{field}: the URL has no host: {raw}"),
-        ));
-    }
-    Ok(url)
+    crate::stream::upstream_url(field, raw).map_err(|e| ChannelError::invalid(e.code, e.detail))
 }
 
 fn checked_headers(

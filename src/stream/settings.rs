@@ -50,3 +50,38 @@ impl StreamSettings {
         }
     }
 }
+
+/// Why a URL cannot be an upstream: the API's error code and what to tell the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadUpstreamUrl {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+/// An absolute http(s) URL with a host: the only kind of upstream the proxy fetches.
+/// `field` names the input in the message.
+pub fn upstream_url(field: &str, raw: &str) -> Result<Url, BadUpstreamUrl> {
+    let bad = |code, detail| BadUpstreamUrl { code, detail };
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        bad(
+            "invalid_url",
+            format!("{field}: not a valid URL ({e}): {raw}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(
+            "unsupported_scheme",
+            format!(
+                "{field}: only http and https URLs can be proxied, not {}:",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(
+            "invalid_url",
+            format!("{field}: the URL has no host: {raw}"),
+        ));
+    }
+    Ok(url)
+}
