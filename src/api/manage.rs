@@ -13,22 +13,10 @@ use crate::model::{
 };
 use crate::registry::{Counters, Removal, StreamEntry, Upsert};
 use crate::store::{Kind, StoreError, StreamRecord};
-use crate::stream::{StreamOptions, StreamSettings};
+use crate::stream::{StreamOptions, StreamSettings, FORBIDDEN_UPSTREAM_HEADERS};
 
 use super::json::AppJson;
 use super::AppState;
-
-/// Request headers a caller may not set for the upstream: they describe the connection,
-/// which is ours to manage.
-const FORBIDDEN_UPSTREAM_HEADERS: [&str; 7] = [
-    "host",
-    "content-length",
-    "connection",
-    "transfer-encoding",
-    "upgrade",
-    "keep-alive",
-    "te",
-];
 
 /// Extensions that name a direct (non-HLS) stream.
 const DIRECT_EXTENSIONS: [&str; 16] = [

@@ -38,7 +38,7 @@ use crate::playlist::iptv::{self, Channel, ChannelList};
 use crate::playlist::iptv_write::{self, LineupEntry};
 use crate::registry::{Registry, Removal};
 use crate::store::{Kind, Store};
-use crate::stream::StreamSettings;
+use crate::stream::{StreamSettings, FORBIDDEN_UPSTREAM_HEADERS};
 
 /// Longest URL accepted in an entry.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
@@ -70,17 +70,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// Most ticks between two touches of every list stream, which keeps them from the idle
 /// sweep (`STREAM_TIMEOUT`): a channel of a list is there until the list drops it.
 const TOUCH_EVERY_TICKS: u32 = 30;
-
-/// Request headers a list may not set for the upstream: they describe the connection.
-const FORBIDDEN_HEADERS: [&str; 7] = [
-    "host",
-    "content-length",
-    "connection",
-    "transfer-encoding",
-    "upgrade",
-    "keep-alive",
-    "te",
-];
 
 /// Why a list could not be imported or refreshed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -619,7 +608,9 @@ impl Channels {
             let Ok(h) = HeaderName::from_bytes(name.as_bytes()) else {
                 return;
             };
-            if FORBIDDEN_HEADERS.contains(&h.as_str()) || HeaderValue::from_str(value).is_err() {
+            if FORBIDDEN_UPSTREAM_HEADERS.contains(&h.as_str())
+                || HeaderValue::from_str(value).is_err()
+            {
                 return;
             }
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case(h.as_str()));
@@ -1131,7 +1122,7 @@ fn checked_headers(
             };
             let h = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| bad("not a valid header name"))?;
-            if FORBIDDEN_HEADERS.contains(&h.as_str()) {
+            if FORBIDDEN_UPSTREAM_HEADERS.contains(&h.as_str()) {
                 return Err(bad("this header is managed by the proxy"));
             }
             HeaderValue::from_str(value).map_err(|_| bad("not a valid header value"))?;

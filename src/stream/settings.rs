@@ -51,6 +51,18 @@ impl StreamSettings {
     }
 }
 
+/// Request headers a caller (or a channel list) may not set for the upstream: they describe
+/// the connection, which is ours to manage.
+pub const FORBIDDEN_UPSTREAM_HEADERS: [&str; 7] = [
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "te",
+];
+
 /// Why a URL cannot be an upstream: the API's error code and what to tell the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadUpstreamUrl {
