@@ -45,6 +45,8 @@
 //!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
+//! - [`fleet`] — several instances as one proxy through one Redis (`--store redis`): the
+//!   connection (reconnecting with backoff) and the name of every key the fleet uses.
 //! - [`store`] — durable state: the one persistence interface (documents by kind and id,
 //!   additive counters, a load at start-up), its `memory` and `sqlite` backends on a
 //!   writer thread of their own, the stream and webhook documents, the restore before
@@ -82,6 +84,7 @@ pub mod config;
 pub mod connections;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod live;
 pub mod logging;
 pub mod metrics;

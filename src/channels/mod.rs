@@ -1035,7 +1035,7 @@ impl Channels {
         let touch_every = self.config.stream_timeout.map_or(TOUCH_EVERY_TICKS, |t| {
             ((t.as_secs() / 2) as u32).clamp(1, TOUCH_EVERY_TICKS)
         });
-        if count % touch_every == 0 {
+        if count.is_multiple_of(touch_every) {
             let now = self.registry.clock.now_ms();
             let ids: Vec<String> = lock(&self.applied).keys().cloned().collect();
             for id in ids {

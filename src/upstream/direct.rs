@@ -200,7 +200,7 @@ fn find_sync(buf: &[u8]) -> Option<usize> {
 /// Whether `bytes` are whole TS packets, as a feed of TS yields them.
 pub fn looks_like_ts(bytes: &[u8]) -> bool {
     !bytes.is_empty()
-        && bytes.len() % TS_PACKET == 0
+        && bytes.len().is_multiple_of(TS_PACKET)
         && bytes.chunks(TS_PACKET).all(|p| p[0] == TS_SYNC)
 }
 
@@ -215,7 +215,7 @@ struct Packets {
 impl Packets {
     /// Whole packets of what has arrived so far, if any.
     fn push(&mut self, bytes: Bytes) -> Option<Bytes> {
-        if self.aligned && self.carry.is_empty() && bytes.len() % TS_PACKET == 0 {
+        if self.aligned && self.carry.is_empty() && bytes.len().is_multiple_of(TS_PACKET) {
             // The usual case for a TS origin: aligned chunks pass without a copy.
             return Some(bytes);
         }

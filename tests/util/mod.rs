@@ -5,6 +5,7 @@
 pub mod media;
 pub mod origin;
 pub mod player;
+pub mod redis;
 pub mod temp_dir;
 pub mod ts_viewer;
 
