@@ -124,6 +124,16 @@ impl UpstreamError {
             UpstreamError::Transport(root_cause(e))
         }
     }
+
+    /// Classifies an error of the direct streams' client (`upstream::feed`) from sending a
+    /// request, as [`UpstreamError::from_reqwest`] does for reqwest's.
+    pub fn from_feed_client(e: &hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            UpstreamError::Connect(root_cause(e))
+        } else {
+            UpstreamError::Transport(root_cause(e))
+        }
+    }
 }
 
 /// The innermost message of an error chain: "connection refused" rather than reqwest's

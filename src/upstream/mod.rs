@@ -7,10 +7,13 @@
 //! players, counters or routes.
 //!
 //! [`failover`] decides when to retry a URL and when to move down a stream's URL list;
-//! [`direct`] keeps a direct stream's bytes flowing across those moves.
+//! [`direct`] keeps a direct stream's bytes flowing across those moves. Direct streams
+//! ([`Fetch::Direct`]) go through [`feed`]'s client, whose connections read in small
+//! pieces; everything else through the shared reqwest client.
 
 pub mod direct;
 pub mod failover;
+pub mod feed;
 pub mod media;
 
 use std::sync::Arc;
@@ -75,6 +78,8 @@ impl Fetch {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     http: reqwest::Client,
+    /// The client of [`Fetch::Direct`] requests.
+    feed: feed::FeedClient,
     timeouts: UpstreamTimeouts,
     max_playlist_bytes: usize,
     failover: FailoverPolicy,
@@ -107,6 +112,7 @@ impl Upstream {
         let failover = FailoverPolicy::new(config.failover).with_resolver_client(http.clone());
         Ok(Self {
             http,
+            feed: feed::FeedClient::new(&t)?,
             timeouts: t,
             max_playlist_bytes: config.max_playlist_bytes,
             failover,
@@ -162,20 +168,30 @@ impl Upstream {
                 headers.insert(name, v.clone());
             }
         }
-        let request = self
-            .http
-            .request(method, url.clone())
-            .headers(headers)
-            .send();
-        let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(self.timeouts.first_byte, request).await {
-            Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
-            Ok(Err(e)) if e.is_timeout() => {
-                Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte))
+        let request = async {
+            if fetch == Fetch::Direct {
+                return self.feed.send(method, url, headers).await;
             }
-            Ok(Err(e)) => Err(UpstreamError::from_reqwest(&e)),
-            Ok(Ok(res)) => Ok(res),
+            match self
+                .http
+                .request(method, url.clone())
+                .headers(headers)
+                .send()
+                .await
+            {
+                Ok(res) => Ok(res),
+                Err(e) if e.is_timeout() => {
+                    Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte))
+                }
+                Err(e) => Err(UpstreamError::from_reqwest(&e)),
+            }
         };
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(self.timeouts.first_byte, request)
+            .await
+            .unwrap_or(Err(UpstreamError::FirstByteTimeout(
+                self.timeouts.first_byte,
+            )));
         if let (Ok(_), Some(h)) = (&result, self.latency(fetch)) {
             h.observe_duration(started.elapsed());
         }

@@ -1,0 +1,335 @@
+//! The client of direct streams (files and live feeds), whose bodies are read for hours at
+//! the pace of a player: every read of its connections asks for [`READ_BUF_BYTES`], so a
+//! viewer costs one small buffer however fast its origin could send.
+//!
+//! The shared reqwest client lets hyper grow a connection's read buffer towards ~400 KB
+//! when the socket always has bytes waiting, which it does for an origin faster than the
+//! player; each read then becomes one chunk of that size held until the player takes it.
+//! reqwest cannot cap that buffer, so direct streams go through hyper-util's client with an
+//! exact read size, and keep what reqwest gave them: up to ten redirects (the final URL is
+//! the answer's [`url`](reqwest::Response::url)), credentials of a URL sent as basic auth,
+//! sensitive headers dropped when a redirect leaves the origin, `Referer` on redirects,
+//! TLS through rustls with the webpki roots, HTTP/2 where a TLS origin offers it, the
+//! connect timeout, and a body that sends nothing for `read_stall` failing as a timeout
+//! (which [`UpstreamError::from_reqwest`] reads as [`UpstreamError::Stalled`]). Answers
+//! are handed on as [`reqwest::Response`]s, so the code that judges them is the same for
+//! both clients.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use base64::Engine;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::ResponseBuilderExt;
+use tokio::time::Sleep;
+use url::Url;
+
+use crate::config::UpstreamTimeouts;
+use crate::error::UpstreamError;
+
+/// Bytes each read of a feed connection asks for, and so the size of its read buffer and
+/// the largest chunk a feed yields. 32 KiB is a few milliseconds of even a 50 Mbit/s
+/// stream, and a fraction of the socket's own buffer.
+pub const READ_BUF_BYTES: usize = 32 * 1024;
+
+/// Redirects followed before an answer counts as a failure, as reqwest's default policy.
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Headers that do not follow a redirect to another origin (scheme, host or port).
+const SENSITIVE: [&str; 5] = [
+    "authorization",
+    "cookie",
+    "cookie2",
+    "proxy-authorization",
+    "www-authenticate",
+];
+
+/// The client of direct streams.
+#[derive(Debug, Clone)]
+pub struct FeedClient {
+    http: Client<HttpsConnector<HttpConnector>, EmptyBody>,
+    read_stall: Duration,
+}
+
+impl FeedClient {
+    pub fn new(timeouts: &UpstreamTimeouts) -> Result<Self, UpstreamError> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(timeouts.connect));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Client(e.to_string()))?
+            .with_webpki_roots()
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .http1_read_buf_exact_size(READ_BUF_BYTES)
+            .build(connector);
+        Ok(Self {
+            http,
+            read_stall: timeouts.read_stall,
+        })
+    }
+
+    /// Sends a body-less request and follows redirects; the answer's `url()` is the URL
+    /// that answered. The status is not judged here, and the head's wait is the caller's
+    /// to bound.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        mut headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if !headers.contains_key(header::ACCEPT) {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        let mut method = method;
+        let mut url = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let res = self.request(&method, &url, &headers).await?;
+            let Some(next) = redirect_target(&res, &url)? else {
+                return Ok(self.answer(res, url));
+            };
+            if matches!(
+                res.status(),
+                StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER
+            ) && method != Method::HEAD
+            {
+                method = Method::GET;
+            }
+            if !same_origin(&url, &next) {
+                for name in SENSITIVE {
+                    headers.remove(name);
+                }
+            }
+            headers.remove(header::REFERER);
+            if let Some(referer) = referer(&url, &next) {
+                headers.insert(header::REFERER, referer);
+            }
+            // The redirect's body is dropped unread with its connection.
+            url = next;
+        }
+        Err(UpstreamError::Transport("too many redirects".into()))
+    }
+
+    async fn request(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+    ) -> Result<axum::http::Response<Incoming>, UpstreamError> {
+        let mut target = url.clone();
+        let mut headers = headers.clone();
+        if !target.username().is_empty() || target.password().is_some() {
+            let credentials = format!(
+                "{}:{}",
+                percent_decoded(target.username()),
+                percent_decoded(target.password().unwrap_or(""))
+            );
+            let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic {basic}")) {
+                headers.entry(header::AUTHORIZATION).or_insert(v);
+            }
+            let _ = target.set_username("");
+            let _ = target.set_password(None);
+        }
+        target.set_fragment(None);
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(target.as_str())
+            .body(EmptyBody)
+            .map_err(|e| UpstreamError::InvalidListedUrl(e.to_string()))?;
+        *request.headers_mut() = headers;
+        self.http
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::from_feed_client(&e))
+    }
+
+    /// The answer as reqwest's type, its body failing after `read_stall` of silence.
+    fn answer(&self, res: axum::http::Response<Incoming>, url: Url) -> reqwest::Response {
+        let (parts, body) = res.into_parts();
+        let body = StallingBody {
+            inner: body,
+            stall: self.read_stall,
+            timer: Box::pin(tokio::time::sleep(self.read_stall)),
+        };
+        let mut builder = axum::http::Response::builder()
+            .status(parts.status)
+            .version(parts.version)
+            .url(url);
+        *builder.headers_mut().expect("fresh builder") = parts.headers;
+        let res = builder
+            .body(reqwest::Body::wrap(body))
+            .expect("the parts of a response");
+        reqwest::Response::from(res)
+    }
+}
+
+/// Where a redirect answer points, if `res` is one to follow: a 301, 302, 303, 307 or
+/// 308 with a `Location` that resolves against `url`. A location that is no URL leaves the
+/// answer as it is (the player gets the redirect), one of another scheme is an error.
+fn redirect_target(
+    res: &axum::http::Response<Incoming>,
+    url: &Url,
+) -> Result<Option<Url>, UpstreamError> {
+    let redirect = matches!(
+        res.status(),
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    );
+    if !redirect {
+        return Ok(None);
+    }
+    let Some(next) = res
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| url.join(v).ok())
+    else {
+        return Ok(None);
+    };
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(UpstreamError::Transport(format!(
+            "redirect to a {} URL",
+            next.scheme()
+        )));
+    }
+    Ok(Some(next))
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// The `Referer` a redirect from `from` to `to` sends: `from` without credentials and
+/// fragment, and none from HTTPS to plain HTTP.
+fn referer(from: &Url, to: &Url) -> Option<HeaderValue> {
+    if from.scheme() == "https" && to.scheme() == "http" {
+        return None;
+    }
+    let mut from = from.clone();
+    let _ = from.set_username("");
+    let _ = from.set_password(None);
+    from.set_fragment(None);
+    HeaderValue::from_str(from.as_str()).ok()
+}
+
+fn percent_decoded(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The empty body of every feed request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmptyBody;
+
+impl Body for EmptyBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(0)
+    }
+}
+
+/// An answer's body that fails with a timeout when no frame comes for `stall`, as
+/// reqwest's `read_timeout` does.
+struct StallingBody {
+    inner: Incoming,
+    stall: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Body for StallingBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + this.stall;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "upstream stopped sending data",
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_sensitive_headers_stay_with_their_origin() {
+        let a = Url::parse("https://user:pw@a.example/x#f").unwrap();
+        let b = Url::parse("https://a.example:443/y").unwrap();
+        let c = Url::parse("http://a.example/y").unwrap();
+        assert!(same_origin(&a, &b));
+        assert!(!same_origin(&a, &c));
+        assert_eq!(referer(&a, &b).unwrap(), "https://a.example/x");
+        assert!(referer(&a, &c).is_none());
+        assert_eq!(percent_decoded("p%40ss+w"), "p@ss+w");
+    }
+}
