@@ -332,4 +332,60 @@ mod tests {
         assert!(referer(&a, &c).is_none());
         assert_eq!(percent_decoded("p%40ss+w"), "p@ss+w");
     }
+
+    /// An origin far ahead of its reader: 4 MiB written into the socket before the first
+    /// read. Each chunk the client yields is still at most [`READ_BUF_BYTES`] (reqwest's
+    /// grew to hundreds of KB here), and the bytes are all there, in order.
+    #[tokio::test]
+    async fn reads_stay_small_however_far_ahead_the_origin_is() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const TOTAL: usize = 4 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let progress = written.clone();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await.unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {TOTAL}\r\n\r\n");
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let body: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+            for piece in body.chunks(64 * 1024) {
+                tcp.write_all(piece).await.unwrap();
+                progress.fetch_add(piece.len(), Ordering::Relaxed);
+            }
+        });
+        let client = FeedClient::new(&UpstreamTimeouts::default()).unwrap();
+        let url = Url::parse(&format!("http://{addr}/big.ts")).unwrap();
+        let res = client
+            .send(Method::GET, &url, HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(res.content_length(), Some(TOTAL as u64));
+        // Wait until the socket holds far more than one read's worth.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while written.load(Ordering::Relaxed) < 16 * READ_BUF_BYTES {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the origin never got ahead"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut chunks = res.bytes_stream();
+        let (mut got, mut largest) = (0usize, 0usize);
+        while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+            let chunk = chunk.unwrap();
+            assert!(chunk
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == ((got + i) % 251) as u8));
+            got += chunk.len();
+            largest = largest.max(chunk.len());
+        }
+        assert_eq!(got, TOTAL);
+        assert!(largest <= READ_BUF_BYTES, "a chunk of {largest} bytes");
+    }
 }
