@@ -14,7 +14,8 @@
 # builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy), WORKLOADS (a subset
 # of "latency playlist segment direct file live range hls"), BENCH_OUT (where the JSON
 # reports and the table are kept; default target/bench), SETTLE (seconds to wait after the
-# last workload before the settled RSS; default 35, past the 30 s segment cache TTL).
+# last workload before the settled RSS; default 35, past the 30 s segment cache TTL),
+# PREBUILT (set: use the release binaries already in the target directory, no build).
 #
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
@@ -43,7 +44,7 @@ else
     RANGE_REQUESTS=${RANGE_REQUESTS:-20000} LIVE_VIEWERS=${LIVE_VIEWERS:-50}
     FILE_VIEWERS=${FILE_VIEWERS:-100} SETTLE=${SETTLE:-35}
     GEN_ARGS=(--segments 150 --file-mb 64)
-    cargo build --release --bin m3u-proxy --example m3u-load
+    [[ -n ${PREBUILT:-} ]] || cargo build --release --bin m3u-proxy --example m3u-load
     PROFILE=release
 fi
 TARGETS=${TARGETS:-"direct proxy"}

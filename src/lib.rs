@@ -34,7 +34,8 @@
 //!   (`providers::hls`). Uses `registry`, `events`, `stream`, `model`, `error`.
 //! - [`upstream`] — talking to origins: the shared HTTP client and its checks, the
 //!   failover policy (`upstream::failover`: retry here or move down the URL list), the
-//!   direct feed that survives a cut (`upstream::direct`), and segment fetches with
+//!   direct feed that survives a cut (`upstream::direct`) and the small-read client it
+//!   opens direct streams with (`upstream::feed`), and segment fetches with
 //!   retries, the 404-at-the-live-edge rule and the mirror after a switch
 //!   (`upstream::media`); every connection takes its provider's slot first. Uses
 //!   `providers`, `registry`, `stream`, `config`, `error`, `metrics`, `playlist`.

@@ -1,6 +1,6 @@
 //! The client of direct streams (files and live feeds), whose bodies are read for hours at
 //! the pace of a player: every read of its connections asks for [`READ_BUF_BYTES`], so a
-//! viewer costs one small buffer however fast its origin could send.
+//! viewer costs a few small buffers however fast its origin could send.
 //!
 //! The shared reqwest client lets hyper grow a connection's read buffer towards ~400 KB
 //! when the socket always has bytes waiting, which it does for an origin faster than the
@@ -39,9 +39,11 @@ use crate::config::UpstreamTimeouts;
 use crate::error::UpstreamError;
 
 /// Bytes each read of a feed connection asks for, and so the size of its read buffer and
-/// the largest chunk a feed yields. 32 KiB is a few milliseconds of even a 50 Mbit/s
-/// stream, and a fraction of the socket's own buffer.
-pub const READ_BUF_BYTES: usize = 32 * 1024;
+/// the largest chunk a feed yields. A viewer holds about four of these (the read buffer,
+/// the client's body channel, the feed, the chunk being written) beside what the player
+/// connection queues; 16 KiB is 33 ms of a 4 Mbit/s stream, a fraction of the socket's
+/// own buffer, and kept 100 real-time file viewers under 40 MB (BENCHMARKS.md).
+pub const READ_BUF_BYTES: usize = 16 * 1024;
 
 /// Redirects followed before an answer counts as a failure, as reqwest's default policy.
 pub const MAX_REDIRECTS: usize = 10;
