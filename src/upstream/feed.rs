@@ -57,6 +57,24 @@ const SENSITIVE: [&str; 5] = [
     "www-authenticate",
 ];
 
+/// The variables through which reqwest's client finds an outgoing proxy.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Whether the environment (read through `var`) names an outgoing proxy, which this client
+/// does not speak: direct streams then go through reqwest's client like everything else.
+pub fn system_proxy(var: impl Fn(&str) -> Option<String>) -> bool {
+    PROXY_VARIABLES
+        .iter()
+        .any(|name| var(name).is_some_and(|v| !v.trim().is_empty()))
+}
+
 /// The client of direct streams.
 #[derive(Debug, Clone)]
 pub struct FeedClient {
@@ -333,6 +351,15 @@ mod tests {
         assert_eq!(referer(&a, &b).unwrap(), "https://a.example/x");
         assert!(referer(&a, &c).is_none());
         assert_eq!(percent_decoded("p%40ss+w"), "p@ss+w");
+    }
+
+    #[test]
+    fn an_outgoing_proxy_in_the_environment_is_noticed() {
+        assert!(!system_proxy(|_| None));
+        assert!(!system_proxy(|_| Some(" ".into())));
+        assert!(system_proxy(
+            |n| (n == "https_proxy").then(|| "http://p:3128".into())
+        ));
     }
 
     /// An origin far ahead of its reader: 4 MiB written into the socket before the first

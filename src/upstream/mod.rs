@@ -9,7 +9,9 @@
 //! [`failover`] decides when to retry a URL and when to move down a stream's URL list;
 //! [`direct`] keeps a direct stream's bytes flowing across those moves. Direct streams
 //! ([`Fetch::Direct`]) go through [`feed`]'s client, whose connections read in small
-//! pieces; everything else through the shared reqwest client.
+//! pieces; everything else through the shared reqwest client. When the environment names
+//! an outgoing proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`), which reqwest honours and
+//! the feed client does not, direct streams stay on reqwest too.
 
 pub mod direct;
 pub mod failover;
@@ -78,8 +80,8 @@ impl Fetch {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     http: reqwest::Client,
-    /// The client of [`Fetch::Direct`] requests.
-    feed: feed::FeedClient,
+    /// The client of [`Fetch::Direct`] requests; `None` behind an outgoing proxy.
+    feed: Option<feed::FeedClient>,
     timeouts: UpstreamTimeouts,
     max_playlist_bytes: usize,
     failover: FailoverPolicy,
@@ -112,7 +114,12 @@ impl Upstream {
         let failover = FailoverPolicy::new(config.failover).with_resolver_client(http.clone());
         Ok(Self {
             http,
-            feed: feed::FeedClient::new(&t)?,
+            feed: if feed::system_proxy(|name| std::env::var(name).ok()) {
+                tracing::info!("an outgoing proxy is set: direct streams use the shared client");
+                None
+            } else {
+                Some(feed::FeedClient::new(&t)?)
+            },
             timeouts: t,
             max_playlist_bytes: config.max_playlist_bytes,
             failover,
@@ -169,8 +176,8 @@ impl Upstream {
             }
         }
         let request = async {
-            if fetch == Fetch::Direct {
-                return self.feed.send(method, url, headers).await;
+            if let (Fetch::Direct, Some(feed)) = (fetch, &self.feed) {
+                return feed.send(method, url, headers).await;
             }
             match self
                 .http
