@@ -34,11 +34,11 @@ use crate::events::EventType;
 use crate::model::{
     CreatePlaylist, EntryError, MergeKey, PlaylistInfo, RefreshCounts, RefreshResult, StreamType,
 };
-use crate::playlist::iptv::{self, Channel, ChannelList};
+use crate::playlist::iptv::{self, Channel};
 use crate::playlist::iptv_write::{self, LineupEntry};
 use crate::registry::{Registry, Removal};
 use crate::store::{Kind, Store};
-use crate::stream::{StreamSettings, FORBIDDEN_UPSTREAM_HEADERS};
+use crate::stream::{Metadata, StreamSettings, FORBIDDEN_UPSTREAM_HEADERS};
 
 /// Longest URL accepted in an entry.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
@@ -137,11 +137,79 @@ struct Target {
     fingerprint: u64,
 }
 
+/// What is kept of one entry after import, for filters, lineups, merges and metadata (the
+/// output is written from the source text, and the targets hold the rest): the display
+/// name, the group and the attributes [`KEPT_ATTRS`], in one string. A parsed
+/// [`Channel`] with those costs about 600 bytes (a vector and two strings per attribute);
+/// this about 120.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The fields one after another: name, group, then each of `KEPT_ATTRS`.
+    text: Box<str>,
+    /// Where each field ends in `text`.
+    ends: [u32; KEPT_FIELDS],
+    /// Bit `i`: field `i` is present (an empty value differs from none).
+    present: u8,
+    line: u32,
+}
+
+/// The display name, the group and each of [`KEPT_ATTRS`].
+const KEPT_FIELDS: usize = 2 + KEPT_ATTRS.len();
+
+impl Kept {
+    fn of(channel: &Channel) -> Self {
+        let fields = [Some(channel.name.as_str()), channel.group.as_deref()]
+            .into_iter()
+            .chain(KEPT_ATTRS.iter().map(|k| channel.attr(k)));
+        let mut kept = Kept {
+            line: u32::try_from(channel.line).unwrap_or(u32::MAX),
+            ..Kept::default()
+        };
+        let mut text = String::new();
+        for (i, field) in fields.enumerate() {
+            if let Some(value) = field {
+                text.push_str(value);
+                kept.present |= 1 << i;
+            }
+            kept.ends[i] = text.len() as u32;
+        }
+        kept.text = text.into_boxed_str();
+        kept
+    }
+
+    fn field(&self, i: usize) -> Option<&str> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (self.present & (1 << i) != 0).then(|| &self.text[start..self.ends[i] as usize])
+    }
+
+    /// The entry as a channel with only what is kept (its attributes in `KEPT_ATTRS`
+    /// order, under those names).
+    fn channel(&self) -> Channel {
+        Channel {
+            duration: -1.0,
+            attrs: KEPT_ATTRS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| self.field(2 + i).map(|v| ((*k).to_owned(), v.to_owned())))
+                .collect(),
+            name: self.field(0).unwrap_or("").to_owned(),
+            group: self.field(1).map(str::to_owned),
+            vlc_opts: Vec::new(),
+            extra_lines: Vec::new(),
+            url: String::new(),
+            line: self.line as usize,
+        }
+    }
+}
+
 /// One imported list.
 #[derive(Debug)]
 struct ListState {
     record: ChannelListRecord,
-    parsed: ChannelList,
+    /// Attributes of the `#EXTM3U` lines.
+    header_attrs: Vec<(String, String)>,
+    /// Per entry of the source, in order: what is kept of it.
+    entries: Vec<Kept>,
     /// Per entry of `parsed`: where it plays, or `None` when it was refused.
     targets: Vec<Option<Target>>,
     errors: Vec<EntryError>,
@@ -163,8 +231,10 @@ impl ListState {
             .filter(|u| !u.trim().is_empty())
             .or_else(|| {
                 ["url-tvg", "x-tvg-url"].iter().find_map(|k| {
-                    self.parsed
-                        .header_attr(k)
+                    self.header_attrs
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(k))
+                        .map(|(_, v)| v.as_str())
                         .and_then(|v| v.split(',').map(str::trim).find(|u| !u.is_empty()))
                         .map(str::to_owned)
                 })
@@ -188,20 +258,20 @@ struct Desired {
 impl Desired {
     /// Changes when any of it changes: what the last reconcile registered is kept as this,
     /// not as a second copy of every stream's settings.
-    fn digest(&self, metadata: &serde_json::Value) -> u64 {
+    fn digest(&self, metadata: &Metadata) -> u64 {
         let mut h = DefaultHasher::new();
         for u in &self.urls {
             u.as_str().hash(&mut h);
         }
         self.user_agent.hash(&mut h);
         self.headers.hash(&mut h);
-        metadata.to_string().hash(&mut h);
+        metadata.as_str().hash(&mut h);
         self.stream_type.as_str().hash(&mut h);
         self.provider.hash(&mut h);
         h.finish()
     }
 
-    fn settings(&self, metadata: serde_json::Value) -> StreamSettings {
+    fn settings(&self, metadata: Metadata) -> StreamSettings {
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
             if let (Ok(k), Ok(v)) = (
@@ -491,44 +561,37 @@ impl Channels {
     }
 
     /// Parses `record`'s body and resolves each entry, counting what changed since `old`.
+    /// One entry at a time: only what is kept of each is held.
     fn build(&self, record: ChannelListRecord, old: Option<&ListState>) -> ListState {
-        let mut parsed = iptv::parse(&record.source);
         let definition = &record.definition;
         let list_headers = checked_headers(&definition.headers).unwrap_or_default();
         let mut errors = Vec::new();
         let mut error_count = 0;
-        let targets: Vec<Option<Target>> = parsed
-            .entries
-            .iter()
-            .map(
-                |channel| match self.target(channel, definition, &list_headers) {
-                    Ok(t) => Some(t),
-                    Err((code, detail)) => {
-                        error_count += 1;
-                        if errors.len() < MAX_LISTED_ERRORS {
-                            errors.push(EntryError {
-                                line: channel.line,
-                                url: channel.url.chars().take(200).collect(),
-                                code: code.to_owned(),
-                                detail,
-                            });
-                        }
-                        None
+        let mut entries = Vec::new();
+        let mut targets = Vec::new();
+        let header_attrs = iptv::parse_each(&record.source, |channel| {
+            match self.target(&channel, definition, &list_headers) {
+                Ok(t) => {
+                    targets.push(Some(t));
+                    entries.push(Kept::of(&channel));
+                }
+                Err((code, detail)) => {
+                    error_count += 1;
+                    if errors.len() < MAX_LISTED_ERRORS {
+                        errors.push(EntryError {
+                            line: channel.line,
+                            url: channel.url.chars().take(200).collect(),
+                            code: code.to_owned(),
+                            detail,
+                        });
                     }
-                },
-            )
-            .collect();
-        // Only what filters, lineups, merges and metadata read is kept: the output is
-        // written from the source text, and the targets hold the rest.
-        for channel in &mut parsed.entries {
-            channel
-                .attrs
-                .retain(|(k, _)| KEPT_ATTRS.iter().any(|kept| k.eq_ignore_ascii_case(kept)));
-            channel.attrs.shrink_to_fit();
-            channel.vlc_opts = Vec::new();
-            channel.extra_lines = Vec::new();
-            channel.url = String::new();
-        }
+                    targets.push(None);
+                    entries.push(Kept::default());
+                }
+            }
+        });
+        entries.shrink_to_fit();
+        targets.shrink_to_fit();
         let counts = count_changes(
             old.map(|o| &o.targets[..]).unwrap_or(&[]),
             &targets,
@@ -543,7 +606,8 @@ impl Channels {
                 counts,
             }),
             record,
-            parsed,
+            header_attrs,
+            entries,
             targets,
             errors,
         }
@@ -668,13 +732,13 @@ impl Channels {
             let definition = &list.record.definition;
             let mut list_routes = Vec::with_capacity(list.targets.len());
             for (entry_index, (channel, target)) in
-                list.parsed.entries.iter().zip(&list.targets).enumerate()
+                list.entries.iter().zip(&list.targets).enumerate()
             {
                 let Some(t) = target else {
                     list_routes.push(None);
                     continue;
                 };
-                let key = definition.merge.and_then(|k| merge_key(k, channel));
+                let key = definition.merge.and_then(|k| merge_key(k, &channel.channel()));
                 if let Some(id) = key.as_ref().and_then(|k| merged.get(k)) {
                     if let Some(d) = desired.get_mut(id) {
                         if !d.urls.contains(&t.url) {
@@ -709,7 +773,7 @@ impl Channels {
         let mut digests = HashMap::with_capacity(desired.len());
         for (id, d) in &desired {
             let (list, entry) = d.first;
-            let meta = metadata(&lists[list].record, &lists[list].parsed.entries[entry]);
+            let meta = metadata(&lists[list].record, &lists[list].entries[entry].channel());
             let digest = d.digest(&meta);
             digests.insert(id.clone(), digest);
             if applied.get(id) != Some(&digest) || self.registry.stream(id).is_none() {
@@ -795,12 +859,11 @@ impl Channels {
         let d = &list.record.definition;
         let mut seen = HashSet::new();
         let groups = list
-            .parsed
             .entries
             .iter()
             .zip(&list.targets)
             .filter(|(_, t)| t.is_some())
-            .filter_map(|(c, _)| c.group.as_deref())
+            .filter_map(|(c, _)| c.field(1))
             .filter(|g| seen.insert(*g))
             .map(str::to_owned)
             .collect();
@@ -861,7 +924,8 @@ impl Channels {
             let Some(list_routes) = routes.get(&list.record.id) else {
                 continue;
             };
-            let entries = &list.parsed.entries;
+            let entries = &list.entries;
+            let everything = groups.is_empty() && query.is_none_or(str::is_empty);
             iptv_write::write_channels(
                 &mut out,
                 &list.record.source,
@@ -869,7 +933,8 @@ impl Channels {
                 guide(list).as_deref(),
                 |i| {
                     let route = list_routes.get(i)?.as_ref()?;
-                    iptv_write::selected(entries.get(i)?, groups, query)
+                    let entry = entries.get(i)?;
+                    (everything || iptv_write::selected(&entry.channel(), groups, query))
                         .then(|| format!("{base}{}", route.path()))
                 },
             );
@@ -890,7 +955,8 @@ impl Channels {
             let Some(list_routes) = routes.get(&list.record.id) else {
                 continue;
             };
-            let (entries, after) = iptv_write::lineup(&list.parsed, next, |i| {
+            let channels = list.entries.iter().map(Kept::channel);
+            let (entries, after) = iptv_write::lineup(channels, next, |i| {
                 let route = list_routes.get(i)?.as_ref()?;
                 Some(format!("{base}{}", route.path()))
             });
@@ -1165,15 +1231,15 @@ fn merge_key(key: MergeKey, channel: &Channel) -> Option<(MergeKey, String)> {
 
 /// A channel stream's metadata: `{playlist, playlist_name, tvg_id, tvg_name, group,
 /// channel_number}`.
-fn metadata(record: &ChannelListRecord, channel: &Channel) -> serde_json::Value {
-    serde_json::json!({
+fn metadata(record: &ChannelListRecord, channel: &Channel) -> Metadata {
+    Metadata::new(&serde_json::json!({
         "playlist": record.id,
         "playlist_name": record.definition.name,
         "tvg_id": channel.attr("tvg-id"),
         "tvg_name": channel.attr("tvg-name").map_or(channel.name.as_str(), |n| n),
         "group": channel.group,
         "channel_number": channel.attr("tvg-chno"),
-    })
+    }))
 }
 
 /// Counts, by stream id of each entry's own URL, what changed from `old` to `new`.

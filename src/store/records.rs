@@ -9,7 +9,7 @@ use super::{CounterSet, Kind, Loaded};
 use crate::events::{WebhookRecord, Webhooks};
 use crate::model::StreamType;
 use crate::registry::{Registry, RestoredStream, Stored, StreamEntry};
-use crate::stream::{StreamOptions, StreamSettings};
+use crate::stream::{Metadata, StreamOptions, StreamSettings};
 
 /// A stream as stored (kind `stream`, keyed by its id): what `POST /streams` gave, with
 /// header values (they may be tokens: the database file is mode 0600), and where failover
@@ -64,7 +64,7 @@ impl StreamRecord {
                     )
                 })
                 .collect(),
-            metadata: s.metadata.clone(),
+            metadata: s.metadata.as_ref().map(Metadata::value),
             stream_type: s.stream_type,
             provider: s.provider.clone(),
             failover_resolver_url: s.options.failover_resolver_url.as_ref().map(Url::to_string),
@@ -95,7 +95,7 @@ impl StreamRecord {
                 .collect::<Result<_, _>>()?,
             user_agent: self.user_agent.clone(),
             headers,
-            metadata: self.metadata.clone(),
+            metadata: self.metadata.as_ref().map(Metadata::new),
             stream_type: self.stream_type,
             provider: self.provider.clone(),
             options: StreamOptions {
