@@ -19,10 +19,17 @@ async fn main() {
         size_of::<m3u_proxy::stream::UrlCursor>(), size_of::<m3u_proxy::stream::Listings>(),
         size_of::<axum::http::HeaderMap>(), size_of::<url::Url>(), size_of::<m3u_proxy::stream::StreamOptions>(),
         size_of::<m3u_proxy::registry::Counters>(), size_of::<m3u_proxy::registry::Stored>());
-    let _a = measure("metadata", n, |n| json!({"playlist": "pl-0123456789ab", "playlist_name": "big",
+    let _a = measure("metadata", n, |n| {
+        json!({"playlist": "pl-0123456789ab", "playlist_name": "big",
                 "tvg_id": format!("ch{n}.example"), "tvg_name": format!("Channel {n}"),
-                "group": format!("Group {}", n % 40), "channel_number": n.to_string()}));
-    let _b = measure("url", n, |n| url::Url::parse(&format!("http://provider.example:8080/live/user/pass/{n}.ts")).unwrap());
+                "group": format!("Group {}", n % 40), "channel_number": n.to_string()})
+    });
+    let _b = measure("url", n, |n| {
+        url::Url::parse(&format!(
+            "http://provider.example:8080/live/user/pass/{n}.ts"
+        ))
+        .unwrap()
+    });
     let _c = measure("watch", n, |_| tokio::sync::watch::Sender::new(0u64));
     let parent = tokio_util::sync::CancellationToken::new();
     let _d = measure("child token", n, |_| parent.child_token());

@@ -738,7 +738,9 @@ impl Channels {
                     list_routes.push(None);
                     continue;
                 };
-                let key = definition.merge.and_then(|k| merge_key(k, &channel.channel()));
+                let key = definition
+                    .merge
+                    .and_then(|k| merge_key(k, &channel.channel()));
                 if let Some(id) = key.as_ref().and_then(|k| merged.get(k)) {
                     if let Some(d) = desired.get_mut(id) {
                         if !d.urls.contains(&t.url) {

@@ -166,7 +166,10 @@ mod tests {
         cursor.renew();
         let mut rx = cursor.subscribe();
         assert_eq!(*rx.borrow_and_update(), 4);
-        assert_eq!(cursor.switch(0, 2, None), Switched::Moved { from: 0, to: 1 });
+        assert_eq!(
+            cursor.switch(0, 2, None),
+            Switched::Moved { from: 0, to: 1 }
+        );
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 5);
         // A second viewer shares the same watch.
