@@ -244,18 +244,20 @@ impl ListState {
 
 /// The stream all lists want at one id.
 #[derive(Debug, Clone, PartialEq)]
-struct Desired {
-    urls: Vec<Url>,
-    user_agent: Option<String>,
-    headers: Vec<(String, String)>,
+struct Desired<'a> {
+    /// Borrowed from the lists' targets: only the streams that changed are copied, into
+    /// their settings.
+    urls: Vec<&'a Url>,
+    user_agent: Option<&'a str>,
+    headers: &'a [(String, String)],
     /// The list and entry whose channel it is first, which its metadata describes (built
     /// only when needed: 50,000 of them at once would cost tens of megabytes).
     first: (usize, usize),
     stream_type: StreamType,
-    provider: Option<String>,
+    provider: Option<&'a str>,
 }
 
-impl Desired {
+impl Desired<'_> {
     /// Changes when any of it changes: what the last reconcile registered is kept as this,
     /// not as a second copy of every stream's settings.
     fn digest(&self, metadata: &Metadata) -> u64 {
@@ -273,7 +275,7 @@ impl Desired {
 
     fn settings(&self, metadata: Metadata) -> StreamSettings {
         let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
+        for (k, v) in self.headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
@@ -283,12 +285,12 @@ impl Desired {
         }
         StreamSettings {
             original_url: self.urls[0].clone(),
-            failover_urls: self.urls[1..].to_vec(),
-            user_agent: self.user_agent.clone(),
+            failover_urls: self.urls[1..].iter().map(|u| (*u).clone()).collect(),
+            user_agent: self.user_agent.map(str::to_owned),
             headers,
             metadata: Some(metadata),
             stream_type: self.stream_type,
-            provider: self.provider.clone(),
+            provider: self.provider.map(str::to_owned),
             options: Default::default(),
         }
     }
@@ -743,8 +745,8 @@ impl Channels {
                     .and_then(|k| merge_key(k, &channel.channel()));
                 if let Some(id) = key.as_ref().and_then(|k| merged.get(k)) {
                     if let Some(d) = desired.get_mut(id) {
-                        if !d.urls.contains(&t.url) {
-                            d.urls.push(t.url.clone());
+                        if !d.urls.contains(&&t.url) {
+                            d.urls.push(&t.url);
                         }
                         list_routes.push(Some(Route {
                             stream_id: id.clone(),
@@ -755,12 +757,15 @@ impl Channels {
                 }
                 let id = t.own_id.clone();
                 let d = desired.entry(id.clone()).or_insert_with(|| Desired {
-                    urls: vec![t.url.clone()],
-                    user_agent: t.user_agent.clone(),
-                    headers: t.headers.clone(),
+                    urls: vec![&t.url],
+                    user_agent: t.user_agent.as_deref(),
+                    headers: &t.headers,
                     first: (list_index, entry_index),
                     stream_type: t.stream_type,
-                    provider: definition.provider.clone().filter(|p| !p.trim().is_empty()),
+                    provider: definition
+                        .provider
+                        .as_deref()
+                        .filter(|p| !p.trim().is_empty()),
                 });
                 list_routes.push(Some(Route {
                     stream_id: id.clone(),
