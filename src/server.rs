@@ -285,6 +285,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
                     .ok()
             })
             .collect(),
+        &restored.listed_counters,
     );
     Ok(AppState {
         channels: Arc::new(channels),

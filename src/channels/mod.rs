@@ -67,6 +67,10 @@ const MAX_REFRESH_MINUTES: u64 = 525_600;
 /// How often retiring streams are checked and due refreshes started.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Most timed refreshes running at once: each in a task of its own, so a slow or hanging
+/// origin holds up only its own list.
+pub const MAX_CONCURRENT_REFRESHES: usize = 4;
+
 /// Most ticks between two touches of every list stream, which keeps them from the idle
 /// sweep (`STREAM_TIMEOUT`): a channel of a list is there until the list drops it.
 const TOUCH_EVERY_TICKS: u32 = 30;
@@ -329,9 +333,10 @@ struct GuideState {
 }
 
 /// What a reconcile did to the registry.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Applied {
-    removed: usize,
+    /// The streams removed, whose stored counters go with them.
+    removed: Vec<String>,
     retiring: usize,
 }
 
@@ -353,6 +358,8 @@ pub struct Channels {
     retiring: Mutex<HashSet<String>>,
     /// When each list with an interval is refreshed next.
     next_refresh: Mutex<HashMap<String, Instant>>,
+    /// The lists whose timed refresh is running or waiting for a place.
+    refreshing: Mutex<HashSet<String>>,
     /// Where each list's record is kept across restarts.
     store: Arc<Store>,
 }
@@ -380,6 +387,7 @@ impl Channels {
             applied: Mutex::default(),
             retiring: Mutex::default(),
             next_refresh: Mutex::default(),
+            refreshing: Mutex::default(),
             store: Arc::new(Store::memory()),
         }
     }
@@ -451,7 +459,8 @@ impl Channels {
             source: text,
             refreshed_at: now,
         };
-        self.install(record, None);
+        let removed = self.install(record, None);
+        self.forget(&removed).await;
         self.schedule(&id);
         self.refresh_guide(&id).await;
         self.persist(&id).await?;
@@ -507,7 +516,8 @@ impl Channels {
                 if self.list(id).is_err() {
                     return Err(ChannelError::NotFound(id.to_owned()));
                 }
-                self.install(record, Some(&old));
+                let removed = self.install(record, Some(&old));
+                self.forget(&removed).await;
                 self.refresh_guide(id).await;
                 self.persist(id).await?;
                 self.info(id)
@@ -529,17 +539,31 @@ impl Channels {
     }
 
     /// Builds the state of `record`, puts it in place of `old` and applies it.
-    fn install(&self, record: ChannelListRecord, old: Option<&ListState>) {
+    /// Returns the streams it removed.
+    fn install(&self, record: ChannelListRecord, old: Option<&ListState>) -> Vec<String> {
         let state = Arc::new(self.build(record, old));
         let id = state.record.id.clone();
         self.lists
             .write()
             .expect("lists lock")
             .insert(id.clone(), state.clone());
-        self.reconcile();
+        let done = self.reconcile();
         let result = lock(&state.last_result).clone();
         self.announce(&state, &result);
         tracing::info!(playlist = %id, channels = state.channel_count(), counts = ?result.counts, "channel list applied");
+        done.removed
+    }
+
+    /// Deletes the stored counters of streams the lists dropped (they have no document;
+    /// a delete of their id removes the counters). A failure leaves them behind, to be
+    /// added to the stream if its URL comes back.
+    async fn forget(&self, removed: &[String]) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.delete_all(Kind::Stream, removed).await {
+            tracing::warn!(error = %e, streams = removed.len(), "stored counters of dropped channels not deleted");
+        }
     }
 
     fn announce(&self, list: &ListState, result: &RefreshResult) {
@@ -727,8 +751,10 @@ impl Channels {
     fn reconcile(&self) -> Applied {
         let mut applied = lock(&self.applied);
         let lists = self.sorted_lists();
-        let mut desired: HashMap<String, Desired> = HashMap::new();
-        let mut merged: HashMap<(MergeKey, String), String> = HashMap::new();
+        // Keyed by the targets' ids, borrowed: a reconcile of 50,000 channels copies only
+        // what it keeps.
+        let mut desired: HashMap<&str, Desired> = HashMap::new();
+        let mut merged: HashMap<(MergeKey, String), &str> = HashMap::new();
         let mut routes = HashMap::new();
         for (list_index, list) in lists.iter().enumerate() {
             let definition = &list.record.definition;
@@ -744,19 +770,19 @@ impl Channels {
                     .merge
                     .and_then(|k| merge_key(k, &channel.channel()));
                 if let Some(id) = key.as_ref().and_then(|k| merged.get(k)) {
-                    if let Some(d) = desired.get_mut(id) {
+                    if let Some(d) = desired.get_mut(*id) {
                         if !d.urls.contains(&&t.url) {
                             d.urls.push(&t.url);
                         }
                         list_routes.push(Some(Route {
-                            stream_id: id.clone(),
+                            stream_id: (*id).to_owned(),
                             stream_type: d.stream_type,
                         }));
                         continue;
                     }
                 }
-                let id = t.own_id.clone();
-                let d = desired.entry(id.clone()).or_insert_with(|| Desired {
+                let id = t.own_id.as_str();
+                let d = desired.entry(id).or_insert_with(|| Desired {
                     urls: vec![&t.url],
                     user_agent: t.user_agent.as_deref(),
                     headers: &t.headers,
@@ -768,7 +794,7 @@ impl Channels {
                         .filter(|p| !p.trim().is_empty()),
                 });
                 list_routes.push(Some(Route {
-                    stream_id: id.clone(),
+                    stream_id: id.to_owned(),
                     stream_type: d.stream_type,
                 }));
                 if let Some(k) = key {
@@ -782,16 +808,20 @@ impl Channels {
             let (list, entry) = d.first;
             let meta = metadata(&lists[list].record, &lists[list].entries[entry].channel());
             let digest = d.digest(&meta);
-            digests.insert(id.clone(), digest);
-            if applied.get(id) != Some(&digest) || self.registry.stream(id).is_none() {
+            digests.insert((*id).to_owned(), digest);
+            if applied.get(*id) != Some(&digest) || self.registry.stream(id).is_none() {
                 // One `playlist_refreshed` event says what changed, not one event per stream.
-                self.registry.upsert_quietly(d.settings(meta));
+                let (entry, _) = self.registry.upsert_quietly(d.settings(meta));
+                entry.set_listed();
             }
         }
         let mut done = Applied::default();
         let mut retiring = lock(&self.retiring);
-        retiring.retain(|id| !desired.contains_key(id));
-        for id in applied.keys().filter(|id| !desired.contains_key(*id)) {
+        retiring.retain(|id| !desired.contains_key(id.as_str()));
+        for id in applied
+            .keys()
+            .filter(|id| !desired.contains_key(id.as_str()))
+        {
             match self.registry.stream(id) {
                 Some(s) if self.is_playing(&s) => {
                     retiring.insert(id.clone());
@@ -799,7 +829,7 @@ impl Channels {
                 }
                 Some(_) => {
                     self.registry.remove_stream(id, Removal::Deleted);
-                    done.removed += 1;
+                    done.removed.push(id.clone());
                 }
                 None => {}
             }
@@ -825,6 +855,7 @@ impl Channels {
             .ok_or_else(|| ChannelError::NotFound(id.to_owned()))?;
         lock(&self.next_refresh).remove(id);
         let done = self.reconcile();
+        self.forget(&done.removed).await;
         let guide = self.guides.write().expect("guides lock").remove(id);
         if let Some(file) = guide.and_then(|g| g.file) {
             let _ = std::fs::remove_file(file.path);
@@ -832,7 +863,7 @@ impl Channels {
         self.persist(id).await?;
         Ok(crate::model::PlaylistDeleted {
             id: id.to_owned(),
-            streams_removed: done.removed,
+            streams_removed: done.removed.len(),
             streams_retiring: done.retiring,
         })
     }
@@ -1039,10 +1070,9 @@ impl Channels {
         let mut next = lock(&self.next_refresh);
         match list.record.definition.refresh_interval_minutes {
             Some(m) if m > 0 => {
-                next.insert(
-                    id.to_owned(),
-                    Instant::now() + Duration::from_secs(m.min(MAX_REFRESH_MINUTES) * 60),
-                );
+                let minute = self.config.channels.refresh_minute;
+                let minutes = u32::try_from(m.min(MAX_REFRESH_MINUTES)).unwrap_or(u32::MAX);
+                next.insert(id.to_owned(), Instant::now() + minute * minutes);
             }
             _ => {
                 next.remove(id);
@@ -1058,9 +1088,10 @@ impl Channels {
             .collect()
     }
 
-    /// Puts stored lists back at startup, without fetching; a guide file left in the
-    /// guide directory is served again.
-    pub fn restore(&self, records: Vec<ChannelListRecord>) {
+    /// Puts stored lists back at startup, without fetching, their streams with the
+    /// counters stored for them (`counters`, by stream id); a guide file left in the guide
+    /// directory is served again.
+    pub fn restore(&self, records: Vec<ChannelListRecord>, counters: &HashMap<String, [u64; 4]>) {
         for record in records {
             let id = record.id.clone();
             let state = Arc::new(self.build(record, None));
@@ -1085,17 +1116,24 @@ impl Channels {
             }
         }
         self.reconcile();
+        for id in lock(&self.applied).keys() {
+            if let (Some(values), Some(s)) = (counters.get(id), self.registry.stream(id)) {
+                s.restore_counters(*values);
+            }
+        }
     }
 
-    /// Removes retired streams whose viewers left, keeps list streams from the idle sweep,
-    /// and starts the refreshes that are due.
+    /// Removes retired streams whose viewers left and keeps list streams from the idle
+    /// sweep.
     async fn tick(&self, count: u32) {
         let retiring: Vec<String> = lock(&self.retiring).iter().cloned().collect();
+        let mut removed = Vec::new();
         for id in retiring {
             let gone = match self.registry.stream(&id) {
                 Some(s) if self.is_playing(&s) => false,
                 Some(_) => {
                     self.registry.remove_stream(&id, Removal::Deleted);
+                    removed.push(id.clone());
                     true
                 }
                 None => true,
@@ -1104,6 +1142,7 @@ impl Channels {
                 lock(&self.retiring).remove(&id);
             }
         }
+        self.forget(&removed).await;
         // Often enough for any STREAM_TIMEOUT: at least twice per timeout.
         let touch_every = self.config.stream_timeout.map_or(TOUCH_EVERY_TICKS, |t| {
             ((t.as_secs() / 2) as u32).clamp(1, TOUCH_EVERY_TICKS)
@@ -1117,15 +1156,20 @@ impl Channels {
                 }
             }
         }
+    }
+
+    /// The lists whose refresh time has come and whose refresh is not already running,
+    /// marked as running.
+    fn take_due(&self) -> Vec<String> {
         let now = Instant::now();
+        let mut refreshing = lock(&self.refreshing);
         let due: Vec<String> = lock(&self.next_refresh)
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(id, at)| **at <= now && !refreshing.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in due {
-            let _ = self.refresh(&id).await;
-        }
+        refreshing.extend(due.iter().cloned());
+        due
     }
 
     /// Runs the periodic work until the handle is aborted.
@@ -1134,10 +1178,23 @@ impl Channels {
             let mut ticks = tokio::time::interval(TICK);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut count = 0u32;
+            // Aborted with this task.
+            let mut refreshes = tokio::task::JoinSet::new();
+            let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REFRESHES));
             loop {
                 ticks.tick().await;
                 count = count.wrapping_add(1);
                 self.tick(count).await;
+                for id in self.take_due() {
+                    let (this, places) = (self.clone(), places.clone());
+                    refreshes.spawn(async move {
+                        if let Ok(_place) = places.acquire_owned().await {
+                            let _ = this.refresh(&id).await;
+                        }
+                        lock(&this.refreshing).remove(&id);
+                    });
+                }
+                while refreshes.try_join_next().is_some() {}
             }
         })
     }
@@ -1251,13 +1308,13 @@ fn metadata(record: &ChannelListRecord, channel: &Channel) -> Metadata {
 
 /// Counts, by stream id of each entry's own URL, what changed from `old` to `new`.
 fn count_changes(old: &[Option<Target>], new: &[Option<Target>], errors: usize) -> RefreshCounts {
-    let by_id = |targets: &[Option<Target>]| -> HashMap<String, u64> {
+    fn by_id(targets: &[Option<Target>]) -> HashMap<&str, u64> {
         targets
             .iter()
             .flatten()
-            .map(|t| (t.own_id.clone(), t.fingerprint))
+            .map(|t| (t.own_id.as_str(), t.fingerprint))
             .collect()
-    };
+    }
     let (old, new) = (by_id(old), by_id(new));
     let mut counts = RefreshCounts {
         errors,
@@ -1307,7 +1364,7 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
         assert_eq!(stored, record);
         let channels = channels();
-        channels.restore(vec![stored]);
+        channels.restore(vec![stored], &HashMap::new());
         let info = channels.info("pl-000000000001").unwrap();
         assert_eq!((info.channel_count, info.errors.len()), (2, 1));
         assert_eq!(channels.registry.stream_count(), 2);

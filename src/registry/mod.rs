@@ -231,6 +231,9 @@ pub struct StreamEntry {
     totals: Arc<Counters>,
     /// What the store holds: see [`Stored`].
     pub stored: Stored,
+    /// A channel list's stream: it has no stored document, and its counters are stored
+    /// under its id all the same.
+    listed: AtomicBool,
 }
 
 /// How far the store has caught up with a stream: its persistent counters as last handed
@@ -409,6 +412,33 @@ impl StreamEntry {
     /// since it was registered.
     pub fn generation(&self) -> u64 {
         self.cursor.generation()
+    }
+
+    /// Marks the stream as a channel list's (see [`StreamEntry::is_listed`]).
+    pub fn set_listed(&self) {
+        self.listed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a channel list registered the stream: it has no stored document, and its
+    /// counters are stored under its id all the same.
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Relaxed)
+    }
+
+    /// Adds counters the store held for this stream (a channel list's, registered again at
+    /// start-up), taken as stored already.
+    pub fn restore_counters(&self, values: [u64; 4]) {
+        self.counters.restore(values);
+        let stored = self
+            .stored
+            .counters
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed));
+        let mut sum = [0; 4];
+        for i in 0..4 {
+            sum[i] = stored[i] + values[i];
+        }
+        self.stored.mark_counters(sum);
     }
 
     /// Whether the stream was deleted (or the proxy is shutting down): an atomic load.
@@ -790,6 +820,7 @@ impl Registry {
             events: self.events.clone(),
             totals: self.totals.clone(),
             stored: Stored::restored(r.counters, r.generation),
+            listed: AtomicBool::new(false),
         })
     }
 

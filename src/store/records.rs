@@ -121,6 +121,9 @@ pub struct Restored {
     /// Providers and channel lists, for their modules to take (issues 13 and 15).
     pub providers: Vec<(String, serde_json::Value)>,
     pub channel_lists: Vec<(String, serde_json::Value)>,
+    /// Counters stored without a stream document: the channel lists' streams', which the
+    /// lists register again.
+    pub listed_counters: std::collections::HashMap<String, [u64; 4]>,
 }
 
 /// Puts streams (with their position and counters), the proxy totals and webhooks back,
@@ -180,6 +183,11 @@ pub fn restore(mut loaded: Loaded, registry: &Registry, webhooks: &Webhooks) -> 
     }
     restored.providers = loaded.docs.remove(&Kind::Provider).unwrap_or_default();
     restored.channel_lists = loaded.docs.remove(&Kind::ChannelList).unwrap_or_default();
+    restored.listed_counters = loaded
+        .stream_counters
+        .into_iter()
+        .map(|(id, set)| (id, set.to_array()))
+        .collect();
     restored
 }
 
