@@ -189,7 +189,8 @@ async fn main() {
             metadata: Some(
                 json!({"playlist": "pl-0123456789ab", "playlist_name": "big",
                 "tvg_id": format!("ch{n}.example"), "tvg_name": format!("Channel {n}"),
-                "group": format!("Group {}", n % 40), "channel_number": n.to_string()}),
+                "group": format!("Group {}", n % 40), "channel_number": n.to_string()})
+                .into(),
             ),
             stream_type: m3u_proxy::model::StreamType::Direct,
             provider: None,

@@ -71,6 +71,9 @@ pub struct ChannelSettings {
     pub max_list_bytes: u64,
     /// The tuners the HDHomeRun emulation announces (`HDHOMERUN_TUNER_COUNT`).
     pub tuner_count: u32,
+    /// How long one minute of a list's `refresh_interval_minutes` lasts: a minute. Not a
+    /// setting: tests shorten it to see timed refreshes happen.
+    pub refresh_minute: std::time::Duration,
 }
 
 impl Default for ChannelSettings {
@@ -79,6 +82,7 @@ impl Default for ChannelSettings {
             public_url: None,
             max_list_bytes: 100 * 1024 * 1024,
             tuner_count: 2,
+            refresh_minute: std::time::Duration::from_secs(60),
         }
     }
 }

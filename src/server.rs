@@ -252,7 +252,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
             .with_client_limits(config.client_limits),
     );
     let webhooks = Webhooks::default();
-    let restored = store::restore(&loaded, &registry, &webhooks);
+    let restored = store::restore(loaded, &registry, &webhooks);
     tracing::info!(
         backend = store.backend(),
         path = store.location().unwrap_or("-"),
@@ -262,8 +262,8 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         "state store"
     );
     let providers = Providers::new(Arc::new(LocalSlots::default()), Some(registry.clone()));
-    providers.restore(restored.providers.iter().filter_map(|(name, doc)| {
-        serde_json::from_value::<ProviderRecord>(doc.clone())
+    providers.restore(restored.providers.into_iter().filter_map(|(name, doc)| {
+        serde_json::from_value::<ProviderRecord>(doc)
             .map_err(|error| tracing::warn!(provider = %name, %error, "stored provider skipped"))
             .ok()
     }));
@@ -278,13 +278,14 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     channels.restore(
         restored
             .channel_lists
-            .iter()
+            .into_iter()
             .filter_map(|(id, doc)| {
-                serde_json::from_value::<ChannelListRecord>(doc.clone())
+                serde_json::from_value::<ChannelListRecord>(doc)
                     .map_err(|error| tracing::warn!(playlist = %id, %error, "stored channel list skipped"))
                     .ok()
             })
             .collect(),
+        &restored.listed_counters,
     );
     Ok(AppState {
         channels: Arc::new(channels),

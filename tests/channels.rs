@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -871,4 +871,157 @@ async fn a_refresh_interval_over_a_year_is_refused() {
         .unwrap();
     assert_eq!(huge.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(proxy.get_json("/playlists").await["total"], 0);
+}
+
+/// A provider-shaped list of `channels` entries pointing at `origin`, about 150 bytes each.
+fn big_list(origin: &Origin, channels: usize) -> String {
+    let mut body = String::from("#EXTM3U\n");
+    for n in 0..channels {
+        body.push_str(&format!(
+            "#EXTINF:-1 tvg-id=\"ch{n}\" group-title=\"Group {}\",Channel {n}\n{}\n",
+            n % 7,
+            origin.url(&format!("/live/user/pass/{n}.ts"))
+        ));
+    }
+    body
+}
+
+#[tokio::test]
+async fn an_upload_over_two_megabytes_imports_and_one_over_the_limit_is_a_413() {
+    let origin = start_origin().await;
+    let proxy = Proxy::start_with(|c| c.channels.max_list_bytes = 6 * 1024 * 1024).await;
+    let body = big_list(&origin, 40_000);
+    assert!(body.len() > 3 * 1024 * 1024 && body.len() < 6 * 1024 * 1024);
+    let res = proxy
+        .http
+        .post(proxy.url("/playlists?name=Big"))
+        .header("content-type", M3U)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let info: Value = res.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{info}");
+    assert_eq!(info["channel_count"], 40_000);
+    let out = text(
+        &proxy,
+        &format!("/playlists/{}/playlist.m3u", info["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(urls(&out).len(), 40_000);
+
+    // Over the limit, declared: refused before it is read.
+    let over = big_list(&origin, 60_000);
+    assert!(over.len() > 6 * 1024 * 1024);
+    let res = proxy
+        .http
+        .post(proxy.url("/playlists?name=Over"))
+        .header("content-type", M3U)
+        .body(over.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["code"], "payload_too_large");
+    let detail = err["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("6291456 bytes (CHANNEL_LIST_MAX_MB)"),
+        "{detail}"
+    );
+    // Over the limit, chunked without a length: refused once it grows past it.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = over
+        .as_bytes()
+        .chunks(256 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let res = proxy
+        .http
+        .post(proxy.url("/playlists?name=Over"))
+        .header("content-type", M3U)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        proxy.get_json("/playlists").await["playlists"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A JSON definition keeps the management limit.
+    let padded = json!({"name": "J", "url": origin.url("/a.m3u"), "provider": "x".repeat(2 << 20)});
+    let (status, err) = post_json(&proxy, "/playlists", padded).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn timed_refreshes_come_on_their_interval_and_a_hanging_origin_holds_up_only_its_list() {
+    let origin = Origin::start().await;
+    let entry = |n: usize| format!("#EXTINF:-1,Ch {n}\n{}\n", origin.url(&format!("/c/{n}.ts")));
+    origin.put("/slow.m3u", format!("#EXTM3U\n{}", entry(0)), M3U);
+    origin.put("/fast.m3u", format!("#EXTM3U\n{}", entry(1)), M3U);
+    // One minute of `refresh_interval_minutes` lasts 400 ms here.
+    let proxy = Proxy::start_with(|c| c.channels.refresh_minute = Duration::from_millis(400)).await;
+    let slow = import(
+        &proxy,
+        json!({"name": "slow", "url": origin.url("/slow.m3u"), "refresh_interval_minutes": 1}),
+    )
+    .await;
+    let fast = import(
+        &proxy,
+        json!({"name": "fast", "url": origin.url("/fast.m3u"), "refresh_interval_minutes": 2}),
+    )
+    .await;
+    let (slow_id, fast_id) = (slow["id"].as_str().unwrap(), fast["id"].as_str().unwrap());
+    // The slow list's origin now accepts and never answers: its refresh waits 30 s.
+    origin.fault("/slow.m3u", Fault::Hang);
+    let hung = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the slow list's refresh to start",
+        || async { (origin.hits("/slow.m3u") >= 2).then_some(()) },
+    )
+    .await;
+    // The fast list changes at its origin and nobody asks for a refresh.
+    origin.put(
+        "/fast.m3u",
+        format!("#EXTM3U\n{}{}", entry(1), entry(2)),
+        M3U,
+    );
+    let info = eventually(
+        Duration::from_secs(10),
+        "a timed refresh of the fast list",
+        || async {
+            let info = proxy.get_json(&format!("/playlists/{fast_id}")).await;
+            (info["channel_count"] == 2).then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(info["last_result"]["ok"], true, "{info}");
+    assert_eq!(info["last_result"]["counts"]["added"], 1, "{info}");
+    // And it keeps coming, every 800 ms, while the slow one still hangs.
+    let first = info["last_refresh"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), "another timed refresh", || async {
+        let info = proxy.get_json(&format!("/playlists/{fast_id}")).await;
+        (info["last_refresh"].as_str() != Some(&first)).then_some(())
+    })
+    .await;
+    assert!(
+        hung.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        hung.elapsed()
+    );
+    // The hanging refresh is not started twice, and the slow list is kept as it was.
+    assert_eq!(origin.hits("/slow.m3u"), 2);
+    let info = proxy.get_json(&format!("/playlists/{slow_id}")).await;
+    assert_eq!(info["channel_count"], 1, "{info}");
 }

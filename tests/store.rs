@@ -699,3 +699,115 @@ async fn a_channel_list_survives_a_restart_with_its_stream_ids() {
     assert_eq!(lists["total"], 0, "{lists}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_channel_list_streams_counters_survive_a_sigkill_and_go_with_the_list() {
+    let origin = Origin::start().await;
+    serve_channel(&origin, 0);
+    serve_channel(&origin, 1);
+    let data = TempDir::new("store-list-counters");
+    let dir = data.path().display().to_string();
+    let launch = || {
+        let dir = dir.clone();
+        start(move |port| {
+            let envs = vec![
+                ("M3U_PROXY_HOST", "127.0.0.1".into()),
+                ("M3U_PROXY_PORT", port.to_string()),
+                ("M3U_PROXY_DATA_DIR", dir.clone()),
+                ("STATE_FLUSH_INTERVAL", "0.2".into()),
+                ("LOG_LEVEL", "warn".into()),
+            ];
+            (envs, vec![])
+        })
+    };
+    let http = http_client();
+    let (mut child, base) = launch().await;
+    let list = format!(
+        "#EXTM3U\n#EXTINF:-1 tvg-id=\"zero\",Zero\n{}\n#EXTINF:-1 tvg-id=\"one\",One\n{}\n",
+        origin.url("/ch/0/index.m3u8"),
+        origin.url("/ch/1/index.m3u8")
+    );
+    let res = http
+        .post(format!("{base}/playlists?name=home"))
+        .header("content-type", "audio/x-mpegurl")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let list_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let streams = get_json(&http, format!("{base}/streams")).await;
+    let mut ids: Vec<(String, String)> = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["original_url"].as_str().unwrap().to_string(),
+                s["stream_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    let played = &ids[0].1;
+    assert_eq!(play(&http, &base, played).await, 3 * 2048);
+    let bytes = |base: String, id: String| {
+        let http = http.clone();
+        async move {
+            get_json(&http, format!("{base}/streams/{id}")).await["stream"]["total_bytes_served"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let before = bytes(base.clone(), played.clone()).await;
+    assert!(before >= 3 * 2048, "segments and the playlist: {before}");
+    let after_play = Instant::now();
+    flushed_after(&http, &base, after_play).await;
+    let status = kill(&mut child, "-KILL").await;
+    assert!(!status.success(), "killed: {status}");
+
+    let (mut child, base) = launch().await;
+    assert_eq!(
+        bytes(base.clone(), played.clone()).await,
+        before,
+        "the list channel's bytes after SIGKILL"
+    );
+    assert_eq!(bytes(base.clone(), ids[1].1.clone()).await, 0);
+    // Played again: the count goes on from there, and survives again.
+    assert_eq!(play(&http, &base, played).await, 3 * 2048);
+    let again = bytes(base.clone(), played.clone()).await;
+    assert!(again >= before + 3 * 2048, "{again} after {before}");
+    let since = Instant::now();
+    flushed_after(&http, &base, since).await;
+    kill(&mut child, "-KILL").await;
+    let (mut child, base) = launch().await;
+    assert_eq!(bytes(base.clone(), played.clone()).await, again);
+
+    // Deleting the list deletes its streams' counters: imported again (same URLs, same
+    // ids), they start from zero.
+    let res = http
+        .delete(format!("{base}/playlists/{list_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    kill(&mut child, "-TERM").await;
+    let (mut child, base) = launch().await;
+    let list = format!(
+        "#EXTM3U\n#EXTINF:-1,Zero\n{}\n",
+        origin.url("/ch/0/index.m3u8")
+    );
+    let res = http
+        .post(format!("{base}/playlists?name=again"))
+        .header("content-type", "audio/x-mpegurl")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(bytes(base.clone(), played.clone()).await, 0);
+    kill(&mut child, "-TERM").await;
+}

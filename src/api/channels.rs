@@ -42,6 +42,29 @@ const M3U_TYPES: [&str; 6] = [
     "text/plain",
 ];
 
+/// Whether a request is a channel-list upload (`POST /playlists` with an M3U body, under
+/// any `ROOT_PATH`): the connection leaves its body to the handler, which reads up to
+/// `CHANNEL_LIST_MAX_MB` rather than the management routes' 1 MB.
+pub(crate) fn is_list_upload(
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> bool {
+    method == axum::http::Method::POST
+        && uri.path().trim_end_matches('/').ends_with("/playlists")
+        && M3U_TYPES.contains(&content_type(headers).as_str())
+}
+
+/// The request's media type, lower case, without parameters.
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// The management routes, behind the API token.
 pub fn channels_router() -> Router<AppState> {
     Router::new()
@@ -119,7 +142,7 @@ impl utoipa::ToSchema for M3uUpload {}
         content((CreatePlaylist = "application/json"), (M3uUpload = "audio/x-mpegurl"), (M3uUpload = "text/plain"))),
     responses((status = 201, description = "The list is imported and its channels are streams", body = PlaylistInfo),
         (status = 400, description = "The body is not JSON (`malformed_json`), or the query or body cannot be read (`invalid_request`)", body = ErrorBody),
-        (status = 413, description = "The body is larger than the server reads (`payload_too_large`)", body = ErrorBody),
+        (status = 413, description = "An uploaded list is larger than `CHANNEL_LIST_MAX_MB`, or a JSON definition larger than 1 MB (`payload_too_large`)", body = ErrorBody),
         (status = 422, description = "The definition or the list is wrong: `invalid_body`, `missing_parameter`, `invalid_parameter` (`refresh_interval_minutes` over a year), `invalid_url`, `unsupported_scheme`, `invalid_header`, `playlist_too_large` (beyond `CHANNEL_LIST_MAX_MB`), `playlist_not_m3u`", body = ErrorBody),
         (status = 502, description = "The list's URL could not be fetched (`playlist_fetch_failed`)", body = ErrorBody),
         (status = 503, description = "The list is imported but not saved yet (`store_unavailable`)", body = ErrorBody),
@@ -129,15 +152,10 @@ pub(super) async fn create_playlist(
     State(state): State<AppState>,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<PlaylistInfo>), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let (definition, upload) = if M3U_TYPES.contains(&content_type.as_str()) {
+    let stall = state.config.connections.header_read_timeout;
+    let (definition, upload) = if M3U_TYPES.contains(&content_type(&headers).as_str()) {
         let definition = CreatePlaylist {
             name: query.name.unwrap_or_default(),
             provider: query.provider,
@@ -146,8 +164,21 @@ pub(super) async fn create_playlist(
             refresh_interval_minutes: query.refresh_interval_minutes,
             ..CreatePlaylist::default()
         };
-        (definition, Some(body.to_vec()))
+        let limit = state.config.channels.max_list_bytes;
+        let too_large =
+            || format!("the uploaded list is larger than {limit} bytes (CHANNEL_LIST_MAX_MB)");
+        (
+            definition,
+            Some(read_body(body, &headers, limit, stall, too_large).await?),
+        )
     } else {
+        let too_large = || {
+            format!(
+                "a list's definition is at most {MAX_DEFINITION_BYTES} bytes of JSON (upload \
+                 a list itself as audio/x-mpegurl)"
+            )
+        };
+        let body = read_body(body, &headers, MAX_DEFINITION_BYTES, stall, too_large).await?;
         (json_definition(&body)?, None)
     };
     let info = state
@@ -156,6 +187,65 @@ pub(super) async fn create_playlist(
         .await
         .map_err(api_error)?;
     Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Most bytes of a JSON definition: the management routes' limit (the connection reads
+/// those bodies before the handler, so this only guards a handler called directly).
+const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
+
+/// The request body, read as it arrives into one buffer of at most `limit` bytes: a
+/// declared `Content-Length` over it is refused before reading, and a body that grows past
+/// it is refused when it does (413 `payload_too_large`, `too_large` saying why); a body
+/// that stops arriving for `stall` is a 408.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    stall: std::time::Duration,
+    too_large: impl Fn() -> String,
+) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let refuse = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            too_large(),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(refuse());
+    }
+    // Room for what was declared, within a first allocation that a lying client cannot
+    // make large.
+    let mut out = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(16 << 20) as usize);
+    let mut chunks = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(stall, chunks.next())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body stopped arriving for {} s",
+                        stall.as_secs_f64()
+                    ),
+                )
+            })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_request", format!("cannot read the body: {e}"))
+        })?;
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Err(refuse());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// The JSON definition of a list. `refresh_interval_minutes` may be written `5.0`: JSON has

@@ -121,6 +121,7 @@ fn metadata_text(stream: &StreamEntry, field: &str) -> Option<String> {
         .metadata
         .as_ref()
         .and_then(|m| m.get(field))
+        .as_ref()
         .and_then(as_text)
 }
 

@@ -66,7 +66,7 @@ pub async fn create_stream(
         failover_urls,
         user_agent: req.user_agent.filter(|ua| !ua.is_empty()),
         headers,
-        metadata: req.metadata,
+        metadata: req.metadata.map(crate::stream::Metadata::from),
         stream_type: StreamType::Hls,
         provider: req.provider.filter(|p| !p.trim().is_empty()),
         options,

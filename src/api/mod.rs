@@ -37,6 +37,7 @@ use crate::proxy_url::Signer;
 use crate::registry::Registry;
 use crate::upstream::Upstream;
 
+pub(crate) use channels::is_list_upload;
 pub use metrics::{RequestCounts, MAX_STREAM_SERIES};
 pub(crate) use viewer::forwarded_ip;
 pub use viewer::Viewer;

@@ -784,7 +784,7 @@ mod tests {
         let (registry, stream) = (viewing.registry.clone(), viewing.stream.clone());
         let endless =
             futures_util::stream::repeat_with(|| Ok(Chunk::Bytes(Bytes::from_static(b"x"))));
-        let closed = stream.closed.clone().cancelled_owned();
+        let closed = stream.closed.token().cancelled_owned();
         let mut flowing = body(endless.boxed(), viewing, closed);
         assert!(flowing.next().await.is_some());
 
@@ -793,7 +793,7 @@ mod tests {
             stream.clone(),
             registry.client("d", &stream.id, "127.0.0.1", "ua").0,
         );
-        let closed = stream.closed.clone().cancelled_owned();
+        let closed = stream.closed.token().cancelled_owned();
         let mut waiting = body(
             futures_util::stream::pending().boxed(),
             waiting_viewing,

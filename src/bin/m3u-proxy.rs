@@ -257,6 +257,7 @@ impl Args {
                     .filter(|u| !u.is_empty()),
                 max_list_bytes: self.channel_list_max_mb.saturating_mul(1024 * 1024),
                 tuner_count: self.hdhomerun_tuner_count,
+                ..ChannelSettings::default()
             },
         })
     }

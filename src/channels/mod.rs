@@ -34,11 +34,11 @@ use crate::events::EventType;
 use crate::model::{
     CreatePlaylist, EntryError, MergeKey, PlaylistInfo, RefreshCounts, RefreshResult, StreamType,
 };
-use crate::playlist::iptv::{self, Channel, ChannelList};
+use crate::playlist::iptv::{self, Channel};
 use crate::playlist::iptv_write::{self, LineupEntry};
 use crate::registry::{Registry, Removal};
 use crate::store::{Kind, Store};
-use crate::stream::{StreamSettings, FORBIDDEN_UPSTREAM_HEADERS};
+use crate::stream::{Metadata, StreamSettings, FORBIDDEN_UPSTREAM_HEADERS};
 
 /// Longest URL accepted in an entry.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
@@ -66,6 +66,10 @@ const MAX_REFRESH_MINUTES: u64 = 525_600;
 
 /// How often retiring streams are checked and due refreshes started.
 const TICK: Duration = Duration::from_secs(1);
+
+/// Most timed refreshes running at once: each in a task of its own, so a slow or hanging
+/// origin holds up only its own list.
+pub const MAX_CONCURRENT_REFRESHES: usize = 4;
 
 /// Most ticks between two touches of every list stream, which keeps them from the idle
 /// sweep (`STREAM_TIMEOUT`): a channel of a list is there until the list drops it.
@@ -137,11 +141,79 @@ struct Target {
     fingerprint: u64,
 }
 
+/// What is kept of one entry after import, for filters, lineups, merges and metadata (the
+/// output is written from the source text, and the targets hold the rest): the display
+/// name, the group and the attributes [`KEPT_ATTRS`], in one string. A parsed
+/// [`Channel`] with those costs about 600 bytes (a vector and two strings per attribute);
+/// this about 120.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The fields one after another: name, group, then each of `KEPT_ATTRS`.
+    text: Box<str>,
+    /// Where each field ends in `text`.
+    ends: [u32; KEPT_FIELDS],
+    /// Bit `i`: field `i` is present (an empty value differs from none).
+    present: u8,
+    line: u32,
+}
+
+/// The display name, the group and each of [`KEPT_ATTRS`].
+const KEPT_FIELDS: usize = 2 + KEPT_ATTRS.len();
+
+impl Kept {
+    fn of(channel: &Channel) -> Self {
+        let fields = [Some(channel.name.as_str()), channel.group.as_deref()]
+            .into_iter()
+            .chain(KEPT_ATTRS.iter().map(|k| channel.attr(k)));
+        let mut kept = Kept {
+            line: u32::try_from(channel.line).unwrap_or(u32::MAX),
+            ..Kept::default()
+        };
+        let mut text = String::new();
+        for (i, field) in fields.enumerate() {
+            if let Some(value) = field {
+                text.push_str(value);
+                kept.present |= 1 << i;
+            }
+            kept.ends[i] = text.len() as u32;
+        }
+        kept.text = text.into_boxed_str();
+        kept
+    }
+
+    fn field(&self, i: usize) -> Option<&str> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (self.present & (1 << i) != 0).then(|| &self.text[start..self.ends[i] as usize])
+    }
+
+    /// The entry as a channel with only what is kept (its attributes in `KEPT_ATTRS`
+    /// order, under those names).
+    fn channel(&self) -> Channel {
+        Channel {
+            duration: -1.0,
+            attrs: KEPT_ATTRS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| self.field(2 + i).map(|v| ((*k).to_owned(), v.to_owned())))
+                .collect(),
+            name: self.field(0).unwrap_or("").to_owned(),
+            group: self.field(1).map(str::to_owned),
+            vlc_opts: Vec::new(),
+            extra_lines: Vec::new(),
+            url: String::new(),
+            line: self.line as usize,
+        }
+    }
+}
+
 /// One imported list.
 #[derive(Debug)]
 struct ListState {
     record: ChannelListRecord,
-    parsed: ChannelList,
+    /// Attributes of the `#EXTM3U` lines.
+    header_attrs: Vec<(String, String)>,
+    /// Per entry of the source, in order: what is kept of it.
+    entries: Vec<Kept>,
     /// Per entry of `parsed`: where it plays, or `None` when it was refused.
     targets: Vec<Option<Target>>,
     errors: Vec<EntryError>,
@@ -163,8 +235,10 @@ impl ListState {
             .filter(|u| !u.trim().is_empty())
             .or_else(|| {
                 ["url-tvg", "x-tvg-url"].iter().find_map(|k| {
-                    self.parsed
-                        .header_attr(k)
+                    self.header_attrs
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(k))
+                        .map(|(_, v)| v.as_str())
                         .and_then(|v| v.split(',').map(str::trim).find(|u| !u.is_empty()))
                         .map(str::to_owned)
                 })
@@ -174,36 +248,38 @@ impl ListState {
 
 /// The stream all lists want at one id.
 #[derive(Debug, Clone, PartialEq)]
-struct Desired {
-    urls: Vec<Url>,
-    user_agent: Option<String>,
-    headers: Vec<(String, String)>,
+struct Desired<'a> {
+    /// Borrowed from the lists' targets: only the streams that changed are copied, into
+    /// their settings.
+    urls: Vec<&'a Url>,
+    user_agent: Option<&'a str>,
+    headers: &'a [(String, String)],
     /// The list and entry whose channel it is first, which its metadata describes (built
     /// only when needed: 50,000 of them at once would cost tens of megabytes).
     first: (usize, usize),
     stream_type: StreamType,
-    provider: Option<String>,
+    provider: Option<&'a str>,
 }
 
-impl Desired {
+impl Desired<'_> {
     /// Changes when any of it changes: what the last reconcile registered is kept as this,
     /// not as a second copy of every stream's settings.
-    fn digest(&self, metadata: &serde_json::Value) -> u64 {
+    fn digest(&self, metadata: &Metadata) -> u64 {
         let mut h = DefaultHasher::new();
         for u in &self.urls {
             u.as_str().hash(&mut h);
         }
         self.user_agent.hash(&mut h);
         self.headers.hash(&mut h);
-        metadata.to_string().hash(&mut h);
+        metadata.as_str().hash(&mut h);
         self.stream_type.as_str().hash(&mut h);
         self.provider.hash(&mut h);
         h.finish()
     }
 
-    fn settings(&self, metadata: serde_json::Value) -> StreamSettings {
+    fn settings(&self, metadata: Metadata) -> StreamSettings {
         let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
+        for (k, v) in self.headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
@@ -213,12 +289,12 @@ impl Desired {
         }
         StreamSettings {
             original_url: self.urls[0].clone(),
-            failover_urls: self.urls[1..].to_vec(),
-            user_agent: self.user_agent.clone(),
+            failover_urls: self.urls[1..].iter().map(|u| (*u).clone()).collect(),
+            user_agent: self.user_agent.map(str::to_owned),
             headers,
             metadata: Some(metadata),
             stream_type: self.stream_type,
-            provider: self.provider.clone(),
+            provider: self.provider.map(str::to_owned),
             options: Default::default(),
         }
     }
@@ -257,9 +333,10 @@ struct GuideState {
 }
 
 /// What a reconcile did to the registry.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Applied {
-    removed: usize,
+    /// The streams removed, whose stored counters go with them.
+    removed: Vec<String>,
     retiring: usize,
 }
 
@@ -281,6 +358,8 @@ pub struct Channels {
     retiring: Mutex<HashSet<String>>,
     /// When each list with an interval is refreshed next.
     next_refresh: Mutex<HashMap<String, Instant>>,
+    /// The lists whose timed refresh is running or waiting for a place.
+    refreshing: Mutex<HashSet<String>>,
     /// Where each list's record is kept across restarts.
     store: Arc<Store>,
 }
@@ -308,6 +387,7 @@ impl Channels {
             applied: Mutex::default(),
             retiring: Mutex::default(),
             next_refresh: Mutex::default(),
+            refreshing: Mutex::default(),
             store: Arc::new(Store::memory()),
         }
     }
@@ -379,7 +459,8 @@ impl Channels {
             source: text,
             refreshed_at: now,
         };
-        self.install(record, None);
+        let removed = self.install(record, None);
+        self.forget(&removed).await;
         self.schedule(&id);
         self.refresh_guide(&id).await;
         self.persist(&id).await?;
@@ -435,7 +516,8 @@ impl Channels {
                 if self.list(id).is_err() {
                     return Err(ChannelError::NotFound(id.to_owned()));
                 }
-                self.install(record, Some(&old));
+                let removed = self.install(record, Some(&old));
+                self.forget(&removed).await;
                 self.refresh_guide(id).await;
                 self.persist(id).await?;
                 self.info(id)
@@ -457,17 +539,31 @@ impl Channels {
     }
 
     /// Builds the state of `record`, puts it in place of `old` and applies it.
-    fn install(&self, record: ChannelListRecord, old: Option<&ListState>) {
+    /// Returns the streams it removed.
+    fn install(&self, record: ChannelListRecord, old: Option<&ListState>) -> Vec<String> {
         let state = Arc::new(self.build(record, old));
         let id = state.record.id.clone();
         self.lists
             .write()
             .expect("lists lock")
             .insert(id.clone(), state.clone());
-        self.reconcile();
+        let done = self.reconcile();
         let result = lock(&state.last_result).clone();
         self.announce(&state, &result);
         tracing::info!(playlist = %id, channels = state.channel_count(), counts = ?result.counts, "channel list applied");
+        done.removed
+    }
+
+    /// Deletes the stored counters of streams the lists dropped (they have no document;
+    /// a delete of their id removes the counters). A failure leaves them behind, to be
+    /// added to the stream if its URL comes back.
+    async fn forget(&self, removed: &[String]) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.delete_all(Kind::Stream, removed).await {
+            tracing::warn!(error = %e, streams = removed.len(), "stored counters of dropped channels not deleted");
+        }
     }
 
     fn announce(&self, list: &ListState, result: &RefreshResult) {
@@ -491,44 +587,37 @@ impl Channels {
     }
 
     /// Parses `record`'s body and resolves each entry, counting what changed since `old`.
+    /// One entry at a time: only what is kept of each is held.
     fn build(&self, record: ChannelListRecord, old: Option<&ListState>) -> ListState {
-        let mut parsed = iptv::parse(&record.source);
         let definition = &record.definition;
         let list_headers = checked_headers(&definition.headers).unwrap_or_default();
         let mut errors = Vec::new();
         let mut error_count = 0;
-        let targets: Vec<Option<Target>> = parsed
-            .entries
-            .iter()
-            .map(
-                |channel| match self.target(channel, definition, &list_headers) {
-                    Ok(t) => Some(t),
-                    Err((code, detail)) => {
-                        error_count += 1;
-                        if errors.len() < MAX_LISTED_ERRORS {
-                            errors.push(EntryError {
-                                line: channel.line,
-                                url: channel.url.chars().take(200).collect(),
-                                code: code.to_owned(),
-                                detail,
-                            });
-                        }
-                        None
+        let mut entries = Vec::new();
+        let mut targets = Vec::new();
+        let header_attrs = iptv::parse_each(&record.source, |channel| {
+            match self.target(&channel, definition, &list_headers) {
+                Ok(t) => {
+                    targets.push(Some(t));
+                    entries.push(Kept::of(&channel));
+                }
+                Err((code, detail)) => {
+                    error_count += 1;
+                    if errors.len() < MAX_LISTED_ERRORS {
+                        errors.push(EntryError {
+                            line: channel.line,
+                            url: channel.url.chars().take(200).collect(),
+                            code: code.to_owned(),
+                            detail,
+                        });
                     }
-                },
-            )
-            .collect();
-        // Only what filters, lineups, merges and metadata read is kept: the output is
-        // written from the source text, and the targets hold the rest.
-        for channel in &mut parsed.entries {
-            channel
-                .attrs
-                .retain(|(k, _)| KEPT_ATTRS.iter().any(|kept| k.eq_ignore_ascii_case(kept)));
-            channel.attrs.shrink_to_fit();
-            channel.vlc_opts = Vec::new();
-            channel.extra_lines = Vec::new();
-            channel.url = String::new();
-        }
+                    targets.push(None);
+                    entries.push(Kept::default());
+                }
+            }
+        });
+        entries.shrink_to_fit();
+        targets.shrink_to_fit();
         let counts = count_changes(
             old.map(|o| &o.targets[..]).unwrap_or(&[]),
             &targets,
@@ -543,7 +632,8 @@ impl Channels {
                 counts,
             }),
             record,
-            parsed,
+            header_attrs,
+            entries,
             targets,
             errors,
         }
@@ -661,43 +751,50 @@ impl Channels {
     fn reconcile(&self) -> Applied {
         let mut applied = lock(&self.applied);
         let lists = self.sorted_lists();
-        let mut desired: HashMap<String, Desired> = HashMap::new();
-        let mut merged: HashMap<(MergeKey, String), String> = HashMap::new();
+        // Keyed by the targets' ids, borrowed: a reconcile of 50,000 channels copies only
+        // what it keeps.
+        let mut desired: HashMap<&str, Desired> = HashMap::new();
+        let mut merged: HashMap<(MergeKey, String), &str> = HashMap::new();
         let mut routes = HashMap::new();
         for (list_index, list) in lists.iter().enumerate() {
             let definition = &list.record.definition;
             let mut list_routes = Vec::with_capacity(list.targets.len());
             for (entry_index, (channel, target)) in
-                list.parsed.entries.iter().zip(&list.targets).enumerate()
+                list.entries.iter().zip(&list.targets).enumerate()
             {
                 let Some(t) = target else {
                     list_routes.push(None);
                     continue;
                 };
-                let key = definition.merge.and_then(|k| merge_key(k, channel));
+                let key = definition
+                    .merge
+                    .and_then(|k| merge_key(k, &channel.channel()));
                 if let Some(id) = key.as_ref().and_then(|k| merged.get(k)) {
-                    if let Some(d) = desired.get_mut(id) {
-                        if !d.urls.contains(&t.url) {
-                            d.urls.push(t.url.clone());
+                    if let Some(d) = desired.get_mut(*id) {
+                        if !d.urls.contains(&&t.url) {
+                            d.urls.push(&t.url);
                         }
                         list_routes.push(Some(Route {
-                            stream_id: id.clone(),
+                            stream_id: (*id).to_owned(),
                             stream_type: d.stream_type,
                         }));
                         continue;
                     }
                 }
-                let id = t.own_id.clone();
-                let d = desired.entry(id.clone()).or_insert_with(|| Desired {
-                    urls: vec![t.url.clone()],
-                    user_agent: t.user_agent.clone(),
-                    headers: t.headers.clone(),
+                let id = t.own_id.as_str();
+                let d = desired.entry(id).or_insert_with(|| Desired {
+                    urls: vec![&t.url],
+                    user_agent: t.user_agent.as_deref(),
+                    headers: &t.headers,
                     first: (list_index, entry_index),
                     stream_type: t.stream_type,
-                    provider: definition.provider.clone().filter(|p| !p.trim().is_empty()),
+                    provider: definition
+                        .provider
+                        .as_deref()
+                        .filter(|p| !p.trim().is_empty()),
                 });
                 list_routes.push(Some(Route {
-                    stream_id: id.clone(),
+                    stream_id: id.to_owned(),
                     stream_type: d.stream_type,
                 }));
                 if let Some(k) = key {
@@ -709,18 +806,22 @@ impl Channels {
         let mut digests = HashMap::with_capacity(desired.len());
         for (id, d) in &desired {
             let (list, entry) = d.first;
-            let meta = metadata(&lists[list].record, &lists[list].parsed.entries[entry]);
+            let meta = metadata(&lists[list].record, &lists[list].entries[entry].channel());
             let digest = d.digest(&meta);
-            digests.insert(id.clone(), digest);
-            if applied.get(id) != Some(&digest) || self.registry.stream(id).is_none() {
+            digests.insert((*id).to_owned(), digest);
+            if applied.get(*id) != Some(&digest) || self.registry.stream(id).is_none() {
                 // One `playlist_refreshed` event says what changed, not one event per stream.
-                self.registry.upsert_quietly(d.settings(meta));
+                let (entry, _) = self.registry.upsert_quietly(d.settings(meta));
+                entry.set_listed();
             }
         }
         let mut done = Applied::default();
         let mut retiring = lock(&self.retiring);
-        retiring.retain(|id| !desired.contains_key(id));
-        for id in applied.keys().filter(|id| !desired.contains_key(*id)) {
+        retiring.retain(|id| !desired.contains_key(id.as_str()));
+        for id in applied
+            .keys()
+            .filter(|id| !desired.contains_key(id.as_str()))
+        {
             match self.registry.stream(id) {
                 Some(s) if self.is_playing(&s) => {
                     retiring.insert(id.clone());
@@ -728,7 +829,7 @@ impl Channels {
                 }
                 Some(_) => {
                     self.registry.remove_stream(id, Removal::Deleted);
-                    done.removed += 1;
+                    done.removed.push(id.clone());
                 }
                 None => {}
             }
@@ -754,6 +855,7 @@ impl Channels {
             .ok_or_else(|| ChannelError::NotFound(id.to_owned()))?;
         lock(&self.next_refresh).remove(id);
         let done = self.reconcile();
+        self.forget(&done.removed).await;
         let guide = self.guides.write().expect("guides lock").remove(id);
         if let Some(file) = guide.and_then(|g| g.file) {
             let _ = std::fs::remove_file(file.path);
@@ -761,7 +863,7 @@ impl Channels {
         self.persist(id).await?;
         Ok(crate::model::PlaylistDeleted {
             id: id.to_owned(),
-            streams_removed: done.removed,
+            streams_removed: done.removed.len(),
             streams_retiring: done.retiring,
         })
     }
@@ -795,12 +897,11 @@ impl Channels {
         let d = &list.record.definition;
         let mut seen = HashSet::new();
         let groups = list
-            .parsed
             .entries
             .iter()
             .zip(&list.targets)
             .filter(|(_, t)| t.is_some())
-            .filter_map(|(c, _)| c.group.as_deref())
+            .filter_map(|(c, _)| c.field(1))
             .filter(|g| seen.insert(*g))
             .map(str::to_owned)
             .collect();
@@ -861,7 +962,8 @@ impl Channels {
             let Some(list_routes) = routes.get(&list.record.id) else {
                 continue;
             };
-            let entries = &list.parsed.entries;
+            let entries = &list.entries;
+            let everything = groups.is_empty() && query.is_none_or(str::is_empty);
             iptv_write::write_channels(
                 &mut out,
                 &list.record.source,
@@ -869,7 +971,8 @@ impl Channels {
                 guide(list).as_deref(),
                 |i| {
                     let route = list_routes.get(i)?.as_ref()?;
-                    iptv_write::selected(entries.get(i)?, groups, query)
+                    let entry = entries.get(i)?;
+                    (everything || iptv_write::selected(&entry.channel(), groups, query))
                         .then(|| format!("{base}{}", route.path()))
                 },
             );
@@ -890,7 +993,8 @@ impl Channels {
             let Some(list_routes) = routes.get(&list.record.id) else {
                 continue;
             };
-            let (entries, after) = iptv_write::lineup(&list.parsed, next, |i| {
+            let channels = list.entries.iter().map(Kept::channel);
+            let (entries, after) = iptv_write::lineup(channels, next, |i| {
                 let route = list_routes.get(i)?.as_ref()?;
                 Some(format!("{base}{}", route.path()))
             });
@@ -966,10 +1070,9 @@ impl Channels {
         let mut next = lock(&self.next_refresh);
         match list.record.definition.refresh_interval_minutes {
             Some(m) if m > 0 => {
-                next.insert(
-                    id.to_owned(),
-                    Instant::now() + Duration::from_secs(m.min(MAX_REFRESH_MINUTES) * 60),
-                );
+                let minute = self.config.channels.refresh_minute;
+                let minutes = u32::try_from(m.min(MAX_REFRESH_MINUTES)).unwrap_or(u32::MAX);
+                next.insert(id.to_owned(), Instant::now() + minute * minutes);
             }
             _ => {
                 next.remove(id);
@@ -985,9 +1088,10 @@ impl Channels {
             .collect()
     }
 
-    /// Puts stored lists back at startup, without fetching; a guide file left in the
-    /// guide directory is served again.
-    pub fn restore(&self, records: Vec<ChannelListRecord>) {
+    /// Puts stored lists back at startup, without fetching, their streams with the
+    /// counters stored for them (`counters`, by stream id); a guide file left in the guide
+    /// directory is served again.
+    pub fn restore(&self, records: Vec<ChannelListRecord>, counters: &HashMap<String, [u64; 4]>) {
         for record in records {
             let id = record.id.clone();
             let state = Arc::new(self.build(record, None));
@@ -1012,17 +1116,24 @@ impl Channels {
             }
         }
         self.reconcile();
+        for id in lock(&self.applied).keys() {
+            if let (Some(values), Some(s)) = (counters.get(id), self.registry.stream(id)) {
+                s.restore_counters(*values);
+            }
+        }
     }
 
-    /// Removes retired streams whose viewers left, keeps list streams from the idle sweep,
-    /// and starts the refreshes that are due.
+    /// Removes retired streams whose viewers left and keeps list streams from the idle
+    /// sweep.
     async fn tick(&self, count: u32) {
         let retiring: Vec<String> = lock(&self.retiring).iter().cloned().collect();
+        let mut removed = Vec::new();
         for id in retiring {
             let gone = match self.registry.stream(&id) {
                 Some(s) if self.is_playing(&s) => false,
                 Some(_) => {
                     self.registry.remove_stream(&id, Removal::Deleted);
+                    removed.push(id.clone());
                     true
                 }
                 None => true,
@@ -1031,6 +1142,7 @@ impl Channels {
                 lock(&self.retiring).remove(&id);
             }
         }
+        self.forget(&removed).await;
         // Often enough for any STREAM_TIMEOUT: at least twice per timeout.
         let touch_every = self.config.stream_timeout.map_or(TOUCH_EVERY_TICKS, |t| {
             ((t.as_secs() / 2) as u32).clamp(1, TOUCH_EVERY_TICKS)
@@ -1044,15 +1156,20 @@ impl Channels {
                 }
             }
         }
+    }
+
+    /// The lists whose refresh time has come and whose refresh is not already running,
+    /// marked as running.
+    fn take_due(&self) -> Vec<String> {
         let now = Instant::now();
+        let mut refreshing = lock(&self.refreshing);
         let due: Vec<String> = lock(&self.next_refresh)
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(id, at)| **at <= now && !refreshing.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in due {
-            let _ = self.refresh(&id).await;
-        }
+        refreshing.extend(due.iter().cloned());
+        due
     }
 
     /// Runs the periodic work until the handle is aborted.
@@ -1061,10 +1178,23 @@ impl Channels {
             let mut ticks = tokio::time::interval(TICK);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut count = 0u32;
+            // Aborted with this task.
+            let mut refreshes = tokio::task::JoinSet::new();
+            let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REFRESHES));
             loop {
                 ticks.tick().await;
                 count = count.wrapping_add(1);
                 self.tick(count).await;
+                for id in self.take_due() {
+                    let (this, places) = (self.clone(), places.clone());
+                    refreshes.spawn(async move {
+                        if let Ok(_place) = places.acquire_owned().await {
+                            let _ = this.refresh(&id).await;
+                        }
+                        lock(&this.refreshing).remove(&id);
+                    });
+                }
+                while refreshes.try_join_next().is_some() {}
             }
         })
     }
@@ -1165,26 +1295,26 @@ fn merge_key(key: MergeKey, channel: &Channel) -> Option<(MergeKey, String)> {
 
 /// A channel stream's metadata: `{playlist, playlist_name, tvg_id, tvg_name, group,
 /// channel_number}`.
-fn metadata(record: &ChannelListRecord, channel: &Channel) -> serde_json::Value {
-    serde_json::json!({
+fn metadata(record: &ChannelListRecord, channel: &Channel) -> Metadata {
+    Metadata::new(&serde_json::json!({
         "playlist": record.id,
         "playlist_name": record.definition.name,
         "tvg_id": channel.attr("tvg-id"),
         "tvg_name": channel.attr("tvg-name").map_or(channel.name.as_str(), |n| n),
         "group": channel.group,
         "channel_number": channel.attr("tvg-chno"),
-    })
+    }))
 }
 
 /// Counts, by stream id of each entry's own URL, what changed from `old` to `new`.
 fn count_changes(old: &[Option<Target>], new: &[Option<Target>], errors: usize) -> RefreshCounts {
-    let by_id = |targets: &[Option<Target>]| -> HashMap<String, u64> {
+    fn by_id(targets: &[Option<Target>]) -> HashMap<&str, u64> {
         targets
             .iter()
             .flatten()
-            .map(|t| (t.own_id.clone(), t.fingerprint))
+            .map(|t| (t.own_id.as_str(), t.fingerprint))
             .collect()
-    };
+    }
     let (old, new) = (by_id(old), by_id(new));
     let mut counts = RefreshCounts {
         errors,
@@ -1234,7 +1364,7 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
         assert_eq!(stored, record);
         let channels = channels();
-        channels.restore(vec![stored]);
+        channels.restore(vec![stored], &HashMap::new());
         let info = channels.info("pl-000000000001").unwrap();
         assert_eq!((info.channel_count, info.errors.len()), (2, 1));
         assert_eq!(channels.registry.stream_count(), 2);

@@ -94,6 +94,18 @@ struct Pending {
 
 /// Reads a channel list. Never fails: what cannot be understood is kept verbatim or skipped.
 pub fn parse(text: &str) -> ChannelList {
+    let mut entries = Vec::new();
+    let header_attrs = parse_each(text, |channel| entries.push(channel));
+    ChannelList {
+        header_attrs,
+        entries,
+    }
+}
+
+/// [`parse`] one channel at a time: `each` gets every channel in list order as soon as its
+/// URL line is read, and the header attributes are returned at the end. A caller that
+/// keeps only part of each channel never holds the whole list's attributes at once.
+pub fn parse_each(text: &str, mut each: impl FnMut(Channel)) -> Vec<(String, String)> {
     let mut list = ChannelList::default();
     let mut pending = Pending::default();
     for (index, (_, raw)) in super::lines(text).enumerate() {
@@ -103,8 +115,7 @@ pub fn parse(text: &str) -> ChannelList {
             continue;
         }
         if !line.starts_with('#') {
-            list.entries
-                .push(finish(std::mem::take(&mut pending), line, index + 1));
+            each(finish(std::mem::take(&mut pending), line, index + 1));
         } else if let Some(rest) = directive(line, "#EXTM3U") {
             if rest.is_empty() || rest.starts_with(char::is_whitespace) {
                 list.header_attrs.extend(parse_attrs(rest, false).0);
@@ -124,7 +135,7 @@ pub fn parse(text: &str) -> ChannelList {
             pending.extra_lines.push(line.to_owned());
         }
     }
-    list
+    list.header_attrs
 }
 
 fn finish(pending: Pending, url: &str, url_line: usize) -> Channel {

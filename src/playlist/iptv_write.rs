@@ -1,7 +1,7 @@
 //! PURE: writes an IPTV channel list back out with the proxy's URLs, and the HDHomeRun
 //! lineup of its channels.
 //!
-//! The M3U is written from the source text, not from the parsed [`ChannelList`]: every
+//! The M3U is written from the source text, not from the parsed [`ChannelList`](super::iptv::ChannelList): every
 //! `#EXTM3U`, `#EXTINF` and other tag or comment line comes out exactly as the source gave
 //! it (attribute order, quoting, spacing), and only the URL line of each channel is
 //! replaced. The `#EXTM3U` line's `url-tvg` / `x-tvg-url` values are pointed at the guide
@@ -11,11 +11,11 @@
 //!
 //! This module only writes text: it must not resolve, fetch or judge URLs.
 
-use super::iptv::{attr_spans, directive, Channel, ChannelList};
+use super::iptv::{attr_spans, directive, Channel};
 
 /// Writes the channels of `source` (the text [`super::iptv::parse`] read into entries)
 /// to `out`: the tag lines before each URL line, then `url_for(index)`, where `index` is
-/// the channel's place in [`ChannelList::entries`]. A channel for which it gives `None` is
+/// the channel's place in [`ChannelList::entries`](super::iptv::ChannelList::entries). A channel for which it gives `None` is
 /// left out, tag lines and all. With `header`, the source's `#EXTM3U` lines are written
 /// (with `guide` set on them); without, they are left out, for a caller that writes one
 /// header over several lists. Tag lines after the last URL are kept.
@@ -155,16 +155,17 @@ pub struct LineupEntry {
     pub url: String,
 }
 
-/// The lineup of `list`'s channels that `url_for` gives a URL, numbered from `first`
+/// The lineup of the `channels` of a list that `url_for` gives a URL, numbered from `first`
 /// where the list gives no number; returns the next free number too.
-pub fn lineup(
-    list: &ChannelList,
+pub fn lineup<C: std::borrow::Borrow<Channel>>(
+    channels: impl IntoIterator<Item = C>,
     first: usize,
     mut url_for: impl FnMut(usize) -> Option<String>,
 ) -> (Vec<LineupEntry>, usize) {
     let mut next = first;
     let mut out = Vec::new();
-    for (index, channel) in list.entries.iter().enumerate() {
+    for (index, channel) in channels.into_iter().enumerate() {
+        let channel = channel.borrow();
         let Some(url) = url_for(index) else { continue };
         out.push(LineupEntry {
             guide_number: guide_number(channel, next),
@@ -273,7 +274,7 @@ mod tests {
     #[test]
     fn lineup_numbers_from_the_list_else_in_order() {
         let list = parse(FIXTURE);
-        let (lineup, next) = lineup(&list, 100, |i| Some(format!("u{i}")));
+        let (lineup, next) = lineup(&list.entries, 100, |i| Some(format!("u{i}")));
         let numbers: Vec<(&str, &str)> = lineup
             .iter()
             .map(|e| (e.guide_number.as_str(), e.guide_name.as_str()))

@@ -9,21 +9,21 @@
 //! across an `.await`. Idle time is measured on the tokio clock so tests can pause it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use url::Url;
 
 use crate::config::ClientLimits;
 use crate::events::{EventBus, EventType};
 use crate::model::{ClientEditorInfo, ClientInfo, StreamEditorInfo, StreamInfo, StreamType};
-use crate::stream::{Listings, StreamSettings, Switched, UrlCursor};
+use crate::stream::{Listings, Metadata, StreamSettings, Switched, UrlCursor};
 
 /// How long after its last request an HLS viewer still counts as watching (m3u-editor's
 /// connection counts, `is_connected`), or two target durations when that is longer: a
@@ -130,6 +130,69 @@ impl Counters {
     }
 }
 
+/// A stream's "closed" signal: a flag every flowing body reads per chunk, and a
+/// cancellation token (a child of the process's shutdown token) made only when something
+/// first waits on it. Most streams of a big channel list are never played, and a token
+/// costs an allocation and a place in the shutdown token's list of children.
+#[derive(Debug)]
+pub struct Closing {
+    /// The process's shutdown token, whose child the token is.
+    parent: CancellationToken,
+    token: OnceLock<CancellationToken>,
+    /// Set before the token (if any) is cancelled.
+    closed: AtomicBool,
+}
+
+impl Closing {
+    fn new(parent: CancellationToken) -> Self {
+        Self {
+            parent,
+            token: OnceLock::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The token, cancelled when the stream is closed or the process shuts down.
+    pub fn token(&self) -> CancellationToken {
+        let mut made = false;
+        let token = self.token.get_or_init(|| {
+            made = true;
+            self.parent.child_token()
+        });
+        if made {
+            // Pairs with the fence in `close`: either `close` sees this token, or this
+            // sees the flag.
+            fence(Ordering::SeqCst);
+            if self.closed.load(Ordering::SeqCst) {
+                token.cancel();
+            }
+        }
+        token.clone()
+    }
+
+    /// Completes when the stream is closed (or the process shuts down).
+    pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
+        self.token().cancelled_owned()
+    }
+
+    /// A token cancelled with this one (a viewer's own).
+    pub fn child_token(&self) -> CancellationToken {
+        self.token().child_token()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.parent.is_cancelled()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
+    }
+}
+
 /// One registered stream.
 #[derive(Debug)]
 pub struct StreamEntry {
@@ -150,19 +213,17 @@ pub struct StreamEntry {
     /// This stream's clients: an index beside the registry's map so a stream's page, its
     /// client count and its removal never scan every client. Changed only while the
     /// registry's clients write lock is held, so the two maps always agree.
-    clients: RwLock<HashMap<String, Arc<ClientEntry>>>,
+    clients: RwLock<BTreeMap<String, Arc<ClientEntry>>>,
     /// Cancelled when the stream is deleted: open viewer connections end. Waiting on it
-    /// takes its locks; a body that is flowing checks [`StreamEntry::is_closed`] instead.
-    pub closed: CancellationToken,
-    /// Set just before `closed` is cancelled: one atomic load per chunk tells a flowing
-    /// body to end.
-    is_closed: AtomicBool,
+    /// takes its locks; a body that is flowing checks [`StreamEntry::is_closed`] instead
+    /// (one atomic load per chunk).
+    pub closed: Closing,
     /// Whether `stream_started` was announced and `stream_stopped` not since.
     watched: AtomicBool,
     /// Unix milliseconds of the last switch of URL (0: never).
     last_failover_unix_ms: AtomicI64,
     /// With `use_sticky_session`: the URL index whose playlist redirected, and where to.
-    sticky: Mutex<Option<(usize, Url)>>,
+    sticky: Mutex<Option<Box<(usize, Url)>>>,
     /// The longest `EXT-X-TARGETDURATION` its playlists gave, in ms (0: none seen).
     target_duration_ms: AtomicU64,
     events: EventBus,
@@ -170,6 +231,9 @@ pub struct StreamEntry {
     totals: Arc<Counters>,
     /// What the store holds: see [`Stored`].
     pub stored: Stored,
+    /// A channel list's stream: it has no stored document, and its counters are stored
+    /// under its id all the same.
+    listed: AtomicBool,
 }
 
 /// How far the store has caught up with a stream: its persistent counters as last handed
@@ -330,13 +394,14 @@ impl StreamEntry {
         let sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
         sticky
             .as_ref()
-            .filter(|(i, _)| *i == index)
-            .map(|(_, u)| u.clone())
+            .filter(|s| s.0 == index)
+            .map(|s| s.1.clone())
     }
 
     /// Remembers (or, with `None`, forgets) where URL `index` redirected its playlist.
     pub fn set_sticky_url(&self, index: usize, url: Option<Url>) {
-        *self.sticky.lock().unwrap_or_else(PoisonError::into_inner) = url.map(|u| (index, u));
+        *self.sticky.lock().unwrap_or_else(PoisonError::into_inner) =
+            url.map(|u| Box::new((index, u)));
     }
 
     pub fn subscribe_switches(&self) -> watch::Receiver<u64> {
@@ -349,15 +414,41 @@ impl StreamEntry {
         self.cursor.generation()
     }
 
+    /// Marks the stream as a channel list's (see [`StreamEntry::is_listed`]).
+    pub fn set_listed(&self) {
+        self.listed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a channel list registered the stream: it has no stored document, and its
+    /// counters are stored under its id all the same.
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Relaxed)
+    }
+
+    /// Adds counters the store held for this stream (a channel list's, registered again at
+    /// start-up), taken as stored already.
+    pub fn restore_counters(&self, values: [u64; 4]) {
+        self.counters.restore(values);
+        let stored = self
+            .stored
+            .counters
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed));
+        let mut sum = [0; 4];
+        for i in 0..4 {
+            sum[i] = stored[i] + values[i];
+        }
+        self.stored.mark_counters(sum);
+    }
+
     /// Whether the stream was deleted (or the proxy is shutting down): an atomic load.
     pub fn is_closed(&self) -> bool {
-        self.is_closed.load(Ordering::Acquire)
+        self.closed.closed.load(Ordering::Acquire)
     }
 
     /// Ends every open viewer connection of the stream.
     fn close(&self) {
-        self.is_closed.store(true, Ordering::Release);
-        self.closed.cancel();
+        self.closed.close();
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -491,8 +582,8 @@ fn with_metadata(mut data: serde_json::Value, settings: &StreamSettings) -> serd
             "metadata".into(),
             settings
                 .metadata
-                .clone()
-                .unwrap_or_else(|| serde_json::json!({})),
+                .as_ref()
+                .map_or_else(|| serde_json::json!({}), Metadata::value),
         );
     }
     data
@@ -721,15 +812,15 @@ impl Registry {
             last_access_at: WallStamp::now(),
             last_viewed_ms_plus_one: AtomicU64::new(0),
             clients: RwLock::default(),
-            closed: self.events.shutdown().child_token(),
-            is_closed: AtomicBool::new(false),
+            closed: Closing::new(self.events.shutdown().clone()),
             watched: AtomicBool::new(false),
             last_failover_unix_ms: AtomicI64::new(0),
-            sticky: Mutex::new(None),
+            sticky: Mutex::default(),
             target_duration_ms: AtomicU64::new(0),
             events: self.events.clone(),
             totals: self.totals.clone(),
             stored: Stored::restored(r.counters, r.generation),
+            listed: AtomicBool::new(false),
         })
     }
 
@@ -813,7 +904,7 @@ impl Registry {
         let gone: Vec<String> = {
             let mut clients = self.clients.write().expect("clients lock");
             let mut own = entry.clients.write().expect("stream clients lock");
-            let mut gone: Vec<_> = own.drain().map(|(_, c)| c).collect();
+            let mut gone: Vec<_> = std::mem::take(&mut *own).into_values().collect();
             sort_clients(&mut gone);
             for c in &gone {
                 clients.remove(&client_key(&c.id, id));
@@ -1237,7 +1328,7 @@ impl Registry {
                 .keys()
                 .map(|k| k.as_str().to_string())
                 .collect(),
-            metadata: settings.metadata.clone(),
+            metadata: settings.metadata.as_ref().map(Metadata::value),
             client_count: s.client_count(),
             active_connections: active,
             total_bytes_served: Counters::get(&s.counters.bytes),
@@ -1402,6 +1493,36 @@ mod tests {
     use axum::http::HeaderMap;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_close_token_made_after_the_close_is_cancelled_and_one_made_before_ends() {
+        let registry = Registry::new(b"test");
+        let settings = |u: &str| StreamSettings {
+            original_url: u.parse().unwrap(),
+            failover_urls: vec![],
+            user_agent: None,
+            headers: Default::default(),
+            metadata: Some(serde_json::json!({"a": 1}).into()),
+            stream_type: StreamType::Direct,
+            provider: None,
+            options: Default::default(),
+        };
+        let (early, _) = registry.upsert(settings("http://o.example/a.ts"));
+        let waiting = early.closed.cancelled();
+        let (late, _) = registry.upsert(settings("http://o.example/b.ts"));
+        registry.remove_stream(&early.id, Removal::Deleted).unwrap();
+        registry.remove_stream(&late.id, Removal::Deleted).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting viewer ends");
+        assert!(late.closed.is_cancelled() && late.is_closed());
+        assert!(late.closed.token().is_cancelled());
+        assert!(late.closed.child_token().is_cancelled());
+        // Shutting down ends the tokens of streams that stay registered.
+        let (kept, _) = registry.upsert(settings("http://o.example/c.ts"));
+        registry.close_all();
+        assert!(kept.closed.is_cancelled() && kept.closed.token().is_cancelled());
+    }
     use crate::model::StreamType;
 
     fn settings(url: &str, failover: &[&str]) -> StreamSettings {

@@ -207,7 +207,9 @@ impl Shared {
             Some(TooLarge::Uri)
         } else if head_len(req.method().as_str(), uri_len, req.headers()) > MAX_HEAD_BYTES {
             Some(TooLarge::Head)
-        } else if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        } else if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64)
+            && !crate::api::is_list_upload(req.method(), req.uri(), req.headers())
+        {
             Some(TooLarge::Body)
         } else {
             None
@@ -232,6 +234,10 @@ impl Shared {
         let (mut parts, body) = req.into_parts();
         let body = if http_body::Body::is_end_stream(&body) {
             Body::empty()
+        } else if crate::api::is_list_upload(&parts.method, &parts.uri, &parts.headers) {
+            // A channel list (up to CHANNEL_LIST_MAX_MB) is read by its handler as it
+            // arrives, bounded there in size and in the time between chunks.
+            Body::new(body)
         } else {
             // Bodies are small JSON documents: reading them here, whole, bounds the time
             // a client may take to send one, which a handler reading it would not.

@@ -20,10 +20,12 @@ pub async fn flush_now(store: &Store, registry: &Registry) -> Result<(), StoreEr
         .submit(|| {
             let mut batch = Batch::default();
             registry.each_stream(|s| {
-                batch.add(
-                    CounterKey::Stream(s.id.clone()),
-                    increments(&s.stored, &s.counters),
-                );
+                let key = if s.is_listed() {
+                    CounterKey::Listed(s.id.clone())
+                } else {
+                    CounterKey::Stream(s.id.clone())
+                };
+                batch.add(key, increments(&s.stored, &s.counters));
                 let generation = s.generation();
                 if generation != s.stored.generation() {
                     if let Ok(doc) = serde_json::to_value(StreamRecord::of(s)) {

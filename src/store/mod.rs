@@ -109,6 +109,10 @@ pub enum CounterKey {
     Totals,
     /// One stream's, removed with its document.
     Stream(String),
+    /// A channel list's stream, which has no document: stored under the same key as
+    /// [`CounterKey::Stream`], kept without a document, removed with a delete of its id
+    /// (when the list drops the channel).
+    Listed(String),
 }
 
 /// The cumulative counters that survive a restart: added to, never set.
@@ -164,6 +168,7 @@ impl Batch {
         if kind == Kind::Stream {
             // Increments queued before the delete belong to the stream that is gone.
             self.counters.remove(&CounterKey::Stream(id.to_string()));
+            self.counters.remove(&CounterKey::Listed(id.to_string()));
         }
     }
 

@@ -9,7 +9,7 @@ use super::{CounterSet, Kind, Loaded};
 use crate::events::{WebhookRecord, Webhooks};
 use crate::model::StreamType;
 use crate::registry::{Registry, RestoredStream, Stored, StreamEntry};
-use crate::stream::{StreamOptions, StreamSettings};
+use crate::stream::{Metadata, StreamOptions, StreamSettings};
 
 /// A stream as stored (kind `stream`, keyed by its id): what `POST /streams` gave, with
 /// header values (they may be tokens: the database file is mode 0600), and where failover
@@ -64,7 +64,7 @@ impl StreamRecord {
                     )
                 })
                 .collect(),
-            metadata: s.metadata.clone(),
+            metadata: s.metadata.as_ref().map(Metadata::value),
             stream_type: s.stream_type,
             provider: s.provider.clone(),
             failover_resolver_url: s.options.failover_resolver_url.as_ref().map(Url::to_string),
@@ -95,7 +95,7 @@ impl StreamRecord {
                 .collect::<Result<_, _>>()?,
             user_agent: self.user_agent.clone(),
             headers,
-            metadata: self.metadata.clone(),
+            metadata: self.metadata.as_ref().map(Metadata::new),
             stream_type: self.stream_type,
             provider: self.provider.clone(),
             options: StreamOptions {
@@ -121,15 +121,22 @@ pub struct Restored {
     /// Providers and channel lists, for their modules to take (issues 13 and 15).
     pub providers: Vec<(String, serde_json::Value)>,
     pub channel_lists: Vec<(String, serde_json::Value)>,
+    /// Counters stored without a stream document: the channel lists' streams', which the
+    /// lists register again.
+    pub listed_counters: std::collections::HashMap<String, [u64; 4]>,
 }
 
 /// Puts streams (with their position and counters), the proxy totals and webhooks back,
 /// before the listener opens. A document that cannot be read is logged and skipped: one
-/// bad row never stops the rest from coming back.
-pub fn restore(loaded: &Loaded, registry: &Registry, webhooks: &Webhooks) -> Restored {
+/// bad row never stops the rest from coming back. Each document is read where it lies
+/// (not copied first) and dropped once its stream is back, so 100,000 stored streams are
+/// never held twice.
+pub fn restore(mut loaded: Loaded, registry: &Registry, webhooks: &Webhooks) -> Restored {
     let mut restored = Restored::default();
-    for (id, doc) in loaded.of(Kind::Stream) {
-        let record = serde_json::from_value::<StreamRecord>(doc.clone())
+    let streams = loaded.docs.remove(&Kind::Stream).unwrap_or_default();
+    for (id, doc) in streams {
+        let id = &id;
+        let record = StreamRecord::deserialize(&doc)
             .map_err(|e| e.to_string())
             .and_then(|r| Ok((r.settings()?, r)));
         let (settings, record) = match record {
@@ -143,7 +150,7 @@ pub fn restore(loaded: &Loaded, registry: &Registry, webhooks: &Webhooks) -> Res
         if registry.stream_id_for(&settings.original_url) != *id {
             tracing::warn!(stream_id = %id, "stored stream was registered under another secret; its id is kept");
         }
-        let counters = loaded.stream_counters.get(id).copied().unwrap_or_default();
+        let counters = loaded.stream_counters.remove(id).unwrap_or_default();
         registry.restore_stream(RestoredStream {
             id: id.clone(),
             created_at: record.created_at,
@@ -156,15 +163,12 @@ pub fn restore(loaded: &Loaded, registry: &Registry, webhooks: &Webhooks) -> Res
     }
     registry.restore_totals(loaded.totals.to_array());
     // In registration order, as `GET /webhooks` lists them.
-    let mut hooks: Vec<(&String, Result<WebhookRecord, String>)> = loaded
-        .of(Kind::Webhook)
-        .iter()
-        .map(|(id, doc)| {
-            (
-                id,
-                serde_json::from_value(doc.clone()).map_err(|e| e.to_string()),
-            )
-        })
+    let mut hooks: Vec<(String, Result<WebhookRecord, String>)> = loaded
+        .docs
+        .remove(&Kind::Webhook)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, doc)| (id, serde_json::from_value(doc).map_err(|e| e.to_string())))
         .collect();
     hooks.sort_by_key(|(_, r)| r.as_ref().ok().map(|r| r.created_at));
     for (id, record) in hooks {
@@ -177,8 +181,13 @@ pub fn restore(loaded: &Loaded, registry: &Registry, webhooks: &Webhooks) -> Res
             }
         }
     }
-    restored.providers = loaded.of(Kind::Provider).to_vec();
-    restored.channel_lists = loaded.of(Kind::ChannelList).to_vec();
+    restored.providers = loaded.docs.remove(&Kind::Provider).unwrap_or_default();
+    restored.channel_lists = loaded.docs.remove(&Kind::ChannelList).unwrap_or_default();
+    restored.listed_counters = loaded
+        .stream_counters
+        .into_iter()
+        .map(|(id, set)| (id, set.to_array()))
+        .collect();
     restored
 }
 

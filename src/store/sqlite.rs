@@ -209,6 +209,7 @@ impl SqliteBackend {
                 let (name, stream) = match key {
                     CounterKey::Totals => (TOTALS_KEY.to_string(), None),
                     CounterKey::Stream(id) => (stream_key(id), Some(id.as_str())),
+                    CounterKey::Listed(id) => (stream_key(id), None),
                 };
                 let [b, s, e, f] = delta.to_array().map(sql_int);
                 add.execute(params![name, b, s, e, f, stream])?;

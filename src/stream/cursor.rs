@@ -1,8 +1,8 @@
 //! Which of a stream's URLs is in use, and the switches that moved it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -17,8 +17,10 @@ pub const SWITCH_WINDOW: Duration = Duration::from_secs(60);
 pub struct UrlCursor {
     current: AtomicUsize,
     /// Bumped on every switch of URL; every viewer watches it, so a switch reaches all of
-    /// them (a one-shot flag would reach only the first reader).
-    generation: watch::Sender<u64>,
+    /// them (a one-shot flag would reach only the first reader). Made when the first
+    /// viewer subscribes: most streams of a big channel list are never played, and a
+    /// channel costs a few hundred bytes.
+    generation: OnceLock<watch::Sender<u64>>,
     /// The same count as an atomic, for readers that look per chunk: reading the watch
     /// takes its lock.
     changes: AtomicU64,
@@ -30,7 +32,7 @@ impl Default for UrlCursor {
     fn default() -> Self {
         Self {
             current: AtomicUsize::new(0),
-            generation: watch::Sender::new(0),
+            generation: OnceLock::new(),
             changes: AtomicU64::new(0),
             switches: Mutex::default(),
         }
@@ -55,7 +57,7 @@ impl UrlCursor {
     pub fn restored(index: usize, generation: u64) -> Self {
         Self {
             current: AtomicUsize::new(index),
-            generation: watch::Sender::new(generation),
+            generation: OnceLock::new(),
             changes: AtomicU64::new(generation),
             switches: Mutex::default(),
         }
@@ -71,7 +73,26 @@ impl UrlCursor {
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+        let sender = self
+            .generation
+            .get_or_init(|| watch::Sender::new(self.changes.load(Ordering::SeqCst)));
+        let receiver = sender.subscribe();
+        // A `renew` that ran while the sender was being made may not have seen it: the
+        // fences make sure one of the two publishes the latest count.
+        fence(Ordering::SeqCst);
+        Self::publish(sender, self.changes.load(Ordering::SeqCst));
+        receiver
+    }
+
+    /// Moves the watched count to `count` unless it is there or past it already.
+    fn publish(sender: &watch::Sender<u64>, count: u64) {
+        sender.send_if_modified(|seen| {
+            let newer = count > *seen;
+            if newer {
+                *seen = count;
+            }
+            newer
+        });
     }
 
     /// Moves to the URL after `from` among `count` (wrapping), unless another request
@@ -119,8 +140,11 @@ impl UrlCursor {
     /// what was learned under the old ones (variant listings) is stale, and every feed
     /// checks whether the URL it reads is still the one in use.
     pub fn renew(&self) {
-        let made = self.changes.fetch_add(1, Ordering::AcqRel) + 1;
-        self.generation.send_replace(made);
+        let made = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
+        fence(Ordering::SeqCst);
+        if let Some(sender) = self.generation.get() {
+            Self::publish(sender, made);
+        }
     }
 
     /// Brings the index back to the original URL when a shorter URL list leaves it out of
@@ -129,5 +153,29 @@ impl UrlCursor {
         if self.index() >= count {
             self.current.store(0, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_made_late_starts_at_the_count_and_sees_later_changes() {
+        let cursor = UrlCursor::restored(0, 3);
+        cursor.renew();
+        let mut rx = cursor.subscribe();
+        assert_eq!(*rx.borrow_and_update(), 4);
+        assert_eq!(
+            cursor.switch(0, 2, None),
+            Switched::Moved { from: 0, to: 1 }
+        );
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 5);
+        // A second viewer shares the same watch.
+        let second = cursor.subscribe();
+        assert_eq!(*second.borrow(), 5);
+        cursor.renew();
+        assert_eq!((*rx.borrow(), *second.borrow()), (6, 6));
     }
 }

@@ -1,7 +1,6 @@
 //! The variants each of a stream's URLs listed, so a playlist reference issued under one
 //! URL finds its equivalent under another after a switch.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use url::Url;
@@ -10,10 +9,11 @@ use crate::playlist::PlaylistInfo;
 
 /// What the playlist at each of a stream's URLs listed when last fetched, by URL: a
 /// re-post may put another URL at an index, and a player may still hold references of
-/// the old one.
+/// the old one. A short list (at most 16), empty and unallocated until a
+/// playlist is fetched: most streams of a channel list never are.
 #[derive(Debug, Default)]
 pub struct Listings {
-    by_url: Mutex<HashMap<Url, Listing>>,
+    by_url: Mutex<Vec<(Url, Listing)>>,
 }
 
 /// Listings kept per stream: its URLs and a few it had before a re-post.
@@ -74,16 +74,21 @@ impl Listings {
     /// Remembers what the playlist at the stream URL `url` lists.
     pub fn remember(&self, url: &Url, listing: Listing) {
         let mut listings = self.by_url.lock().expect("listings lock");
-        if !listings.contains_key(url) && listings.len() >= MAX_LISTINGS {
+        if let Some(known) = listings.iter_mut().find(|(u, _)| u == url) {
+            known.1 = listing;
+            return;
+        }
+        if listings.len() >= MAX_LISTINGS {
             let oldest = listings
                 .iter()
-                .min_by_key(|(_, l)| l.generation)
-                .map(|(u, _)| u.clone());
+                .enumerate()
+                .min_by_key(|(_, (_, l))| l.generation)
+                .map(|(i, _)| i);
             if let Some(oldest) = oldest {
-                listings.remove(&oldest);
+                listings.swap_remove(oldest);
             }
         }
-        listings.insert(url.clone(), listing);
+        listings.push((url.clone(), listing));
     }
 
     /// The listing of `url` if it was fetched in `generation`.
@@ -91,9 +96,9 @@ impl Listings {
         self.by_url
             .lock()
             .expect("listings lock")
-            .get(url)
-            .filter(|l| l.generation == generation)
-            .cloned()
+            .iter()
+            .find(|(u, l)| u == url && l.generation == generation)
+            .map(|(_, l)| l.clone())
     }
 
     /// The listing that showed `target`, unless it is the current URL's. `None` when
@@ -101,10 +106,17 @@ impl Listings {
     /// deeper down, or one from before a restart): it is fetched as it is.
     pub fn listed_elsewhere(&self, target: &str, current: &Url) -> Option<Listing> {
         let listings = self.by_url.lock().expect("listings lock");
-        if listings.get(current).is_some_and(|l| l.contains(target)) {
+        if listings
+            .iter()
+            .any(|(u, l)| u == current && l.contains(target))
+        {
             return None;
         }
-        listings.values().find(|l| l.contains(target)).cloned()
+        listings
+            .iter()
+            .map(|(_, l)| l)
+            .find(|l| l.contains(target))
+            .cloned()
     }
 }
 

@@ -13,5 +13,6 @@ mod settings;
 pub use cursor::{Switched, UrlCursor, SWITCH_WINDOW};
 pub use listings::{equivalent, Equivalent, Listing, Listings};
 pub use settings::{
-    upstream_url, BadUpstreamUrl, StreamOptions, StreamSettings, FORBIDDEN_UPSTREAM_HEADERS,
+    upstream_url, BadUpstreamUrl, Metadata, StreamOptions, StreamSettings,
+    FORBIDDEN_UPSTREAM_HEADERS,
 };

@@ -13,12 +13,56 @@ pub struct StreamSettings {
     pub user_agent: Option<String>,
     /// Extra headers sent upstream; values may be secrets and are never reported.
     pub headers: HeaderMap,
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Metadata>,
     pub stream_type: StreamType,
     /// The provider (connection-limited account) this stream belongs to, by name.
     pub provider: Option<String>,
     /// m3u-editor's per-stream options.
     pub options: StreamOptions,
+}
+
+/// A stream's metadata (any JSON value, an object in practice), kept as its compact JSON
+/// text: a parsed six-key object costs about 1 kB (a tree node and a string per key and
+/// value), its text about 150 bytes, and a channel list registers tens of thousands of
+/// streams whose metadata is read only for events, filters and reports.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Metadata(Box<str>);
+
+impl Metadata {
+    pub fn new(value: &serde_json::Value) -> Self {
+        Self(value.to_string().into_boxed_str())
+    }
+
+    /// The value, parsed again.
+    pub fn value(&self) -> serde_json::Value {
+        // The text was written from a value, so it parses.
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// The member `key` of an object's metadata.
+    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+        match self.value() {
+            serde_json::Value::Object(mut map) => map.remove(key),
+            _ => None,
+        }
+    }
+
+    /// The compact JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<serde_json::Value> for Metadata {
+    fn from(value: serde_json::Value) -> Self {
+        Self::new(&value)
+    }
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Per-stream options m3u-editor sets; all off by default.

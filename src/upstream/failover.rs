@@ -143,7 +143,7 @@ impl FailoverPolicy {
         };
         let body = serde_json::json!({
             "current_url": url.as_str(),
-            "metadata": stream.settings().metadata.clone().unwrap_or_else(|| serde_json::json!({})),
+            "metadata": stream.settings().metadata.as_ref().map_or_else(|| serde_json::json!({}), crate::stream::Metadata::value),
             "current_failover_index": from as i64 - 1,
             "status_code": match error {
                 UpstreamError::Status(code) => Some(*code),
