@@ -369,3 +369,139 @@ async fn a_stream_unknown_here_is_looked_up_in_redis_before_a_404() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_automatic_failover_on_one_instance_is_seen_by_all() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put("/a/live.m3u8", media_playlist("a"), MPEGURL);
+    origin.fault("/a/live.m3u8", crate::util::origin::Fault::Status(500));
+    origin.put("/b/live.m3u8", media_playlist("b"), MPEGURL);
+    let (a, b, c) = (
+        instance(&redis).await,
+        instance(&redis).await,
+        instance(&redis).await,
+    );
+    let (id, _) = a
+        .register(&origin.url("/a/live.m3u8"), &[origin.url("/b/live.m3u8")])
+        .await;
+    eventually(Duration::from_secs(1), "the stream on B", || {
+        listed_on(&b, &id)
+    })
+    .await;
+    // B's player meets the dead primary: B switches by itself, within the request.
+    let res = b.get(&format!("/hls/{id}/playlist.m3u8")).await;
+    assert_eq!(res.status(), 200);
+    let on_b = listed_on(&b, &id).await.unwrap();
+    assert_eq!(on_b["current_url"], origin.url("/b/live.m3u8"));
+    // Its flusher stores the new position; A and C follow within a flush and a message.
+    for other in [&a, &c] {
+        eventually(
+            Duration::from_secs(3),
+            "the backup URL in use elsewhere",
+            || async {
+                let s = listed_on(other, &id).await?;
+                (s["current_url"] == origin.url("/b/live.m3u8")).then_some(())
+            },
+        )
+        .await;
+    }
+    let primary_hits = origin.hits("/a/live.m3u8");
+    let res = c.get(&format!("/hls/{id}/playlist.m3u8")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        origin.hits("/a/live.m3u8"),
+        primary_hits,
+        "C does not try the dead primary again"
+    );
+    for p in [a, b, c] {
+        p.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_for_15_s_playback_goes_on_writes_503_and_nothing_counted_is_lost() {
+    if !require_redis() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.live_ts("/live.ts", 100_000);
+    let a = instance(&redis).await;
+    let (id, endpoint) = a.register(&origin.url("/live.ts"), &[]).await;
+    let mut viewer = crate::util::ts_viewer::TsViewer::open(&a, &endpoint).await;
+    viewer.read_packets(100, Duration::from_secs(5)).await;
+    assert_eq!(health(&a).await["status"], "healthy");
+
+    redis.stop();
+    let down_at = viewer.bytes.len();
+    eventually(Duration::from_secs(3), "/health degraded", || async {
+        (health(&a).await["status"] == "degraded").then_some(())
+    })
+    .await;
+    let h = health(&a).await;
+    assert_eq!(h["store"]["backend"], "redis");
+    let (status, body) = a
+        .post_stream(json!({"url": origin.url("/during-outage.ts")}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "store_unavailable");
+    // Bytes keep flowing for the 15 s; reads answer from what this instance knows.
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        let more = viewer.numbers().len() + 50;
+        viewer.read_packets(more, Duration::from_secs(3)).await;
+    }
+    let during = (viewer.bytes.len() - down_at) as u64;
+    assert!(during > 1_000_000, "{during} bytes in 15 s at 100 kB/s");
+    assert!(stream_on(&a, &id).await.is_some());
+
+    // Back (empty: it kept nothing): writes work within 5 s, the documents are written
+    // back, and the outage's bytes are in the fleet's totals.
+    redis.restart();
+    eventually(Duration::from_secs(5), "writes working again", || async {
+        let (status, _) = a
+            .post_stream(json!({"url": origin.url("/after-outage.ts")}))
+            .await;
+        (status == 200 || status == 201).then_some(())
+    })
+    .await;
+    let totals = eventually(
+        Duration::from_secs(5),
+        "the outage's bytes in p:totals",
+        || async {
+            let bytes: Option<u64> = redis_query(
+                &redis,
+                redis::cmd("HGET").arg("fleet-test:totals").arg("bytes"),
+            );
+            bytes.filter(|&b| b >= during)
+        },
+    )
+    .await;
+    assert!(totals >= during);
+    eventually(
+        Duration::from_secs(5),
+        "the stream written back",
+        || async {
+            let back: bool = redis_query(
+                &redis,
+                redis::cmd("HEXISTS").arg("fleet-test:doc:stream").arg(&id),
+            );
+            back.then_some(())
+        },
+    )
+    .await;
+    let secret: Option<String> = redis_query(&redis, redis::cmd("GET").arg("fleet-test:secret"));
+    assert!(secret.is_some(), "the secret written back");
+    eventually(Duration::from_secs(5), "/health healthy again", || async {
+        (health(&a).await["status"] == "healthy").then_some(())
+    })
+    .await;
+    viewer
+        .read_packets(viewer.numbers().len() + 50, Duration::from_secs(3))
+        .await;
+    a.stop().await;
+}

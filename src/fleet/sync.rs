@@ -17,7 +17,7 @@
 //! While the subscription is down, or a `PING` every second gets no answer within
 //! [`COMMAND_TIMEOUT`], the fleet counts as unreachable ([`Fleet::is_reachable`]):
 //! `/health` says `degraded`. The connection is retried with backoff (100 ms doubling to
-//! 5 s). Playback never waits for any of this.
+//! 1 s). Playback never waits for any of this.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +33,10 @@ use crate::events::{WebhookRecord, Webhooks};
 use crate::providers::{ProviderRecord, Providers};
 use crate::registry::{Registry, Removal, RestoredStream};
 use crate::store::{Batch, Kind, Store, StreamRecord};
+
+/// The longest pause between two attempts to subscribe again: one connection attempt a
+/// second is cheap, and the fleet's view comes back within a second of Redis.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long a read on miss (an id unknown here) may wait for Redis.
 pub const MISS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -69,7 +73,7 @@ impl Sync {
                 tracing::warn!(redis = %self.fleet.location, "lost the fleet's Redis; serving what this instance knows");
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
