@@ -278,8 +278,23 @@ async fn creates_updates_failovers_and_deletes_on_one_instance_reach_the_others(
         .await;
     }
 
-    // B plays it; a manual failover on C moves B's next playlist to the backup.
+    // A reference signed by A plays through B: the fleet shares one secret.
     let playlist = format!("/hls/{hls}/playlist.m3u8");
+    origin.put("/a/a/seg1.ts", vec![0x47u8; 1880], "video/mp2t");
+    let text = a.get(&playlist).await.text().await.unwrap();
+    let first = text
+        .lines()
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap();
+    let reference = url::Url::parse(&a.url(&playlist))
+        .unwrap()
+        .join(first)
+        .unwrap();
+    let through_b = b.get(reference.path()).await;
+    assert_eq!(through_b.status(), 200, "{first}");
+    assert_eq!(through_b.bytes().await.unwrap().len(), 1880);
+
+    // B plays it; a manual failover on C moves B's next playlist to the backup.
     assert_eq!(b.get(&playlist).await.status(), 200);
     assert_eq!(origin.hits("/b/live.m3u8"), 0);
     c.switch_now(&hls).await;
@@ -504,4 +519,57 @@ async fn redis_down_for_15_s_playback_goes_on_writes_503_and_nothing_counted_is_
         .read_packets(viewer.numbers().len() + 50, Duration::from_secs(3))
         .await;
     a.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_and_providers_defined_on_one_instance_reach_the_others() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis).await, instance(&redis).await);
+    let res = a
+        .http
+        .post(a.url("/webhooks"))
+        .json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["stream_created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hook: Value = res.json().await.unwrap();
+    let hook_id = hook["id"].as_str().unwrap().to_string();
+    let res = a
+        .http
+        .put(a.url("/providers/acc"))
+        .json(&json!({"hosts": ["127.0.0.1:9"], "max_connections": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    eventually(
+        Duration::from_secs(1),
+        "the webhook and provider on B",
+        || async {
+            let hook = b.get(&format!("/webhooks/{hook_id}")).await;
+            let provider = b.get("/providers/acc").await;
+            if hook.status() != 200 || provider.status() != 200 {
+                return None;
+            }
+            let provider: Value = provider.json().await.ok()?;
+            Some(provider)
+        },
+    )
+    .await;
+    for path in [format!("/webhooks/{hook_id}"), "/providers/acc".to_string()] {
+        let res = a.http.delete(a.url(&path)).send().await.unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+    }
+    eventually(Duration::from_secs(1), "both gone on B", || async {
+        let hook = b.get(&format!("/webhooks/{hook_id}")).await.status();
+        let provider = b.get("/providers/acc").await.status();
+        (hook == 404 && provider == 404).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
