@@ -573,3 +573,74 @@ async fn webhooks_and_providers_defined_on_one_instance_reach_the_others() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_channel_list_imported_or_deleted_on_one_instance_is_on_all() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put(
+        "/list.m3u",
+        format!(
+            "#EXTM3U\n#EXTINF:-1 tvg-id=\"one\",One\n{}\n#EXTINF:-1 tvg-id=\"two\",Two\n{}\n",
+            origin.url("/one.ts"),
+            origin.url("/two.ts")
+        ),
+        "audio/x-mpegurl",
+    );
+    let (a, b) = (instance(&redis).await, instance(&redis).await);
+    let res = a
+        .http
+        .post(a.url("/playlists"))
+        .json(&json!({"name": "L", "url": origin.url("/list.m3u")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let list: Value = res.json().await.unwrap();
+    let list_id = list["id"].as_str().unwrap().to_string();
+    let on_a: Value = a.get_json("/streams").await;
+    assert_eq!(on_a["total"], 2, "{on_a}");
+    // B imports it too: the same channels under the same stream ids.
+    eventually(
+        Duration::from_secs(3),
+        "the list's channels on B",
+        || async {
+            let on_b: Value = b.get_json("/streams").await;
+            let ids = |v: &Value| {
+                let mut ids: Vec<String> = v["streams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s["stream_id"].as_str().unwrap_or("").to_string())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            (ids(&on_b) == ids(&on_a)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(b.get(&format!("/playlists/{list_id}")).await.status(), 200);
+    let res = a
+        .http
+        .delete(a.url(&format!("/playlists/{list_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    eventually(
+        Duration::from_secs(2),
+        "the list and its channels gone on B",
+        || async {
+            let gone = b.get(&format!("/playlists/{list_id}")).await.status() == 404;
+            let streams: Value = b.get_json("/streams").await;
+            (gone && streams["total"] == 0).then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

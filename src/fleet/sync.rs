@@ -5,7 +5,8 @@
 //! as Redis holds it now (Redis is the truth, not the message) and applies it: a stream is
 //! registered, updated, or follows the stored failover position (its viewers here move
 //! with it), or is removed, ending its viewers here; webhooks and providers are replaced
-//! or removed; a channel list unknown here is taken in (it then refreshes on its own).
+//! or removed; a channel list unknown here is taken in (it then refreshes on its own), and
+//! one deleted elsewhere is deleted here.
 //! An instance's own messages are skipped: its state is already there.
 //!
 //! After every (re)subscription, the whole registry is compared with Redis, since
@@ -204,9 +205,20 @@ impl Sync {
                     }
                 }
             }
-            // A channel list's streams are retired by the instance that deleted it; the
-            // list itself stays here until this instance restarts (see the README).
-            (Kind::ChannelList, None) => {}
+            // Deleted here as there: its streams go (those still playing here when their
+            // viewers leave). Writing the delete again is harmless: the others no longer
+            // have the list when it reaches them.
+            (Kind::ChannelList, None) => {
+                let known = self.channels.records().iter().any(|r| r.id == id);
+                if known {
+                    let (channels, id) = (self.channels.clone(), id.to_string());
+                    tokio::spawn(async move {
+                        if let Err(error) = channels.delete(&id).await {
+                            tracing::debug!(playlist = %id, %error, "channel list deleted elsewhere");
+                        }
+                    });
+                }
+            }
         }
     }
 
