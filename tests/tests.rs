@@ -17,6 +17,7 @@ mod failover;
 mod failover_e2e;
 mod fanout;
 mod feed_client;
+mod fleet;
 mod hls;
 mod hostile;
 mod lengthless;
