@@ -317,6 +317,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
         streams,
         clients,
         providers,
+        instances: Vec::new(),
     })
 }
 
@@ -376,5 +377,6 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
             uptime_seconds: r.clock.uptime_seconds(),
         },
         store: Some(state.store.health()),
+        instances: Vec::new(),
     })
 }
