@@ -45,8 +45,9 @@ async fn an_instance_sees_the_viewers_and_counters_of_the_others() {
     let (sb, _) = rb.upsert(hls_settings("http://127.0.0.1:9/a.m3u8"));
     assert_eq!(sa.id, sb.id, "one secret, one id");
     rb.client("viewer-on-b", &sb.id, "10.0.0.2", "VLC/3");
-    let a = Presence::new(fa.clone(), ra.clone(), "127.0.0.1:1".into());
-    let b = Presence::new(fb.clone(), rb.clone(), "127.0.0.1:2".into());
+    let address = |a: &str| Arc::new(std::sync::OnceLock::from(a.to_string()));
+    let a = Presence::new(fa.clone(), ra.clone(), address("127.0.0.1:1"));
+    let b = Presence::new(fb.clone(), rb.clone(), address("127.0.0.1:2"));
     b.beat().await.unwrap();
     a.beat().await.unwrap();
 
@@ -75,7 +76,10 @@ async fn an_instance_sees_the_viewers_and_counters_of_the_others() {
     let clients = view.all_clients(Vec::new());
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0].client_id, "viewer-on-b");
-    assert_eq!(clients[0].instance.as_deref(), Some(fb.instance_id.as_str()));
+    assert_eq!(
+        clients[0].instance.as_deref(),
+        Some(fb.instance_id.as_str())
+    );
     let mut info = ra.stream_info(&sa);
     assert_eq!(info.client_count, 0);
     view.stream(&sa, &mut info);
@@ -110,7 +114,12 @@ async fn events_of_one_instance_reach_the_bus_of_another_once() {
     let mut on_a = bus_a.subscribe();
     // The subscriptions are made in the background: emit until one arrives.
     let remote = eventually(Duration::from_secs(5), "A's event on B's bus", || {
-        bus_a.emit(EventType::ClientConnected, Some("s1"), Some("c1"), serde_json::json!({}));
+        bus_a.emit(
+            EventType::ClientConnected,
+            Some("s1"),
+            Some("c1"),
+            serde_json::json!({}),
+        );
         let next = on_b.try_recv().ok();
         async move {
             if next.is_none() {
@@ -126,19 +135,29 @@ async fn events_of_one_instance_reach_the_bus_of_another_once() {
     assert!(!bus_b.is_local(&remote));
 
     // B's own event goes to A; nothing comes back to where it started.
-    bus_b.emit(EventType::StreamCreated, Some("s2"), None, serde_json::json!({}));
+    bus_b.emit(
+        EventType::StreamCreated,
+        Some("s2"),
+        None,
+        serde_json::json!({}),
+    );
     let on_a_events = eventually(Duration::from_secs(5), "B's event on A's bus", || {
         let mut seen = Vec::new();
         while let Ok(e) = on_a.try_recv() {
             seen.push(e);
         }
-        let found = seen.iter().any(|e| e.event_type == EventType::StreamCreated);
+        let found = seen
+            .iter()
+            .any(|e| e.event_type == EventType::StreamCreated);
         async move { found.then_some(seen) }
     })
     .await;
     let injected: Vec<_> = on_a_events.iter().filter(|e| !bus_a.is_local(e)).collect();
     assert_eq!(injected.len(), 1, "{on_a_events:?}");
-    assert_eq!(injected[0].instance.as_deref(), Some(fb.instance_id.as_str()));
+    assert_eq!(
+        injected[0].instance.as_deref(),
+        Some(fb.instance_id.as_str())
+    );
     let mut created_on_b = 0;
     while let Ok(e) = on_b.try_recv() {
         assert!(bus_b.is_local(&e) || e.instance.as_deref() == Some(fa.instance_id.as_str()));
@@ -217,7 +236,10 @@ async fn a_crashed_holders_slot_is_free_when_its_lease_ends() {
         .then_some(())
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(1500), "freed before its lease ended");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "freed before its lease ended"
+    );
 }
 
 #[tokio::test]
@@ -232,10 +254,299 @@ async fn slots_come_from_the_local_pool_while_redis_is_down() {
     let Acquired::Granted(_first) = slots.acquire("p", 1, holder("a")).await.unwrap() else {
         panic!("a local slot")
     };
-    assert!(started.elapsed() < Duration::from_secs(1), "playback waited on Redis");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "playback waited on Redis"
+    );
     // The limit still holds, here.
     assert!(matches!(
         slots.acquire("p", 1, holder("b")).await.unwrap(),
         Acquired::Full(_)
     ));
+}
+
+// --- Instances of the proxy on one Redis -------------------------------------------------
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::util::origin::Origin;
+use crate::util::Proxy;
+use m3u_proxy::config::StoreBackend;
+
+/// An in-process instance of the fleet on `redis`.
+async fn proxy(redis: &RedisServer) -> Proxy {
+    let url = redis.url();
+    Proxy::start_with(move |c| {
+        c.store = StoreBackend::Redis;
+        c.redis = Some(RedisSettings {
+            url,
+            prefix: "view".into(),
+        });
+        c.secret = None;
+    })
+    .await
+}
+
+/// An instance's own id, as its `/health` breakdown gives it first.
+async fn id_of(p: &Proxy) -> String {
+    let health = p.get_json("/health").await;
+    health["instances"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// Plays `path` on `p` to its end as the viewer `agent`; returns the bytes.
+async fn play(p: &Proxy, path: &str, agent: &str) -> usize {
+    let res = p
+        .http
+        .get(p.url(path))
+        .header("user-agent", agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.bytes().await.unwrap().len()
+}
+
+#[tokio::test]
+async fn stats_on_one_instance_sum_the_viewers_and_bytes_of_the_others() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put("/film.mp4", vec![3u8; 40_000], "video/mp4");
+    let (a, b, c) = (
+        proxy(&redis).await,
+        proxy(&redis).await,
+        proxy(&redis).await,
+    );
+    let mut endpoint = String::new();
+    let mut id = String::new();
+    for p in [&a, &b, &c] {
+        (id, endpoint) = p.register(&origin.url("/film.mp4"), &[]).await;
+    }
+    let (id_b, id_c) = (id_of(&b).await, id_of(&c).await);
+    assert_eq!(play(&b, &endpoint, "viewer-on-b").await, 40_000);
+    assert_eq!(play(&c, &endpoint, "viewer-on-c").await, 40_000);
+    let played = std::time::Instant::now();
+
+    let stats = eventually(
+        Duration::from_secs(2),
+        "B's and C's viewers on A",
+        || async {
+            let stats = a.get_json("/stats").await;
+            (stats["proxy"]["total_clients"] == 2).then_some(stats)
+        },
+    )
+    .await;
+    assert!(played.elapsed() < Duration::from_secs(2));
+    let mut on: Vec<(String, String)> = stats["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["user_agent"].as_str().unwrap().to_string(),
+                c["instance"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    on.sort();
+    assert_eq!(
+        on,
+        [
+            ("viewer-on-b".to_string(), id_b.clone()),
+            ("viewer-on-c".to_string(), id_c.clone())
+        ]
+    );
+    let instances = stats["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3, "{stats}");
+    assert_eq!(instances[0]["address"], a.addr.to_string());
+    let b_row = instances.iter().find(|i| i["id"] == id_b.as_str()).unwrap();
+    assert_eq!(
+        (b_row["clients"].as_u64(), b_row["bytes"].as_u64()),
+        (Some(1), Some(40_000))
+    );
+
+    // The bytes come through the stored counters once B and C have flushed.
+    let stats = eventually(Duration::from_secs(5), "the fleet's bytes on A", || async {
+        let stats = a.get_json("/stats").await;
+        (stats["proxy"]["total_bytes_served"] == 80_000).then_some(stats)
+    })
+    .await;
+    let stream = &stats["streams"][0];
+    assert_eq!(
+        (
+            stream["client_count"].as_u64(),
+            stream["total_bytes_served"].as_u64()
+        ),
+        (Some(2), Some(80_000))
+    );
+    let detail = a.get_json(&format!("/streams/{id}")).await;
+    assert_eq!(detail["client_count"], 2, "{detail}");
+    assert_eq!(detail["stream"]["total_bytes_served"], 80_000);
+    let listed = a.get_json("/streams").await;
+    assert_eq!(listed["streams"][0]["client_count"], 2);
+    let clients = a.get_json("/clients").await;
+    assert_eq!(clients["total"], 2);
+    let one = clients["clients"][0]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let found = a.get_json(&format!("/clients/{one}")).await;
+    assert_eq!(
+        found["client_id"],
+        one.as_str(),
+        "another instance's client by id"
+    );
+    let health = a.get_json("/health").await;
+    assert_eq!(
+        (
+            health["clients"].as_u64(),
+            health["total_bytes_served"].as_u64()
+        ),
+        (Some(2), Some(80_000))
+    );
+    assert_eq!(health["stats"]["total_clients"], 2);
+    assert_eq!(health["instances"].as_array().unwrap().len(), 3);
+    let page = a.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        crate::util::metric_sample(&page, "m3u_proxy_fleet_instances"),
+        3
+    );
+    assert_eq!(
+        crate::util::metric_sample(&page, "m3u_proxy_fleet_bytes_served_total"),
+        80_000
+    );
+    assert_eq!(
+        crate::util::metric_sample(&page, "m3u_proxy_bytes_served_total"),
+        0,
+        "A's own family"
+    );
+
+    // A stopped instance leaves the view (at once when it stops cleanly).
+    c.stop().await;
+    eventually(Duration::from_secs(3), "C out of A's view", || async {
+        let stats = a.get_json("/stats").await;
+        (stats["instances"].as_array().unwrap().len() == 2 && stats["proxy"]["total_clients"] == 1)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Reads an SSE response until an event's JSON satisfies `wanted`.
+async fn sse_until(res: reqwest::Response, wanted: impl Fn(&Value) -> bool) -> Value {
+    use futures_util::StreamExt;
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    loop {
+        let chunk = body.next().await.expect("the feed goes on").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let message: String = text.drain(..end + 2).collect();
+            for line in message.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                        if wanted(&v) {
+                            return v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put("/film.mp4", vec![3u8; 10_000], "video/mp4");
+    let (a, b, c) = (
+        proxy(&redis).await,
+        proxy(&redis).await,
+        proxy(&redis).await,
+    );
+    let (id_a, id_c) = (id_of(&a).await, id_of(&c).await);
+    let (hook_url, seen) = hook_receiver().await;
+    // One webhook per instance: each instance has a registration that would match every
+    // instance's events; only the events of its own are delivered.
+    for p in [&a, &b, &c] {
+        let res = p
+            .http
+            .post(p.url("/webhooks"))
+            .json(&json!({"url": hook_url, "events": ["client_connected"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let mut endpoint = String::new();
+    for p in [&a, &b, &c] {
+        (_, endpoint) = p.register(&origin.url("/film.mp4"), &[]).await;
+    }
+    let feed = a
+        .http
+        .get(a.url("/events?types=client_connected"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+    play(&c, &endpoint, "viewer-on-c").await;
+    let event = tokio::time::timeout(
+        Duration::from_secs(5),
+        sse_until(feed, |e| e["instance"] == id_c.as_str()),
+    )
+    .await
+    .expect("C's client_connected on A's feed");
+    assert_eq!(event["event_type"], "client_connected");
+    play(&a, &endpoint, "viewer-on-a").await;
+
+    // A's and C's events, each delivered by its own instance's hook only: two deliveries
+    // where three instances x three hooks could have made up to nine.
+    eventually(Duration::from_secs(5), "both deliveries", || async {
+        (seen.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    // Give a duplicate (from B or the other instance) time to show up; deliveries of the
+    // same process are quick, so one second is far beyond the first two.
+    let settled = crate::util::poll_for(Duration::from_secs(1), || async {
+        (seen.lock().unwrap().len() > 2).then_some(())
+    })
+    .await;
+    assert!(settled.is_none(), "{:?}", seen.lock().unwrap());
+    let mut from: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d["instance"].as_str().unwrap_or_default().to_string())
+        .collect();
+    from.sort();
+    let mut expected = vec![id_a, id_c];
+    expected.sort();
+    assert_eq!(from, expected);
+}
+
+/// A webhook receiver on 127.0.0.1:0 that records every body it is sent.
+async fn hook_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
 }

@@ -83,7 +83,9 @@ async fn publish(
             }
             Err(_) => {
                 failing = true;
-                tracing::warn!("fleet event not published (timed out); the other instances miss it");
+                tracing::warn!(
+                    "fleet event not published (timed out); the other instances miss it"
+                );
             }
         }
     }

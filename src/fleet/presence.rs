@@ -12,7 +12,7 @@
 //! yet, and the viewers of every live instance (this one's read live from the registry).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -78,7 +78,8 @@ pub struct Snapshot {
 pub struct Presence {
     fleet: Arc<Fleet>,
     registry: Arc<Registry>,
-    address: String,
+    /// Set when the listener is bound.
+    address: Arc<OnceLock<String>>,
     /// `registry.totals.bytes` when this process started serving (after the restore of the
     /// stored totals), so `bytes` is what this instance served.
     bytes_at_start: u64,
@@ -95,9 +96,10 @@ impl std::fmt::Debug for Presence {
 }
 
 impl Presence {
-    /// `address` is where this instance listens (`host:port`), for the breakdown. Make it
+    /// `address` is where this instance listens (`host:port`, set once bound), for the
+    /// breakdown. Make it
     /// after the store's restore, so the restored totals do not count as served here.
-    pub fn new(fleet: Arc<Fleet>, registry: Arc<Registry>, address: String) -> Self {
+    pub fn new(fleet: Arc<Fleet>, registry: Arc<Registry>, address: Arc<OnceLock<String>>) -> Self {
         Presence {
             bytes_at_start: Counters::get(&registry.totals.bytes),
             fleet,
@@ -173,7 +175,7 @@ impl Presence {
         });
         Heartbeat {
             id: self.fleet.instance_id.clone(),
-            address: self.address.clone(),
+            address: self.address.get().cloned().unwrap_or_default(),
             started_at: r.clock.started_at(),
             clients,
             connections: Counters::get(&r.totals.active_connections),
@@ -255,10 +257,8 @@ impl Presence {
                 .iter()
                 .map(|id| self.fleet.key(&format!("instance:{id}")))
                 .collect();
-            let beats: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await?;
+            let beats: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
             for json in beats.into_iter().flatten() {
                 match serde_json::from_str::<Heartbeat>(&json) {
                     Ok(beat) => instances.push(beat),
@@ -512,6 +512,9 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(four(&fields), [10, 0, 0, 2]);
-        assert_eq!(add([1, 2, 3, 4], [10, 0, 0, u64::MAX]), [11, 2, 3, u64::MAX]);
+        assert_eq!(
+            add([1, 2, 3, 4], [10, 0, 0, u64::MAX]),
+            [11, 2, 3, u64::MAX]
+        );
     }
 }

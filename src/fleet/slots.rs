@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::{Fleet, COMMAND_TIMEOUT};
-use crate::providers::{Acquired, Holder, HolderInfo, LocalSlots, SlotError, SlotGuard, SlotPool, Stop};
+use crate::providers::{
+    Acquired, Holder, HolderInfo, LocalSlots, SlotError, SlotGuard, SlotPool, Stop,
+};
 
 /// How long a slot stays taken without a renewal.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -421,14 +423,15 @@ impl SlotPool for RedisSlots {
             }
             local.await?;
             loop {
-                let held = tokio::time::timeout(
-                    COMMAND_TIMEOUT,
-                    self.inner.held_in_redis(provider),
-                )
-                .await
-                .map_err(|_| SlotError("timed out".into()))?
-                .map_err(|e| SlotError(e.to_string()))?;
-                if !held.iter().any(|i| i.stream_id.as_deref() == Some(stream_id)) {
+                let held =
+                    tokio::time::timeout(COMMAND_TIMEOUT, self.inner.held_in_redis(provider))
+                        .await
+                        .map_err(|_| SlotError("timed out".into()))?
+                        .map_err(|e| SlotError(e.to_string()))?;
+                if !held
+                    .iter()
+                    .any(|i| i.stream_id.as_deref() == Some(stream_id))
+                {
                     return Ok(());
                 }
                 tokio::time::sleep(STOP_POLL).await;
