@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use m3u_proxy::config::{RedisSettings, StoreBackend};
 use serde_json::{json, Value};
 
@@ -205,4 +206,166 @@ async fn the_binary_joins_a_fleet_through_the_compose_names_and_refuses_bad_redi
         assert!(!stderr.contains("hunter2"), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+}
+
+const MPEGURL: &str = "application/vnd.apple.mpegurl";
+
+fn media_playlist(dir: &str) -> String {
+    let mut text =
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n".to_string();
+    for n in 1..4 {
+        text.push_str(&format!("#EXTINF:2.0,\n{dir}/seg{n}.ts\n"));
+    }
+    text
+}
+
+/// Whether `GET /streams/{id}` on `proxy` answers 200 (and its JSON when it does).
+async fn stream_on(proxy: &Proxy, id: &str) -> Option<Value> {
+    let res = proxy.get(&format!("/streams/{id}")).await;
+    if res.status() != 200 {
+        return None;
+    }
+    res.json().await.ok()
+}
+
+/// Whether `GET /streams` on `proxy` lists `id`, without a read on miss.
+async fn listed_on(proxy: &Proxy, id: &str) -> Option<Value> {
+    let all: Value = proxy.get_json("/streams").await;
+    let streams = all.get("streams").unwrap_or(&all).as_array()?.clone();
+    streams.into_iter().find(|s| s["stream_id"] == id)
+}
+
+#[tokio::test]
+async fn creates_updates_failovers_and_deletes_on_one_instance_reach_the_others() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put("/a/live.m3u8", media_playlist("a"), MPEGURL);
+    origin.put("/b/live.m3u8", media_playlist("b"), MPEGURL);
+    origin.live_ts("/live.ts", 100_000);
+    let (a, b, c) = (
+        instance(&redis).await,
+        instance(&redis).await,
+        instance(&redis).await,
+    );
+
+    // Created on A: listed on B and C within a second (by the announcement, not a miss).
+    let (hls, _) = a.register(&origin.url("/a/live.m3u8"), &[]).await;
+    for other in [&b, &c] {
+        eventually(
+            Duration::from_secs(1),
+            "the stream listed elsewhere",
+            || listed_on(other, &hls),
+        )
+        .await;
+    }
+    // Updated on A (a backup URL added): B and C see it within a second.
+    let (again, _) = a
+        .register(&origin.url("/a/live.m3u8"), &[origin.url("/b/live.m3u8")])
+        .await;
+    assert_eq!(again, hls);
+    for other in [&b, &c] {
+        eventually(
+            Duration::from_secs(1),
+            "the backup URL elsewhere",
+            || async {
+                let s = listed_on(other, &hls).await?;
+                (s["failover_urls"] == json!([origin.url("/b/live.m3u8")])).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // B plays it; a manual failover on C moves B's next playlist to the backup.
+    let playlist = format!("/hls/{hls}/playlist.m3u8");
+    assert_eq!(b.get(&playlist).await.status(), 200);
+    assert_eq!(origin.hits("/b/live.m3u8"), 0);
+    c.switch_now(&hls).await;
+    eventually(Duration::from_secs(1), "B on the backup URL", || async {
+        let s = listed_on(&b, &hls).await?;
+        (s["current_url"] == origin.url("/b/live.m3u8")).then_some(())
+    })
+    .await;
+    let before = origin.hits("/b/live.m3u8");
+    assert_eq!(b.get(&playlist).await.status(), 200);
+    assert!(
+        origin.hits("/b/live.m3u8") > before,
+        "B's next playlist came from the backup"
+    );
+    let on_a = listed_on(&a, &hls).await.unwrap();
+    assert_eq!(on_a["current_url"], origin.url("/b/live.m3u8"), "{on_a}");
+
+    // A live viewer on C; the stream deleted on A: C's viewer is cut within 2 s.
+    let (live, endpoint) = a.register(&origin.url("/live.ts"), &[]).await;
+    let mut viewer = eventually(Duration::from_secs(2), "C playing A's stream", || async {
+        let res = c.get(&endpoint).await;
+        (res.status() == 200).then(|| crate::util::ts_viewer::TsViewer::from_response(res))
+    })
+    .await;
+    viewer.read_packets(50, Duration::from_secs(5)).await;
+    let res = a
+        .http
+        .delete(a.url(&format!("/streams/{live}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Ended as a delete here ends it (the body closes), within 2 s.
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = viewer.body.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "C's viewer still open 2 s after the delete on A"
+    );
+    assert!(stream_on(&c, &live).await.is_none(), "gone on C");
+    assert!(stream_on(&b, &live).await.is_none(), "gone on B");
+    for p in [a, b, c] {
+        p.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_unknown_here_is_looked_up_in_redis_before_a_404() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put("/film.mp4", vec![1u8; 10_000], "video/mp4");
+    let a = instance(&redis).await;
+    // Written to Redis behind every instance's back (no announcement): only a read on
+    // miss can find it.
+    let (id, endpoint) = a.register(&origin.url("/film.mp4"), &[]).await;
+    let doc: String = redis_query(
+        &redis,
+        redis::cmd("HGET").arg("fleet-test:doc:stream").arg(&id),
+    );
+    let b = instance(&redis).await;
+    let _: () = redis_query(
+        &redis,
+        redis::cmd("HDEL").arg("fleet-test:doc:stream").arg(&id),
+    );
+    let other = "0123456789abcdef01234567";
+    let _: () = redis_query(
+        &redis,
+        redis::cmd("HSET")
+            .arg("fleet-test:doc:stream")
+            .arg(other)
+            .arg(&doc),
+    );
+    assert_eq!(b.get(&format!("/streams/{other}")).await.status(), 200);
+    assert!(listed_on(&b, other).await.is_some(), "taken in");
+    assert_eq!(
+        b.get("/streams/ffffffffffffffffffffffff").await.status(),
+        404
+    );
+    let res = b.get(&endpoint.replace(&id, other)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len(), 10_000);
+    a.stop().await;
+    b.stop().await;
 }
