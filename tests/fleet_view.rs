@@ -558,3 +558,167 @@ async fn hook_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, seen)
 }
+
+/// Opens `path` on `p` and reads its first bytes; the response stays open while kept.
+async fn watch(p: &Proxy, path: &str) -> reqwest::Response {
+    let mut res = p.http.get(p.url(path)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.chunk().await.unwrap().is_some(), "bytes flow");
+    res
+}
+
+/// Registers `path` of `origin` on `p` as a live TS stream; returns its `/stream/` path.
+async fn live_stream(p: &Proxy, origin: &Origin, path: &str) -> String {
+    let (status, created) = p
+        .post_stream(json!({"url": origin.url(path), "stream_type": "direct"}))
+        .await;
+    assert!(status.is_success(), "{status} {created}");
+    created["direct_url"].as_str().unwrap().to_string()
+}
+
+/// Defines provider `acc` (every URL of `origin`, at most one connection) on `on`, and
+/// waits until every one of `all` knows it.
+async fn one_slot_provider(on: &Proxy, all: &[&Proxy], origin: &Origin) {
+    let host = origin
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let res = on
+        .http
+        .put(on.url("/providers/acc"))
+        .json(&json!({"hosts": [host], "max_connections": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    for p in all {
+        eventually(
+            Duration::from_secs(2),
+            "the provider known everywhere",
+            || async { (p.get("/providers/acc").await.status() == StatusCode::OK).then_some(()) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_provider_limit_of_one_holds_for_two_instances() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.live_ts("/one.ts", 100_000);
+    origin.live_ts("/two.ts", 100_000);
+    let (a, b) = (proxy(&redis).await, proxy(&redis).await);
+    one_slot_provider(&a, &[&b], &origin).await;
+    let one = live_stream(&a, &origin, "/one.ts").await;
+    let two = live_stream(&b, &origin, "/two.ts").await;
+    let viewer = watch(&a, &one).await;
+
+    // A holds the provider's one slot: B's channel of the same provider is refused.
+    let refused = b.get(&two).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "provider_full", "{body}");
+    let stats = b.get_json("/stats").await;
+    assert_eq!(
+        stats["providers"][0]["active_connections"], 1,
+        "B sees A's slot"
+    );
+
+    // A's viewer leaves, A gives the slot back, and B's channel plays.
+    drop(viewer);
+    eventually(Duration::from_secs(10), "B's channel playing", || async {
+        let mut res = b.http.get(b.url(&two)).send().await.ok()?;
+        (res.status() == StatusCode::OK && res.chunk().await.ok()??.len() > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_instance_leaves_the_view_and_frees_its_slots() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.live_ts("/one.ts", 100_000);
+    origin.live_ts("/two.ts", 100_000);
+    let a = proxy(&redis).await;
+    let url = redis.url();
+    let (mut killed, base) = crate::binary::start(|port| {
+        (
+            vec![
+                ("M3U_PROXY_HOST", "127.0.0.1".to_string()),
+                ("M3U_PROXY_PORT", port.to_string()),
+                ("M3U_PROXY_STORE", "redis".to_string()),
+                ("REDIS_URL", url.clone()),
+                ("REDIS_PREFIX", "view".to_string()),
+                ("LOG_LEVEL", "warn".to_string()),
+            ],
+            vec![],
+        )
+    })
+    .await;
+    one_slot_provider(&a, &[&a], &origin).await;
+    let one = live_stream(&a, &origin, "/one.ts").await;
+    let two = live_stream(&a, &origin, "/two.ts").await;
+    let http = crate::util::http_client();
+    eventually(
+        Duration::from_secs(2),
+        "the provider on the binary",
+        || async {
+            let res = http
+                .get(format!("{base}/providers/acc"))
+                .send()
+                .await
+                .ok()?;
+            (res.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    let mut viewer = http.get(format!("{base}{one}")).send().await.unwrap();
+    assert_eq!(viewer.status(), StatusCode::OK);
+    assert!(viewer.chunk().await.unwrap().is_some());
+    let id_a = id_of(&a).await;
+    // The viewers A reports on other instances (A's own refused request is a client too).
+    let elsewhere = |stats: &Value| {
+        stats["clients"].as_array().map_or(0, |cs| {
+            cs.iter().filter(|c| c["instance"] != id_a.as_str()).count()
+        })
+    };
+    eventually(
+        Duration::from_secs(2),
+        "the binary's viewer on A",
+        || async { (elsewhere(&a.get_json("/stats").await) == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(a.get(&two).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // SIGKILL: no goodbye, no release. Its heartbeat expires (15 s), its lease too (30 s).
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "its viewer out of A's view",
+        || async {
+            let stats = a.get_json("/stats").await;
+            (elsewhere(&stats) == 0 && stats["instances"].as_array()?.len() == 1).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(31).saturating_sub(killed_at.elapsed()),
+        "its provider slot freed",
+        || async {
+            let mut res = a.http.get(a.url(&two)).send().await.ok()?;
+            (res.status() == StatusCode::OK && !res.chunk().await.ok()??.is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert!(killed_at.elapsed() <= Duration::from_secs(31));
+    drop(viewer);
+}
