@@ -36,6 +36,12 @@ pub struct Config {
     pub store: StoreBackend,
     /// How often counter increments are written to the store (`STATE_FLUSH_INTERVAL`).
     pub state_flush_interval: Duration,
+    /// The fleet's Redis (`REDIS_URL` or the compose names); required by, and only used
+    /// with, [`StoreBackend::Redis`].
+    pub redis: Option<RedisSettings>,
+    /// `host:port` the other instances of a fleet (and its operators) reach this one at
+    /// (`ADVERTISE_ADDRESS`); `None`: the bound listen address.
+    pub advertise: Option<String>,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` headers are believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// Upstream timeouts; see [`UpstreamTimeouts`].
@@ -91,6 +97,18 @@ pub enum StoreBackend {
     Memory,
     /// One SQLite file in the data directory.
     Sqlite,
+    /// The fleet's Redis ([`Config::redis`]), shared by every instance.
+    Redis,
+}
+
+/// Where the fleet's Redis is and how its keys are named (`crate::fleet` re-exports it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port/db` (credentials are never logged; see
+    /// `fleet::redacted_url`).
+    pub url: String,
+    /// Every key starts with this and a colon.
+    pub prefix: String,
 }
 
 impl StoreBackend {
@@ -98,6 +116,7 @@ impl StoreBackend {
         match self {
             StoreBackend::Memory => "memory",
             StoreBackend::Sqlite => "sqlite",
+            StoreBackend::Redis => "redis",
         }
     }
 }
@@ -293,6 +312,8 @@ impl Default for Config {
             data_dir: None,
             store: StoreBackend::Memory,
             state_flush_interval: Duration::from_secs(1),
+            redis: None,
+            advertise: None,
             trusted_proxies: Vec::new(),
             upstream: UpstreamTimeouts::default(),
             max_playlist_bytes: 16 * 1024 * 1024,
@@ -317,6 +338,10 @@ pub enum ConfigError {
     TooLarge(&'static str, u64),
     #[error("PUBLIC_URL must be an absolute http or https URL, not {0:?}")]
     PublicUrl(String),
+    #[error("--store redis needs REDIS_URL (or REDIS_HOST)")]
+    NoRedis,
+    #[error("REDIS_PREFIX must not be empty")]
+    EmptyRedisPrefix,
 }
 
 /// Largest `FANOUT_BUFFER`: its slots are allocated when a live stream is first shared.
@@ -367,6 +392,13 @@ impl Config {
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
             if !ok {
                 return Err(ConfigError::PublicUrl(public.clone()));
+            }
+        }
+        if self.store == StoreBackend::Redis {
+            match &self.redis {
+                None => return Err(ConfigError::NoRedis),
+                Some(r) if r.prefix.trim().is_empty() => return Err(ConfigError::EmptyRedisPrefix),
+                Some(_) => {}
             }
         }
         if self.fanout.buffer > MAX_FANOUT_BUFFER {
@@ -444,5 +476,14 @@ mod tests {
         );
         c.fanout.buffer = 0;
         assert_eq!(c.validate(), Ok(()), "0 turns sharing off");
+        c.store = StoreBackend::Redis;
+        assert_eq!(c.validate(), Err(ConfigError::NoRedis));
+        c.redis = Some(RedisSettings {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: " ".into(),
+        });
+        assert_eq!(c.validate(), Err(ConfigError::EmptyRedisPrefix));
+        c.redis.as_mut().unwrap().prefix = "m3u-proxy".into();
+        assert_eq!(c.validate(), Ok(()));
     }
 }

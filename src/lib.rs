@@ -45,8 +45,6 @@
 //!   connection: each stream's slot in its own map, the open-or-join decision, and the hub
 //!   task that broadcasts a feed (`live::hub`). Uses `upstream`, `registry`, `config`,
 //!   `error`, `playlist`.
-//! - [`fleet`] — several instances as one proxy through one Redis (`--store redis`): the
-//!   connection (reconnecting with backoff) and the name of every key the fleet uses.
 //! - [`store`] — durable state: the one persistence interface (documents by kind and id,
 //!   additive counters, a load at start-up), its `memory` and `sqlite` backends on a
 //!   writer thread of their own, the stream and webhook documents, the restore before
@@ -57,6 +55,10 @@
 //!   refresh loop, retiring of dropped channels, the stored guides; what the proxied list
 //!   and the HDHomeRun lineup say. Uses `playlist`, `registry`, `upstream`, `stream`,
 //!   `events`, `config`, `model`, `store` (each list's record).
+//! - [`fleet`] — several instances as one proxy through one Redis (`--store redis`): the
+//!   connection (reconnecting with backoff), the name of every key the fleet uses, the
+//!   store's Redis backend and the fleet's shared secret (`fleet::backend`). Uses `store`,
+//!   `config`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
 //!   `/events` (SSE), `/webhooks`, `/providers`, channel lists and the HDHomeRun tuner
 //!   (`api::channels`), and m3u-editor's forms of them

@@ -30,6 +30,7 @@ use crate::config::{Config, ConfigError, StoreBackend};
 use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
+use crate::fleet::{Fleet, FleetError};
 use crate::live::Live;
 use crate::providers::{LocalSlots, ProviderRecord, Providers};
 use crate::proxy_url::Signer;
@@ -61,6 +62,8 @@ pub enum ServerError {
     DataDir { path: String, source: io::Error },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Fleet(#[from] FleetError),
     #[error("cannot build the upstream client: {0}")]
     Upstream(#[from] UpstreamError),
     #[error("server error: {0}")]
@@ -75,7 +78,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = SocketAddr::new(config.host, config.port);
-    let state = build_state(config)?;
+    let state = build(config).await?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
@@ -92,7 +95,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    serve_state(listener, build_state(config)?, shutdown).await
+    serve_state(listener, build(config).await?, shutdown).await
 }
 
 /// Serves an already built state on an already bound listener (tests keep a handle on
@@ -102,6 +105,10 @@ pub async fn serve_state(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let bound = listener.local_addr()?.to_string();
+    let _ = state
+        .address
+        .set(state.config.advertise.clone().unwrap_or(bound));
     tracing::info!(
         max_connections = state.connections.max(),
         max_connections_per_ip = ?state.connections.per_ip(),
@@ -209,9 +216,38 @@ fn descriptor_limit() -> u64 {
     rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
-/// The shared state: registry, upstream client and signer, with the signing secret from
-/// the configuration, the data directory, or (for a lone process) fresh randomness.
+/// Connects to the fleet's Redis when the store is `redis` (before anything listens; one
+/// attempt, a few seconds at most), then builds the state as [`build_state_with`].
+pub async fn build(config: Config) -> Result<AppState, ServerError> {
+    config.validate()?;
+    let fleet = match (config.store, &config.redis) {
+        (StoreBackend::Redis, Some(settings)) => {
+            let fleet = Fleet::connect(settings).await?;
+            tracing::info!(
+                redis = %fleet.location,
+                prefix = %fleet.prefix,
+                instance = %fleet.instance_id,
+                "joined the fleet"
+            );
+            Some(Arc::new(fleet))
+        }
+        _ => None,
+    };
+    build_state_with(config, fleet)
+}
+
+/// The state of a lone instance (`memory` or `sqlite` store); `redis` needs [`build`].
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
+    build_state_with(config, None)
+}
+
+/// The shared state: registry, upstream client and signer, with the signing secret from
+/// the configuration, the fleet's Redis, the data directory, or (for a lone process)
+/// fresh randomness. With `--store redis`, `fleet` is the connection [`build`] made.
+pub fn build_state_with(
+    config: Config,
+    fleet: Option<Arc<Fleet>>,
+) -> Result<AppState, ServerError> {
     config.validate()?;
     let data_dir = match config.store {
         StoreBackend::Sqlite => Some(
@@ -220,17 +256,29 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
                 .clone()
                 .unwrap_or_else(|| store::DEFAULT_DATA_DIR.into()),
         ),
-        StoreBackend::Memory => config.data_dir.clone(),
+        StoreBackend::Memory | StoreBackend::Redis => config.data_dir.clone(),
     };
     // The store first: it creates the data directory (mode 0700) where the secret goes.
-    let (store, loaded) = Store::open(config.store, data_dir.as_deref())?;
-    let secret = match (&config.secret, &data_dir) {
-        (Some(s), _) => s.as_bytes().to_vec(),
-        (None, Some(dir)) => load_or_create_secret(dir).map_err(|source| ServerError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?,
-        (None, None) => {
+    let (store, loaded) = match (config.store, &fleet) {
+        (StoreBackend::Redis, Some(fleet)) => Store::start(fleet.backend(), true)?,
+        (StoreBackend::Redis, None) => {
+            return Err(ServerError::Store(StoreError::Open {
+                path: "redis".into(),
+                detail: "--store redis needs the fleet connection (server::build)".into(),
+            }))
+        }
+        (kind, _) => Store::open(kind, data_dir.as_deref())?,
+    };
+    let secret = match (&config.secret, &fleet, &data_dir) {
+        (Some(s), _, _) => s.as_bytes().to_vec(),
+        (None, Some(fleet), _) => fleet.secret()?,
+        (None, None, Some(dir)) => {
+            load_or_create_secret(dir).map_err(|source| ServerError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?
+        }
+        (None, None, None) => {
             let mut bytes = vec![0u8; 32];
             rand::fill(&mut bytes[..]);
             bytes
@@ -298,6 +346,8 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         live: Arc::new(Live::new(config.fanout)),
         connections: Arc::new(connections),
         config,
+        fleet,
+        address: Arc::default(),
     })
 }
 

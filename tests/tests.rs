@@ -16,6 +16,7 @@ mod events;
 mod failover;
 mod failover_e2e;
 mod fanout;
+mod fleet;
 mod fleet_lb;
 mod hls;
 mod hostile;

@@ -59,6 +59,11 @@ pub struct AppState {
     pub store: Arc<crate::store::Store>,
     /// Channel lists and the streams they registered.
     pub channels: Arc<crate::channels::Channels>,
+    /// The fleet this instance belongs to (`--store redis`); `None` for a lone instance.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// `host:port` others reach this instance at: `ADVERTISE_ADDRESS`, else the bound
+    /// listen address, set when the listener is handed to the server.
+    pub address: Arc<std::sync::OnceLock<String>>,
 }
 
 impl FromRef<AppState> for Arc<crate::store::Store> {

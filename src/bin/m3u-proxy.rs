@@ -10,8 +10,9 @@ use std::time::Duration;
 use clap::Parser;
 use m3u_proxy::config::{
     CacheSettings, ChannelSettings, ClientLimits, Config, ConnectionSettings, FailoverSettings,
-    FanoutSettings, SlowViewer, StoreBackend, UpstreamTimeouts,
+    FanoutSettings, RedisSettings, SlowViewer, StoreBackend, UpstreamTimeouts,
 };
+use m3u_proxy::fleet::FleetError;
 use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;
 use m3u_proxy::store::StoreError;
@@ -71,9 +72,33 @@ struct Args {
     #[arg(long, env = "M3U_PROXY_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Where streams, webhooks and counters are kept: sqlite (a database in the data
-    /// directory) or memory (nothing survives a restart).
+    /// directory), memory (nothing survives a restart) or redis (shared by a fleet of
+    /// instances; see REDIS_URL).
     #[arg(long, env = "M3U_PROXY_STORE", value_enum, default_value = "sqlite")]
     store: StoreArg,
+    /// The fleet's Redis with --store redis: redis://[:password@]host:port/db (default:
+    /// built from REDIS_HOST and the other REDIS_ names).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Redis host with --store redis when REDIS_URL is not set.
+    #[arg(long, env = "REDIS_HOST")]
+    redis_host: Option<String>,
+    /// Redis port; `REDIS_SERVER_PORT` is read when REDIS_PORT is unset [default: 6379]
+    #[arg(long, env = "REDIS_PORT")]
+    redis_port: Option<u16>,
+    /// Redis database number [default: 0]
+    #[arg(long, env = "REDIS_DB")]
+    redis_db: Option<u32>,
+    /// Redis password when REDIS_URL is not set.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<String>,
+    /// Prefix of every Redis key, so one Redis can hold several fleets.
+    #[arg(long, env = "REDIS_PREFIX", default_value = m3u_proxy::fleet::DEFAULT_PREFIX)]
+    redis_prefix: String,
+    /// host:port the other instances of a fleet reach this one at, shown in the fleet
+    /// view (default: the bound listen address).
+    #[arg(long, env = "ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
     /// Seconds between writes of counter increments to the store (also written at shutdown).
     #[arg(long, env = "STATE_FLUSH_INTERVAL", default_value_t = 1.0)]
     state_flush_interval: f64,
@@ -153,6 +178,7 @@ struct Args {
 enum StoreArg {
     Sqlite,
     Memory,
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -192,8 +218,36 @@ fn seconds(name: &str, s: f64) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// The fleet's Redis: `REDIS_URL`, else a URL built from the compose names; `None`
+    /// unless `--store redis` (m3u-editor's compose files set `REDIS_HOST` for its own use).
+    fn redis(&self) -> Result<Option<RedisSettings>, String> {
+        if !matches!(self.store, StoreArg::Redis) {
+            return Ok(None);
+        }
+        let url = match self.redis_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => Some(url.to_string()),
+            _ => m3u_proxy::fleet::url_from_parts(
+                self.redis_host.as_deref(),
+                alias(self.redis_port, "REDIS_SERVER_PORT")?,
+                self.redis_db,
+                self.redis_password.as_deref(),
+            ),
+        };
+        Ok(url.map(|url| RedisSettings {
+            url,
+            prefix: self.redis_prefix.trim().to_string(),
+        }))
+    }
+
     fn into_config(self) -> Result<Config, String> {
         Ok(Config {
+            redis: self.redis()?,
+            advertise: self
+                .advertise_address
+                .as_deref()
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string),
             host: alias(self.host, "HOST")?.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             port: alias(self.port, "PORT")?.unwrap_or(8001),
             root_path: m3u_proxy::config::normalize_root_path(&self.root_path),
@@ -211,11 +265,12 @@ impl Args {
                 StoreArg::Sqlite => self
                     .data_dir
                     .or_else(|| Some(PathBuf::from(m3u_proxy::store::DEFAULT_DATA_DIR))),
-                StoreArg::Memory => self.data_dir,
+                StoreArg::Memory | StoreArg::Redis => self.data_dir,
             },
             store: match self.store {
                 StoreArg::Sqlite => StoreBackend::Sqlite,
                 StoreArg::Memory => StoreBackend::Memory,
+                StoreArg::Redis => StoreBackend::Redis,
             },
             state_flush_interval: seconds("--state-flush-interval", self.state_flush_interval)?,
             trusted_proxies: self.trusted_proxies,
@@ -315,7 +370,8 @@ async fn main() -> ExitCode {
         Err(
             err @ (ServerError::Config(_)
             | ServerError::DataDir { .. }
-            | ServerError::Store(StoreError::Directory { .. })),
+            | ServerError::Store(StoreError::Directory { .. })
+            | ServerError::Fleet(FleetError::InvalidUrl { .. })),
         ) => fail(BAD_SETTING, &format!("error: {err}")),
         Err(err) => fail(1, &format!("error: {err}")),
     }

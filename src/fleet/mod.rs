@@ -21,22 +21,23 @@
 //! | `p:slotinfo:{provider}` | hash | holder → who holds the slot (JSON) |
 //! | `p:stops` | pub/sub | requests to stop a stream's holders of a provider slot |
 
+mod backend;
+
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use backend::{
+    connect_blocking, counter_set, counters_key, doc_key, shared_secret, Change, ChangeOp,
+    RedisBackend,
+};
+
 /// The key prefix when `REDIS_PREFIX` is not set.
 pub const DEFAULT_PREFIX: &str = "m3u-proxy";
 
-/// Where the fleet's Redis is and how its keys are named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisSettings {
-    /// `redis://[:password@]host:port/db` (credentials are never logged; see
-    /// [`redacted_url`]).
-    pub url: String,
-    /// Every key starts with this and a colon.
-    pub prefix: String,
-}
+/// Where the fleet's Redis is and how its keys are named (defined in `config`, which
+/// every module may use).
+pub use crate::config::RedisSettings;
 
 /// Builds a Redis URL from m3u-editor's compose names (`REDIS_HOST`, `REDIS_PORT` or
 /// `REDIS_SERVER_PORT`, `REDIS_DB`, `REDIS_PASSWORD`); `None` when no host is given.
@@ -95,6 +96,8 @@ pub enum FleetError {
     InvalidUrl { url: String, detail: String },
     #[error("cannot reach Redis at {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    #[error("cannot read the fleet's secret from Redis at {url}: {detail}")]
+    Secret { url: String, detail: String },
 }
 
 /// This instance's handle to the fleet: its id, the key prefix and the Redis connections.
@@ -166,6 +169,24 @@ impl Fleet {
     /// `prefix:suffix`.
     pub fn key(&self, suffix: &str) -> String {
         key(&self.prefix, suffix)
+    }
+
+    /// The store backend on this fleet's Redis (a blocking connection of its own).
+    pub fn backend(&self) -> RedisBackend {
+        RedisBackend::new(
+            self.client.clone(),
+            &self.prefix,
+            &self.instance_id,
+            &self.location,
+        )
+    }
+
+    /// The fleet's shared signing secret; see [`shared_secret`].
+    pub fn secret(&self) -> Result<Vec<u8>, FleetError> {
+        shared_secret(&self.client, &self.prefix).map_err(|e| FleetError::Secret {
+            url: self.location.clone(),
+            detail: e.to_string(),
+        })
     }
 }
 

@@ -287,6 +287,12 @@ impl Store {
                     data_dir.map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), Path::to_path_buf);
                 Store::start(SqliteBackend::open(&dir)?, true)
             }
+            // Its backend needs the fleet's Redis connection: `fleet::RedisBackend`,
+            // started with [`Store::start`] by the server.
+            StoreBackend::Redis => Err(StoreError::Open {
+                path: "redis".into(),
+                detail: "the redis store is started with its fleet connection".into(),
+            }),
         }
     }
 
