@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::binary::{free_port, start};
 use crate::util::origin::Origin;
+use crate::util::redis::{require_redis, RedisServer};
 use crate::util::temp_dir::TempDir;
 use crate::util::{eventually, http_client, poll_for};
 
@@ -221,11 +222,12 @@ impl Balancer {
     }
 }
 
-/// Three instances of the binary with the same secret, so a stream has the same id on
-/// each; killed on drop.
+/// Three instances of the binary sharing one Redis (`--store redis`), so they share the
+/// registry and the secret (a stream has the same id on each); killed on drop.
 struct Fleet {
     children: Vec<Child>,
     bases: Vec<String>,
+    _redis: RedisServer,
 }
 
 impl Drop for Fleet {
@@ -239,17 +241,20 @@ impl Drop for Fleet {
 
 impl Fleet {
     async fn start() -> Fleet {
+        let redis = RedisServer::start();
+        let url = redis.url();
         let mut fleet = Fleet {
             children: vec![],
             bases: vec![],
+            _redis: redis,
         };
         for _ in 0..3 {
             let (child, base) = start(|port| {
                 let envs = vec![
                     ("M3U_PROXY_HOST", "127.0.0.1".into()),
                     ("M3U_PROXY_PORT", port.to_string()),
-                    ("M3U_PROXY_STORE", "memory".into()),
-                    ("M3U_PROXY_SECRET", "fleet-lb-test-secret".into()),
+                    ("M3U_PROXY_STORE", "redis".into()),
+                    ("REDIS_URL", url.clone()),
                     ("TRUSTED_PROXIES", "127.0.0.1".into()),
                     ("LOG_LEVEL", "warn".into()),
                 ];
@@ -270,7 +275,8 @@ impl Fleet {
             .collect()
     }
 
-    /// Registers `url` on every instance and returns its id (the same everywhere).
+    /// Registers `url` on every instance and returns its id: the same everywhere, since the
+    /// instances share the secret through Redis.
     async fn register(&self, url: &str) -> String {
         let http = http_client();
         let mut ids = HashSet::new();
@@ -355,21 +361,41 @@ async fn ten_live_viewers_share_one_upstream(kind: Kind) {
         assert!(chunk.is_some_and(|c| !c.is_empty()));
     }
     assert_eq!(origin.hits("/live.ts") - before, 1);
-    // The instance that served them counts ten clients; the others none.
-    let mut counts = Vec::new();
-    for base in &fleet.bases {
-        let clients: serde_json::Value = http
-            .get(format!("{base}/clients"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        counts.push(clients["total"].as_u64().unwrap());
+    // The instance that served them has the ten viewers.
+    let served = instances.into_iter().next().unwrap();
+    let base = instance_base(&fleet, kind, &served);
+    let clients: serde_json::Value = http
+        .get(format!("{base}/clients"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: HashSet<&str> = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["client_id"].as_str())
+        .collect();
+    for i in 0..10 {
+        let name = format!("viewer-{i}");
+        assert!(ids.contains(name.as_str()), "{name} on {base}: {clients}");
     }
-    counts.sort_unstable();
-    assert_eq!(counts, [0, 0, 10], "per-instance viewers");
+}
+
+/// The base URL of the instance a balancer's header names: nginx gives its address,
+/// HAProxy the server name `m3uN` (N counting from 1, in the order of the instances).
+fn instance_base<'a>(fleet: &'a Fleet, kind: Kind, named: &str) -> &'a str {
+    let index = match kind {
+        Kind::Nginx => fleet
+            .bases
+            .iter()
+            .position(|b| b.ends_with(named))
+            .expect("the balancer's upstream is one of the instances"),
+        Kind::Haproxy => named["m3u".len()..].parse::<usize>().unwrap() - 1,
+    };
+    &fleet.bases[index]
 }
 
 /// Different stream ids spread over the instances, each id always on the same one; the
@@ -423,7 +449,7 @@ async fn ids_spread_and_the_rest_goes_round_robin(kind: Kind) {
 
 #[tokio::test]
 async fn nginx_ten_live_viewers_of_one_channel_cost_one_upstream_connection() {
-    if !require("nginx", "-v") {
+    if !require("nginx", "-v") || !require_redis() {
         return;
     }
     ten_live_viewers_share_one_upstream(Kind::Nginx).await;
@@ -431,7 +457,7 @@ async fn nginx_ten_live_viewers_of_one_channel_cost_one_upstream_connection() {
 
 #[tokio::test]
 async fn nginx_stream_ids_spread_over_the_instances_and_the_api_goes_round_robin() {
-    if !require("nginx", "-v") {
+    if !require("nginx", "-v") || !require_redis() {
         return;
     }
     ids_spread_and_the_rest_goes_round_robin(Kind::Nginx).await;
@@ -439,7 +465,7 @@ async fn nginx_stream_ids_spread_over_the_instances_and_the_api_goes_round_robin
 
 #[tokio::test]
 async fn haproxy_ten_live_viewers_of_one_channel_cost_one_upstream_connection() {
-    if !require("haproxy", "-v") {
+    if !require("haproxy", "-v") || !require_redis() {
         return;
     }
     ten_live_viewers_share_one_upstream(Kind::Haproxy).await;
@@ -447,7 +473,7 @@ async fn haproxy_ten_live_viewers_of_one_channel_cost_one_upstream_connection() 
 
 #[tokio::test]
 async fn haproxy_stream_ids_spread_over_the_instances_and_the_api_goes_round_robin() {
-    if !require("haproxy", "-v") {
+    if !require("haproxy", "-v") || !require_redis() {
         return;
     }
     ids_spread_and_the_rest_goes_round_robin(Kind::Haproxy).await;
@@ -458,7 +484,7 @@ async fn haproxy_stream_ids_spread_over_the_instances_and_the_api_goes_round_rob
 /// instance that served the playlist.
 #[tokio::test]
 async fn nginx_hls_plays_through_the_balancer_on_one_instance() {
-    if !require("nginx", "-v") {
+    if !require("nginx", "-v") || !require_redis() {
         return;
     }
     let origin = Origin::start().await;
@@ -515,11 +541,7 @@ async fn nginx_hls_plays_through_the_balancer_on_one_instance() {
         assert_eq!(body.as_ref(), segments[i].as_slice(), "segment {i} bytes");
     }
     // The viewer is one client of the instance that served it (named by client_id).
-    let base = fleet
-        .bases
-        .iter()
-        .find(|b| b.ends_with(instance.as_str()))
-        .expect("the balancer's upstream is one of the instances");
+    let base = instance_base(&fleet, Kind::Nginx, &instance);
     let client = eventually(Duration::from_secs(2), "the HLS client", || {
         let res = http.get(format!("{base}/clients/hls-viewer")).send();
         async move {
