@@ -171,8 +171,13 @@ for t in "${PROXIES[@]}"; do
     REDIS_PID=$!
     PIDS+=("$REDIS_PID")
     REDIS_BENCH_URL=redis://127.0.0.1:$RPORT/0
-    for i in $(seq 100); do
+    for i in $(seq 101); do
         redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break
+        if ((i == 101)); then
+            echo "bench: redis-server did not come up" >&2
+            cat "$WORK/redis.log" >&2
+            exit 1
+        fi
         sleep 0.1
     done
     echo "redis: $(redis-server --version | cut -d' ' -f3) on 127.0.0.1:$RPORT (pid $REDIS_PID)"
