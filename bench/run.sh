@@ -11,7 +11,10 @@
 # Knobs (environment): ROUNDS, DURATION (s per flat-out run), HLS_DURATION, HLS_RAMP,
 # HLS_VIEWERS ("100 1000 5000"), DIRECT_VIEWERS, FILE_VIEWERS, LIVE_VIEWERS, LIVE_BITRATE,
 # LATENCY_REQUESTS, RANGE_REQUESTS, ORIGIN (auto | nginx |
-# builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy), WORKLOADS (a subset
+# builtin), TARGETS ("direct proxy"; "direct" alone needs no proxy; "memory", "sqlite" and
+# "redis" are each a proxy with that store, so TARGETS="memory redis" compares two stores
+# in one run; the table compares the first target with the last), STORE (the store of
+# the "proxy" target; the binary's default when unset), WORKLOADS (a subset
 # of "latency playlist segment direct file live range hls"), BENCH_OUT (where the JSON
 # reports and the table are kept; default target/bench), SETTLE (seconds to wait after the
 # last workload before the settled RSS; default 35, past the 30 s segment cache TTL),
@@ -146,41 +149,85 @@ SMALL[direct]=$ORIGIN_URL/small.ts
 BIG[direct]=$ORIGIN_URL/big.ts
 LIVE[direct]=$LIVE_URL
 
-PROXY_PID=""
-IDLE_RSS=""
-if [[ " $TARGETS " == *" proxy "* ]]; then
+# Every target but "direct" is a proxy of its own: "proxy" with $STORE (or the binary's
+# default store), "memory", "sqlite" or "redis" with that store.
+declare -A PROXY_PID PROXY_URL PROXY_STORE IDLE_RSS
+PROXIES=()
+for t in $TARGETS; do
+    case $t in
+        direct) ;;
+        proxy) PROXIES+=("$t"); PROXY_STORE[$t]=${STORE:-} ;;
+        memory | sqlite | redis) PROXIES+=("$t"); PROXY_STORE[$t]=$t ;;
+        *) echo "bench: unknown target $t (direct, proxy, memory, sqlite, redis)" >&2; exit 2 ;;
+    esac
+done
+REDIS_PID=""
+for t in "${PROXIES[@]}"; do
+    [[ ${PROXY_STORE[$t]} == redis && -z $REDIS_PID ]] || continue
+    # A Redis of the run's own on a free port, nothing saved: the fleet store's cost on one
+    # machine, with the network a loopback hop.
+    RPORT=$("$LOAD" free-port)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --protected-mode no --loglevel warning >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    REDIS_BENCH_URL=redis://127.0.0.1:$RPORT/0
+    for i in $(seq 101); do
+        redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break
+        if ((i == 101)); then
+            echo "bench: redis-server did not come up" >&2
+            cat "$WORK/redis.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "redis: $(redis-server --version | cut -d' ' -f3) on 127.0.0.1:$RPORT (pid $REDIS_PID)"
+done
+
+# POST /streams to proxy $1 for URL $2 and return the absolute URL in field $3.
+create_stream() {
+    local base=${PROXY_URL[$1]} answer path
+    answer=$(curl -sf -X POST -H 'Content-Type: application/json' \
+        -d "{\"url\": \"$2\"}" "$base/streams") || {
+        echo "bench: POST /streams for $2 failed" >&2
+        return 1
+    }
+    path=$(json_field "$3" "$answer")
+    [[ -n $path ]] || { echo "bench: no $3 in $answer" >&2; return 1; }
+    [[ $path == http* ]] && echo "$path" || echo "$base$path"
+}
+
+for t in "${PROXIES[@]}"; do
     PPORT=$("$LOAD" free-port)
-    PROXY_URL=http://127.0.0.1:$PPORT
-    M3U_PROXY_DATA_DIR=$WORK/data LOG_LEVEL=${LOG_LEVEL:-warn} \
-        "$BIN/m3u-proxy" --host 127.0.0.1 --port "$PPORT" >"$WORK/proxy.log" 2>&1 &
-    PROXY_PID=$!
-    PIDS+=("$PROXY_PID")
-    if ! wait_http "$PROXY_URL/health"; then
-        cat "$WORK/proxy.log" >&2
+    PROXY_URL[$t]=http://127.0.0.1:$PPORT
+    store_env=()
+    case ${PROXY_STORE[$t]} in
+        "") ;;
+        redis) store_env=(M3U_PROXY_STORE=redis REDIS_URL="$REDIS_BENCH_URL") ;;
+        *) store_env=(M3U_PROXY_STORE="${PROXY_STORE[$t]}") ;;
+    esac
+    env "${store_env[@]}" M3U_PROXY_DATA_DIR="$WORK/data-$t" LOG_LEVEL="${LOG_LEVEL:-warn}" \
+        "$BIN/m3u-proxy" --host 127.0.0.1 --port "$PPORT" >"$WORK/proxy-$t.log" 2>&1 &
+    PROXY_PID[$t]=$!
+    PIDS+=("${PROXY_PID[$t]}")
+    if ! wait_http "${PROXY_URL[$t]}/health"; then
+        cat "$WORK/proxy-$t.log" >&2
         exit 1
     fi
-    echo "proxy: $BIN/m3u-proxy (pid $PROXY_PID) on $PROXY_URL"
-    # POST /streams and return the absolute URL in field $2 of the answer.
-    create_stream() {
-        local answer path
-        answer=$(curl -sf -X POST -H 'Content-Type: application/json' \
-            -d "{\"url\": \"$1\"}" "$PROXY_URL/streams") || {
-            echo "bench: POST /streams for $1 failed" >&2
-            return 1
-        }
-        path=$(json_field "$2" "$answer")
-        [[ -n $path ]] || { echo "bench: no $2 in $answer" >&2; return 1; }
-        [[ $path == http* ]] && echo "$path" || echo "$PROXY_URL$path"
-    }
-    MASTER[proxy]=$(create_stream "${MASTER[direct]}" playlist_url)
-    MEDIA[proxy]=$(create_stream "${MEDIA[direct]}" playlist_url)
-    SEGMENT[proxy]=$("$LOAD" probe --url "${MEDIA[proxy]}")
-    SMALL[proxy]=$("$LOAD" probe --url "$(create_stream "$ORIGIN_URL/small.m3u8" playlist_url)")
-    BIG[proxy]=$(create_stream "${BIG[direct]}" direct_url)
-    LIVE[proxy]=$(create_stream "${LIVE[direct]}" direct_url)
+    echo "$t: $BIN/m3u-proxy (pid ${PROXY_PID[$t]}, store ${PROXY_STORE[$t]:-default}) on ${PROXY_URL[$t]}"
+    MASTER[$t]=$(create_stream "$t" "${MASTER[direct]}" playlist_url)
+    MEDIA[$t]=$(create_stream "$t" "${MEDIA[direct]}" playlist_url)
+    SEGMENT[$t]=$("$LOAD" probe --url "${MEDIA[$t]}")
+    SMALL[$t]=$("$LOAD" probe --url "$(create_stream "$t" "$ORIGIN_URL/small.m3u8" playlist_url)")
+    BIG[$t]=$(create_stream "$t" "${BIG[direct]}" direct_url)
+    LIVE[$t]=$(create_stream "$t" "${LIVE[direct]}" direct_url)
+done
+if ((${#PROXIES[@]} > 0)); then
     sleep 1
-    IDLE_RSS=$(rss_kb "$PROXY_PID")
-    echo "proxy RSS idle: $((IDLE_RSS / 1024)) MB"
+    for t in "${PROXIES[@]}"; do
+        IDLE_RSS[$t]=$(rss_kb "${PROXY_PID[$t]}")
+        echo "$t RSS idle: $((${IDLE_RSS[$t]} / 1024)) MB"
+    done
 fi
 
 FAILED=0
@@ -191,7 +238,7 @@ run_one() {
     shift 5
     local -n urls=$var
     local extra=() pid
-    [[ $target == proxy ]] && extra=(--pid "$PROXY_PID")
+    [[ $target != direct ]] && extra=(--pid "${PROXY_PID[$target]}")
     if [[ $var == LIVE ]]; then
         for pid in "${LIVE_ORIGIN_PIDS[@]}"; do extra+=(--origin-pid "$pid"); done
     else
@@ -236,30 +283,47 @@ for n in $HLS_VIEWERS; do
         --ramp "$HLS_RAMP"
 done
 
-FINAL_RSS=""
-# The segment cache's bytes, as the proxy reports them, beside each RSS figure.
+# The table compares the first target with the last (direct with proxy by default).
+read -ra TARGET_LIST <<<"$TARGETS"
+BASELINE=${TARGET_LIST[0]}
+SUBJECT=${TARGET_LIST[${#TARGET_LIST[@]} - 1]}
+# The segment cache's bytes, as proxy $1 reports them, beside each RSS figure.
 cache_mb() {
-    curl -sf "$PROXY_URL/metrics" | awk '/^m3u_proxy_cache_bytes / {printf "%.1f", $2 / 1048576}'
+    curl -sf "${PROXY_URL[$1]}/metrics" | awk '/^m3u_proxy_cache_bytes / {printf "%.1f", $2 / 1048576}'
 }
-if [[ -n $PROXY_PID ]]; then
-    FINAL_RSS=$(rss_kb "$PROXY_PID")
-    FINAL_CACHE=$(cache_mb)
+declare -A FINAL_RSS FINAL_CACHE SETTLED_RSS SETTLED_CACHE
+if ((${#PROXIES[@]} > 0)); then
+    for t in "${PROXIES[@]}"; do
+        FINAL_RSS[$t]=$(rss_kb "${PROXY_PID[$t]}")
+        FINAL_CACHE[$t]=$(cache_mb "$t")
+    done
     sleep "$SETTLE"
-    SETTLED_RSS=$(rss_kb "$PROXY_PID")
-    SETTLED_CACHE=$(cache_mb)
+    for t in "${PROXIES[@]}"; do
+        SETTLED_RSS[$t]=$(rss_kb "${PROXY_PID[$t]}")
+        SETTLED_CACHE[$t]=$(cache_mb "$t")
+    done
+fi
+TABLE_RSS=()
+if [[ $SUBJECT != direct && -n ${IDLE_RSS[$SUBJECT]:-} ]]; then
+    TABLE_RSS=(--idle-rss-kb "${IDLE_RSS[$SUBJECT]}" --final-rss-kb "${FINAL_RSS[$SUBJECT]}")
 fi
 TABLE=$OUT/results-$STAMP.md
 {
-    echo "Command: bench/run.sh${1:+ $1} (ROUNDS=$ROUNDS DURATION=$DURATION HLS_DURATION=$HLS_DURATION HLS_RAMP=$HLS_RAMP)"
+    echo "Command: bench/run.sh${1:+ $1} (TARGETS=\"$TARGETS\"${STORE:+ STORE=$STORE} ROUNDS=$ROUNDS DURATION=$DURATION HLS_DURATION=$HLS_DURATION HLS_RAMP=$HLS_RAMP)"
     echo "Machine: $(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "Proxy: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) ($PROFILE); origin: $ORIGIN_NAME"
     echo "Load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    "$LOAD" table --input "$RESULTS" ${IDLE_RSS:+--idle-rss-kb "$IDLE_RSS"} \
-        ${FINAL_RSS:+--final-rss-kb "$FINAL_RSS"}
-    if [[ -n $PROXY_PID ]]; then
+    "$LOAD" table --input "$RESULTS" --baseline "$BASELINE" --subject "$SUBJECT" "${TABLE_RSS[@]}"
+    for t in "${PROXIES[@]}"; do
         echo
-        echo "Proxy RSS: idle $((IDLE_RSS / 1024)) MB; right after the last workload $((FINAL_RSS / 1024)) MB with $FINAL_CACHE MB in the segment cache; ${SETTLE} s later $((SETTLED_RSS / 1024)) MB with $SETTLED_CACHE MB in the cache."
+        echo "RSS of $t (store ${PROXY_STORE[$t]:-default}): idle $((${IDLE_RSS[$t]} / 1024)) MB; right after the last workload $((${FINAL_RSS[$t]} / 1024)) MB with ${FINAL_CACHE[$t]} MB in the segment cache; ${SETTLE} s later $((${SETTLED_RSS[$t]} / 1024)) MB with ${SETTLED_CACHE[$t]} MB in the cache."
+    done
+    if [[ -n $REDIS_PID ]]; then
+        # utime + stime, in clock ticks, fields 14 and 15 of /proc/PID/stat.
+        ticks=$(awk '{print $14 + $15}' "/proc/$REDIS_PID/stat")
+        echo
+        echo "redis-server CPU over the whole run: $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz}') s."
     fi
 } >"$TABLE"
 echo

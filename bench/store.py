@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""What the state store costs (issue 12): POST /streams latency with the sqlite store
-against memory, 10,000 streams registered through the API, and the start-up time with
-100,000 stored streams.
+"""What the state store costs (issues 12 and 14): POST /streams latency with the sqlite
+and redis stores against memory, 10,000 streams registered through the API, and the
+start-up time with 100,000 stored streams (sqlite).
 
     python3 bench/store.py [--bin target/release/m3u-proxy] [--streams 10000]
-                           [--stored 100000] [--rounds 3]
+                           [--stored 100000] [--rounds 3] [--stores memory,sqlite,redis]
 
 Everything listens on 127.0.0.1; the streams point at a closed local port and have an
-.m3u8 extension, so registering one never probes an origin. Each round runs memory and
-sqlite back to back (the order flips every round) and the medians over the rounds are
-printed as a Markdown table. Temporary data directories are removed at the end.
+.m3u8 extension, so registering one never probes an origin. Each round runs the stores
+back to back (the order reverses every round) and the medians over the rounds are
+printed as a Markdown table. `redis` starts a redis-server of its own on a free port
+(nothing saved), with a fresh key prefix for every round; `--stored 0` skips the
+start-up with stored streams. Temporary data directories are removed at the end.
 """
 
 import argparse
@@ -35,7 +37,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(binary, store, data_dir):
+def start(binary, store, data_dir, redis_env=None):
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -45,6 +47,7 @@ def start(binary, store, data_dir):
         M3U_PROXY_DATA_DIR=data_dir,
         LOG_LEVEL="warn",
     )
+    env.update(redis_env or {})
     began = time.monotonic()
     proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL)
     while True:
@@ -58,6 +61,27 @@ def start(binary, store, data_dir):
         except OSError:
             pass
         time.sleep(0.005)
+
+
+def start_redis():
+    """A redis-server on a free loopback port, nothing saved; (process, url)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("redis-server did not come up")
 
 
 def stop(proc):
@@ -169,17 +193,26 @@ def main():
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--stored", type=int, default=100000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stores", default="memory,sqlite",
+                    help="comma-separated, the first is the baseline (memory,sqlite,redis)")
     args = ap.parse_args()
+    stores = args.stores.split(",")
+    if any(s not in ("memory", "sqlite", "redis") for s in stores) or len(stores) < 2:
+        sys.exit("--stores: two or more of memory, sqlite, redis")
     work = tempfile.mkdtemp(prefix="m3u-store-bench-")
     results = {s: {"p50": [], "p99": [], "seq_s": [], "conc_s": [], "empty_start_s": []}
-               for s in ("memory", "sqlite")}
+               for s in stores}
     starts = []
+    redis = start_redis() if "redis" in stores else None
     try:
         for r in range(args.rounds):
-            order = ("memory", "sqlite") if r % 2 == 0 else ("sqlite", "memory")
+            order = stores if r % 2 == 0 else stores[::-1]
             for store in order:
                 data = os.path.join(work, f"{store}-{r}")
-                proc, port, took = start(args.bin, store, data)
+                redis_env = None
+                if store == "redis":
+                    redis_env = {"REDIS_URL": redis[1], "REDIS_PREFIX": f"bench-{r}"}
+                proc, port, took = start(args.bin, store, data, redis_env)
                 results[store]["empty_start_s"].append(took)
                 began = time.monotonic()
                 lat = post_sequential(port, args.streams, "seq")
@@ -191,8 +224,10 @@ def main():
                 print(f"round {r + 1} {store}: p50 {percentile(lat, 50):.3f} ms, "
                       f"p99 {percentile(lat, 99):.3f} ms", file=sys.stderr)
         data = os.path.join(work, "stored")
-        fill_database(args.bin, data, args.stored)
-        for r in range(args.rounds):
+        stored = args.stored if "sqlite" in stores else 0
+        if stored:
+            fill_database(args.bin, data, stored)
+        for r in range(args.rounds if stored else 0):
             proc, port, took = start(args.bin, "sqlite", data)
             n = count_streams(port)
             assert n == args.stored, n
@@ -202,13 +237,17 @@ def main():
             print(f"start with {n} stored streams: {took:.3f} s, RSS {rss // 1024} MB",
                   file=sys.stderr)
     finally:
+        if redis:
+            redis[0].kill()
+            redis[0].wait()
         shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
-    m, s = results["memory"], results["sqlite"]
+    base, others = stores[0], stores[1:]
     n = args.streams
-    print(f"| figure ({args.rounds} rounds, medians) | memory | sqlite | sqlite/memory |")
-    print("| --- | --- | --- | --- |")
+    print(f"| figure ({args.rounds} rounds, medians) | "
+          + " | ".join(stores) + " | " + " | ".join(f"{o}/{base}" for o in others) + " |")
+    print("|" + " --- |" * (1 + len(stores) + len(others)))
     for label, key, fmt in [
         ("POST /streams p50, sequential (ms)", "p50", "{:.3f}"),
         ("POST /streams p99, sequential (ms)", "p99", "{:.3f}"),
@@ -216,14 +255,21 @@ def main():
         (f"{n:,} streams, 16 connections (s)", "conc_s", "{:.2f}"),
         ("start-up, empty store (s)", "empty_start_s", "{:.3f}"),
     ]:
-        a, b = med(m[key]), med(s[key])
-        print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {b / a:.2f} |")
+        values = [med(results[st][key]) for st in stores]
+        print(f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " | "
+              + " | ".join(f"{v / values[0]:.2f}" for v in values[1:]) + " |")
+    if not starts:
+        return
     took = med([t for t, _ in starts])
     rss = med([r for _, r in starts]) / 1024
-    print(f"| start-up with {args.stored:,} stored streams, to /health answering (s) | | "
-          f"{took:.3f} | |")
-    print(f"| RSS after that start-up (MB) | | {rss:.0f} | |")
 
+    def sqlite_row(label, value):
+        cells = [value if st == "sqlite" else "" for st in stores] + [""] * len(others)
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    sqlite_row(f"start-up with {args.stored:,} stored streams, to /health answering (s)",
+               f"{took:.3f}")
+    sqlite_row("RSS after that start-up (MB)", f"{rss:.0f}")
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ mod fanout;
 mod feed_client;
 mod fleet;
 mod fleet_view;
+mod fleet_lb;
 mod hls;
 mod hostile;
 mod lengthless;

@@ -165,6 +165,12 @@ enum Command {
         /// Exit non-zero when any report counted a failed request.
         #[arg(long)]
         fail_on_errors: bool,
+        /// The target of the first column, the ratio's denominator.
+        #[arg(long, default_value = "direct")]
+        baseline: String,
+        /// The target compared with the baseline.
+        #[arg(long, default_value = "proxy")]
+        subject: String,
     },
 }
 
@@ -391,12 +397,16 @@ async fn run(command: Command) -> Result<ExitCode> {
             idle_rss_kb,
             final_rss_kb,
             fail_on_errors,
+            baseline,
+            subject,
         } => {
             let (text, failed) = table::render(
                 &input,
                 &table::Extra {
                     idle_rss_kb,
                     final_rss_kb,
+                    baseline,
+                    subject,
                 },
             )?;
             print!("{text}");

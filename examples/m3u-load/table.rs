@@ -1,7 +1,8 @@
 //! The driver's results table: reads the one-line JSON reports of a run (each tagged with a
-//! label, a target — `direct` or `proxy` — and a round), takes the median of each figure
-//! over the rounds, and prints a Markdown table with the proxy/direct ratio. It only reads
-//! reports; it runs nothing.
+//! label, a target — `direct` or `proxy`, or two proxies by store, `memory` and `redis` —
+//! and a round), takes the median of each figure over the rounds, and prints a Markdown
+//! table with the ratio of the subject to the baseline (proxy/direct by default). It only
+//! reads reports; it runs nothing.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -105,6 +106,10 @@ fn fmt(v: Option<f64>) -> String {
 pub struct Extra {
     pub idle_rss_kb: Option<u64>,
     pub final_rss_kb: Option<u64>,
+    /// The target of the first column and the denominator of the ratio (`direct`).
+    pub baseline: String,
+    /// The target compared with it (`proxy`).
+    pub subject: String,
 }
 
 /// The Markdown table, and the total number of failed requests in the reports.
@@ -128,7 +133,11 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
         }
     }
     let mut out = String::new();
-    out.push_str("| workload | figure | direct | proxy | proxy/direct | proxy, each round |\n");
+    let (b, s) = (extra.baseline.as_str(), extra.subject.as_str());
+    let _ = writeln!(
+        out,
+        "| workload | figure | {b} | {s} | {s}/{b} | {s}, each round |"
+    );
     out.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
     let mut failed = 0;
     for (label, reports) in &groups {
@@ -138,7 +147,7 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
                 .filter(|r| r.target.as_deref() == Some(target))
                 .collect()
         };
-        let (direct, proxy) = (of("direct"), of("proxy"));
+        let (direct, proxy) = (of(b), of(s));
         let rounds = direct.len().max(proxy.len());
         let mut first = true;
         let mut name = || {
@@ -174,9 +183,14 @@ pub fn render(input: &Path, extra: &Extra) -> Result<(String, u64)> {
             let d = median(direct.iter().filter_map(|r| get(r)).collect());
             let p = median(proxy.iter().filter_map(|r| get(r)).collect());
             if let (Some(d), Some(p)) = (d, p) {
+                let what = if b == "direct" {
+                    "added latency".to_string()
+                } else {
+                    format!("{s} minus {b}")
+                };
                 let _ = writeln!(
                     out,
-                    "| {} | **added latency, median (ms)** | | **{:.3}** | | |",
+                    "| {} | **{what}, median (ms)** | | **{:.3}** | | |",
                     name(),
                     p - d
                 );

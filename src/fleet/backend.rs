@@ -143,21 +143,21 @@ impl RedisBackend {
                 loaded.docs.insert(kind, docs);
             }
         }
-        let ids: Vec<String> = loaded
-            .of(Kind::Stream)
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect();
-        for chunk in ids.chunks(LOAD_CHUNK) {
+        // Every stream's counters: those of stored streams and those of channel-list
+        // streams, which have no document of their own (`CounterKey::Listed`).
+        let pattern = counters_key(prefix, "*");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(conn)?;
+        let start = pattern.len() - 1;
+        for chunk in keys.chunks(LOAD_CHUNK) {
             let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("HGETALL").arg(counters_key(prefix, id));
+            for k in chunk {
+                pipe.cmd("HGETALL").arg(k);
             }
             let hashes: Vec<HashMap<String, String>> = pipe.query(conn)?;
-            for (id, hash) in chunk.iter().zip(hashes) {
+            for (k, hash) in chunk.iter().zip(hashes) {
                 let set = counter_set(&hash);
                 if !set.is_zero() {
-                    loaded.stream_counters.insert(id.clone(), set);
+                    loaded.stream_counters.insert(k[start..].to_string(), set);
                 }
             }
         }
@@ -215,6 +215,15 @@ impl RedisBackend {
                     for (name, n) in COUNTER_FIELDS.iter().zip(values) {
                         if n != 0 {
                             pipe.cmd("HINCRBY").arg(&totals).arg(*name).arg(n).ignore();
+                        }
+                    }
+                }
+                // A channel-list stream has no document: its counters are kept as they are.
+                CounterKey::Listed(id) => {
+                    let counters = counters_key(prefix, id);
+                    for (name, n) in COUNTER_FIELDS.iter().zip(values) {
+                        if n != 0 {
+                            pipe.cmd("HINCRBY").arg(&counters).arg(*name).arg(n).ignore();
                         }
                     }
                 }
