@@ -196,11 +196,13 @@ def main():
             proc, port, took = start(args.bin, "sqlite", data)
             n = count_streams(port)
             assert n == args.stored, n
-            rss = int(open(f"/proc/{proc.pid}/status").read().split("VmRSS:")[1].split()[0])
+            status = open(f"/proc/{proc.pid}/status").read()
+            rss = int(status.split("VmRSS:")[1].split()[0])
+            peak = int(status.split("VmHWM:")[1].split()[0])
             stop(proc)
-            starts.append((took, rss))
-            print(f"start with {n} stored streams: {took:.3f} s, RSS {rss // 1024} MB",
-                  file=sys.stderr)
+            starts.append((took, rss, peak))
+            print(f"start with {n} stored streams: {took:.3f} s, RSS {rss // 1024} MB, "
+                  f"peak {peak // 1024} MB", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -218,11 +220,13 @@ def main():
     ]:
         a, b = med(m[key]), med(s[key])
         print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {b / a:.2f} |")
-    took = med([t for t, _ in starts])
-    rss = med([r for _, r in starts]) / 1024
+    took = med([t for t, _, _ in starts])
+    rss = med([r for _, r, _ in starts]) / 1024
+    peak = med([p for _, _, p in starts]) / 1024
     print(f"| start-up with {args.stored:,} stored streams, to /health answering (s) | | "
           f"{took:.3f} | |")
     print(f"| RSS after that start-up (MB) | | {rss:.0f} | |")
+    print(f"| peak RSS during that start-up (VmHWM, MB) | | {peak:.0f} | |")
 
 
 if __name__ == "__main__":
