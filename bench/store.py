@@ -231,11 +231,13 @@ def main():
             proc, port, took = start(args.bin, "sqlite", data)
             n = count_streams(port)
             assert n == args.stored, n
-            rss = int(open(f"/proc/{proc.pid}/status").read().split("VmRSS:")[1].split()[0])
+            status = open(f"/proc/{proc.pid}/status").read()
+            rss = int(status.split("VmRSS:")[1].split()[0])
+            peak = int(status.split("VmHWM:")[1].split()[0])
             stop(proc)
-            starts.append((took, rss))
-            print(f"start with {n} stored streams: {took:.3f} s, RSS {rss // 1024} MB",
-                  file=sys.stderr)
+            starts.append((took, rss, peak))
+            print(f"start with {n} stored streams: {took:.3f} s, RSS {rss // 1024} MB, "
+                  f"peak {peak // 1024} MB", file=sys.stderr)
     finally:
         if redis:
             redis[0].kill()
@@ -260,8 +262,9 @@ def main():
               + " | ".join(f"{v / values[0]:.2f}" for v in values[1:]) + " |")
     if not starts:
         return
-    took = med([t for t, _ in starts])
-    rss = med([r for _, r in starts]) / 1024
+    took = med([t for t, _, _ in starts])
+    rss = med([r for _, r, _ in starts]) / 1024
+    peak = med([p for _, _, p in starts]) / 1024
 
     def sqlite_row(label, value):
         cells = [value if st == "sqlite" else "" for st in stores] + [""] * len(others)
@@ -270,6 +273,7 @@ def main():
     sqlite_row(f"start-up with {args.stored:,} stored streams, to /health answering (s)",
                f"{took:.3f}")
     sqlite_row("RSS after that start-up (MB)", f"{rss:.0f}")
+    sqlite_row("peak RSS during that start-up (VmHWM, MB)", f"{peak:.0f}")
 
 if __name__ == "__main__":
     main()
