@@ -644,3 +644,110 @@ async fn a_channel_list_imported_or_deleted_on_one_instance_is_on_all() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn the_backend_drops_increments_of_a_stream_whose_document_is_gone() {
+    use m3u_proxy::store::{Backend, Batch, CounterKey, CounterSet, Kind};
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut backend = m3u_proxy::fleet::RedisBackend::new(client, "unit", "me", "here");
+    let mut batch = Batch::default();
+    batch.put(Kind::Stream, "kept", json!({"x": 1}));
+    batch.add(
+        CounterKey::Stream("kept".into()),
+        CounterSet::from_array([5, 1, 0, 0]),
+    );
+    batch.add(
+        CounterKey::Stream("gone".into()),
+        CounterSet::from_array([7, 0, 0, 0]),
+    );
+    batch.add(CounterKey::Totals, CounterSet::from_array([12, 1, 0, 0]));
+    backend.apply(&batch).unwrap();
+    backend.apply(&batch).unwrap();
+    let loaded = backend.load().unwrap();
+    assert_eq!(
+        loaded.of(Kind::Stream),
+        &[("kept".to_string(), json!({"x": 1}))]
+    );
+    assert_eq!(
+        loaded.stream_counters.get("kept"),
+        Some(&CounterSet::from_array([10, 2, 0, 0]))
+    );
+    assert!(!loaded.stream_counters.contains_key("gone"));
+    let gone: bool = redis_query(&redis, redis::cmd("EXISTS").arg("unit:counters:gone"));
+    assert!(!gone, "no counters for a stream without a document");
+    assert_eq!(loaded.totals, CounterSet::from_array([24, 2, 0, 0]));
+    let mut delete = Batch::default();
+    delete.delete(Kind::Stream, "kept");
+    backend.apply(&delete).unwrap();
+    let loaded = backend.load().unwrap();
+    assert!(loaded.of(Kind::Stream).is_empty());
+    assert!(
+        loaded.stream_counters.is_empty(),
+        "deleted with the document"
+    );
+    assert_eq!(loaded.totals.bytes, 24, "the totals keep deleted streams");
+    // Redis gone: a write fails (the store keeps it); back, the next one works.
+    let mut redis = redis;
+    redis.stop();
+    assert!(backend.apply(&batch).is_err());
+    redis.restart();
+    backend.apply(&batch).unwrap();
+}
+
+#[tokio::test]
+async fn three_binaries_share_one_registry() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        let (child, base) = start(move |p| {
+            (
+                vec![
+                    ("M3U_PROXY_HOST", "127.0.0.1".to_string()),
+                    ("M3U_PROXY_PORT", p.to_string()),
+                    ("M3U_PROXY_STORE", "redis".to_string()),
+                    ("REDIS_URL", url.clone()),
+                ],
+                vec![],
+            )
+        })
+        .await;
+        children.push(child);
+        bases.push(base);
+    }
+    let http = crate::util::http_client();
+    let created =
+        crate::util::create_stream_at(&http, &bases[0], "http://127.0.0.1:9/x.m3u8").await;
+    let id = created["stream_id"].as_str().unwrap().to_string();
+    for base in &bases[1..] {
+        eventually(Duration::from_secs(1), "listed on the others", || async {
+            let all: Value = http
+                .get(format!("{base}/streams"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            all["streams"]
+                .as_array()?
+                .iter()
+                .any(|s| s["stream_id"] == id.as_str())
+                .then_some(())
+        })
+        .await;
+    }
+    for mut child in children {
+        let (status, _) = stop_with(&mut child, "-TERM").await;
+        assert!(status.success(), "{status}");
+    }
+}

@@ -273,7 +273,8 @@ impl Sync {
             .map_err(|_| timed_out())??;
             if kind == Kind::Stream {
                 for s in self.registry.streams() {
-                    if !docs.contains_key(&s.id) {
+                    // A channel list's streams are kept with the list, not on their own.
+                    if !docs.contains_key(&s.id) && !self.channels.owns_stream(&s.id) {
                         self.apply(kind, &s.id, None);
                     }
                 }
@@ -318,6 +319,9 @@ impl Sync {
             .submit(move || {
                 let mut batch = Batch::default();
                 for s in registry.streams() {
+                    if channels.owns_stream(&s.id) {
+                        continue;
+                    }
                     if let Ok(doc) = serde_json::to_value(StreamRecord::of(&s)) {
                         batch.put(Kind::Stream, &s.id, doc);
                     }
