@@ -57,8 +57,9 @@
 //!   `events`, `config`, `model`, `store` (each list's record).
 //! - [`fleet`] — several instances as one proxy through one Redis (`--store redis`): the
 //!   connection (reconnecting with backoff), the name of every key the fleet uses, the
-//!   store's Redis backend and the fleet's shared secret (`fleet::backend`). Uses `store`,
-//!   `config`.
+//!   store's Redis backend and the fleet's shared secret (`fleet::backend`), and the
+//!   follower of other instances' changes with its full resync and reads on miss
+//!   (`fleet::sync`). Uses `store`, `channels`, `providers`, `registry`, `events`, `config`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
 //!   `/events` (SSE), `/webhooks`, `/providers`, channel lists and the HDHomeRun tuner
 //!   (`api::channels`), and m3u-editor's forms of them

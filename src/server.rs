@@ -131,6 +131,10 @@ pub async fn serve_state(
         state.webhooks.clone(),
         state.upstream.http().clone(),
     );
+    let follower = state
+        .sync
+        .clone()
+        .map(|sync| crate::fleet::sync::spawn((*sync).clone()));
     let registry = state.registry.clone();
     let signal = async move {
         shutdown.await;
@@ -140,6 +144,9 @@ pub async fn serve_state(
     let result = accept_loop(listener, state, signal).await;
     maintenance.abort();
     channel_lists.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     dispatcher.abort();
     if let Some(flusher) = flusher {
         flusher.abort();
@@ -334,12 +341,25 @@ pub fn build_state_with(
             })
             .collect(),
     );
+    let channels = Arc::new(channels);
+    let webhooks = Arc::new(webhooks);
+    let sync = fleet.as_ref().map(|fleet| {
+        Arc::new(crate::fleet::sync::Sync {
+            fleet: fleet.clone(),
+            registry: registry.clone(),
+            webhooks: webhooks.clone(),
+            providers: upstream.providers().clone(),
+            channels: channels.clone(),
+            store: store.clone(),
+            secret: secret.clone(),
+        })
+    });
     Ok(AppState {
-        channels: Arc::new(channels),
+        channels,
         registry,
         upstream,
         signer: Arc::new(Signer::new(&secret)),
-        webhooks: Arc::new(webhooks),
+        webhooks,
         store,
         requests: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
@@ -348,6 +368,7 @@ pub fn build_state_with(
         config,
         fleet,
         address: Arc::default(),
+        sync,
     })
 }
 
@@ -422,7 +443,10 @@ async fn maintain(state: AppState) {
                     cfg.client_timeout.as_millis() as u64,
                     cfg.stream_timeout.map(|d| d.as_millis() as u64),
                 );
-                if !swept.streams.is_empty() && state.store.is_persistent() {
+                // In a fleet, "nobody played it" holds for this instance only (a load
+                // balancer sends a channel's viewers to one instance): it is forgotten here
+                // and stays in Redis for the others (and a later request here finds it).
+                if !swept.streams.is_empty() && state.store.is_persistent() && state.fleet.is_none() {
                     let (store, ids) = (state.store.clone(), swept.streams.clone());
                     tokio::spawn(async move {
                         let _ = store.delete_all(crate::store::Kind::Stream, &ids).await;

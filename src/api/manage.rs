@@ -209,8 +209,8 @@ pub async fn get_stream(
     Path(id): Path<String>,
 ) -> Result<Json<StreamDetail>, ApiError> {
     let stream = state
-        .registry
         .stream(&id)
+        .await
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
     let clients: Vec<ClientInfo> = state
         .registry
@@ -356,7 +356,15 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let r = &state.registry;
     let (active_streams, active_clients) = r.active_counts();
     Json(Health {
-        status: "healthy".to_string(),
+        // A store that cannot write, or a fleet whose Redis does not answer: still 200, so a
+        // load balancer does not pull every instance at once.
+        status: if state.store.health().ok && state.fleet.as_ref().is_none_or(|f| f.is_reachable())
+        {
+            "healthy"
+        } else {
+            "degraded"
+        }
+        .to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: r.clock.started_at(),
         uptime_seconds: r.clock.uptime_seconds(),

@@ -64,6 +64,24 @@ pub struct AppState {
     /// `host:port` others reach this instance at: `ADVERTISE_ADDRESS`, else the bound
     /// listen address, set when the listener is handed to the server.
     pub address: Arc<std::sync::OnceLock<String>>,
+    /// What follows the fleet's changes (`--store redis`), also asked on a miss.
+    pub sync: Option<Arc<crate::fleet::sync::Sync>>,
+}
+
+impl AppState {
+    /// The stream with this id: known here, or (in a fleet) just written by another
+    /// instance and not yet announced here, looked up in Redis for a moment.
+    pub async fn stream(&self, id: &str) -> Option<Arc<crate::registry::StreamEntry>> {
+        if let Some(stream) = self.registry.stream(id) {
+            return Some(stream);
+        }
+        let sync = self.sync.as_ref()?;
+        if sync.find_stream(id).await {
+            self.registry.stream(id)
+        } else {
+            None
+        }
+    }
 }
 
 impl FromRef<AppState> for Arc<crate::store::Store> {

@@ -53,7 +53,7 @@ pub async fn master_playlist(
     viewer: Viewer,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_hls_stream(&state, &id, "../../", uri.query())?;
+    let stream = find_hls_stream(&state, &id, "../../", uri.query()).await?;
     let client = identify(&state, &stream, &viewer, None);
     let viewing = Viewing::new(state.registry.clone(), stream.clone(), client);
     let start = stream.current_index();
@@ -119,7 +119,7 @@ pub async fn signed_reference(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_hls_stream(&state, &id, "../../../", uri.query())?;
+    let stream = find_hls_stream(&state, &id, "../../../", uri.query()).await?;
     // Verified before anything is fetched: a forged or foreign reference costs one AEAD open.
     let target = state.signer.decode(&id, &token).map_err(|e| {
         ApiError::new(
@@ -290,7 +290,7 @@ pub async fn direct(
     mut headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = find_stream(&state, &id)?;
+    let stream = find_stream(&state, &id).await?;
     if stream.settings().stream_type == StreamType::Hls {
         // A player pointed at the direct route of an HLS stream still gets to play it. The
         // location is relative, so it holds behind a proxy that strips a path prefix and
@@ -456,10 +456,10 @@ fn plain_body(res: reqwest::Response) -> BoxStream<'static, Result<Chunk, Upstre
         .boxed()
 }
 
-fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError> {
+async fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError> {
     state
-        .registry
         .stream(id)
+        .await
         .ok_or_else(|| ApiError::stream_not_found(id))
 }
 
@@ -467,13 +467,13 @@ fn find_stream(state: &AppState, id: &str) -> Result<Arc<StreamEntry>, ApiError>
 /// its player is sent to `/stream/{id}` at once (`up` climbs from the route to the root,
 /// relative so a reverse proxy's path prefix is kept), and the origin is not asked for a
 /// playlist it does not have.
-fn find_hls_stream(
+async fn find_hls_stream(
     state: &AppState,
     id: &str,
     up: &str,
     query: Option<&str>,
 ) -> Result<Arc<StreamEntry>, ApiError> {
-    let stream = find_stream(state, id)?;
+    let stream = find_stream(state, id).await?;
     if stream.settings().stream_type == StreamType::Direct {
         let query = query.map(|q| format!("?{q}")).unwrap_or_default();
         return Err(ApiError::redirect(

@@ -22,7 +22,10 @@
 //! | `p:stops` | pub/sub | requests to stop a stream's holders of a provider slot |
 
 mod backend;
+pub mod sync;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -112,6 +115,9 @@ pub struct Fleet {
     pub client: redis::Client,
     /// The shared async connection: multiplexed, reconnects on its own with backoff.
     pub conn: ConnectionManager,
+    /// Whether Redis answers and this instance follows the fleet's changes (kept by
+    /// `sync`); `/health` says `degraded` while it does not.
+    pub reachable: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -163,12 +169,18 @@ impl Fleet {
             location,
             client,
             conn,
+            reachable: Arc::new(AtomicBool::new(true)),
         })
     }
 
     /// `prefix:suffix`.
     pub fn key(&self, suffix: &str) -> String {
         key(&self.prefix, suffix)
+    }
+
+    /// See [`Fleet::reachable`].
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store backend on this fleet's Redis (a blocking connection of its own).

@@ -469,13 +469,17 @@ pub enum Removal {
     MetadataFilter,
     /// `DELETE /streams/oldest-by-metadata`.
     Oldest,
+    /// Deleted by another instance of the fleet, which announced the deletion: this one
+    /// ends its own viewers only (their `client_disconnected`, and `stream_stopped` if it
+    /// was watched here).
+    Elsewhere,
 }
 
 impl Removal {
     /// The `reason` of its `stream_stopped` event, in m3u-editor's words.
     pub fn stop_reason(self) -> &'static str {
         match self {
-            Removal::Deleted => "manual_deletion",
+            Removal::Deleted | Removal::Elsewhere => "manual_deletion",
             Removal::Idle => "inactive_timeout",
             Removal::MetadataFilter => "metadata_filter_deletion",
             Removal::Oldest => "oldest_stream_deletion",
@@ -733,6 +737,37 @@ impl Registry {
         })
     }
 
+    /// Takes a stream as another instance of the fleet stored it: registers it (quietly,
+    /// with no counters of this instance's) or replaces its settings and follows its
+    /// position (see `UrlCursor::follow`), so viewers here move with a failover decided
+    /// there. The store is taken to hold that generation already. False when it is not
+    /// new and nothing moved.
+    pub fn apply_remote(&self, r: RestoredStream) -> bool {
+        let existing = self.stream(&r.id);
+        let Some(entry) = existing else {
+            self.restore_stream(RestoredStream {
+                counters: [0; 4],
+                ..r
+            });
+            return true;
+        };
+        let count = r.settings.url_count();
+        let new_urls = !entry.settings().urls().eq(r.settings.urls());
+        {
+            let mut current = entry.settings.write().expect("settings lock");
+            *current = Arc::new(r.settings);
+            entry.cursor.clamp(count);
+        }
+        let moved = entry.cursor.follow(r.index, r.generation, count);
+        if new_urls && !moved {
+            entry.cursor.renew();
+        }
+        if entry.generation() == r.generation {
+            entry.stored.set_generation(r.generation);
+        }
+        moved || new_urls
+    }
+
     /// Puts back the proxy totals the store held (at start-up, before any traffic).
     pub fn restore_totals(&self, values: [u64; 4]) {
         self.totals.restore(values);
@@ -836,19 +871,23 @@ impl Registry {
             "total_bytes_served": Counters::get(&entry.counters.bytes),
             "clients": gone.len(),
         });
-        self.events.emit(
-            event,
-            Some(id),
-            None,
-            with_metadata(data.clone(), &settings),
-        );
+        if why != Removal::Elsewhere {
+            self.events.emit(
+                event,
+                Some(id),
+                None,
+                with_metadata(data.clone(), &settings),
+            );
+        }
         data["reason"] = why.stop_reason().into();
-        self.events.emit(
-            EventType::StreamStopped,
-            Some(id),
-            None,
-            with_metadata(data, &settings),
-        );
+        if why != Removal::Elsewhere || entry.watched.load(Ordering::Relaxed) {
+            self.events.emit(
+                EventType::StreamStopped,
+                Some(id),
+                None,
+                with_metadata(data, &settings),
+            );
+        }
         entry.watched.store(false, Ordering::Relaxed);
         Some((entry, gone))
     }

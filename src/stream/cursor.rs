@@ -123,11 +123,53 @@ impl UrlCursor {
         self.generation.send_replace(made);
     }
 
+    /// Takes the position another instance of a fleet stored: `index` at `generation`, when
+    /// that is newer than this cursor's (or as new, at another index: then one past it, so
+    /// the store hears this instance's choice and the fleet agrees on it). Moves without
+    /// counting a switch or honouring the cap: the instance that switched did both. Every
+    /// viewer sees the move as it sees a switch here. True when the cursor moved.
+    pub fn follow(&self, index: usize, generation: u64, count: usize) -> bool {
+        let _serialized = self.switches.lock().expect("switch log lock");
+        let index = if index < count { index } else { 0 };
+        let (at, mine) = (self.index(), self.generation());
+        let made = if generation > mine {
+            generation
+        } else if generation == mine && index != at {
+            generation + 1
+        } else {
+            return false;
+        };
+        self.current.store(index, Ordering::Release);
+        self.changes.store(made, Ordering::Release);
+        self.generation.send_replace(made);
+        true
+    }
+
     /// Brings the index back to the original URL when a shorter URL list leaves it out of
     /// range.
     pub fn clamp(&self, count: usize) {
         if self.index() >= count {
             self.current.store(0, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn following_takes_newer_positions_and_breaks_ties_one_past_them() {
+        let cursor = UrlCursor::restored(0, 3);
+        let seen = cursor.subscribe();
+        assert!(!cursor.follow(1, 2, 3), "an older position is ignored");
+        assert!(!cursor.follow(0, 3, 3), "the same position changes nothing");
+        assert!(cursor.follow(2, 5, 3), "a newer one is taken");
+        assert_eq!((cursor.index(), cursor.generation()), (2, 5));
+        assert!(seen.has_changed().unwrap(), "viewers see the move");
+        assert!(cursor.follow(1, 5, 3), "as new, elsewhere: taken, one past");
+        assert_eq!((cursor.index(), cursor.generation()), (1, 6));
+        assert!(cursor.follow(9, 7, 3), "an index past a shorter list");
+        assert_eq!(cursor.index(), 0);
     }
 }
