@@ -632,7 +632,7 @@ async fn a_provider_limit_of_one_holds_for_two_instances() {
     drop(viewer);
     eventually(Duration::from_secs(10), "B's channel playing", || async {
         let mut res = b.http.get(b.url(&two)).send().await.ok()?;
-        (res.status() == StatusCode::OK && res.chunk().await.ok()??.len() > 0).then_some(())
+        (res.status() == StatusCode::OK && !res.chunk().await.ok()??.is_empty()).then_some(())
     })
     .await;
 }
