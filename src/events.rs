@@ -15,7 +15,7 @@ mod tests;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,10 @@ pub struct Event {
     pub client_id: Option<String>,
     /// Details of the event; its shape depends on `event_type`.
     pub data: serde_json::Value,
+    /// In a fleet (`--store redis`): the id of the instance where it happened (the feed of
+    /// every instance shows the events of all of them); absent for a lone instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// Which events a reader wants. Empty `types` means every type but the opt-in ones
@@ -182,6 +186,8 @@ struct BusInner {
     /// bus (an `/events` feed, the webhook dispatcher and its deliveries) must end on it;
     /// the registry derives each stream's `closed` token (viewer bodies, live hubs) from it.
     shutdown: CancellationToken,
+    /// In a fleet: this instance's id, written into every event emitted here.
+    instance: OnceLock<String>,
 }
 
 impl EventBus {
@@ -193,6 +199,7 @@ impl EventBus {
                 last_id: Mutex::new(0),
                 sender,
                 shutdown: CancellationToken::new(),
+                instance: OnceLock::new(),
             }),
         }
     }
@@ -232,6 +239,7 @@ impl EventBus {
                 stream_id: stream_id.map(str::to_owned),
                 client_id: client_id.map(str::to_owned),
                 data,
+                instance: self.inner.instance.get().cloned(),
             };
             // An error only means nobody is listening right now.
             let _ = self.inner.sender.send(event.clone());
@@ -245,6 +253,46 @@ impl EventBus {
             client_id = event.client_id.as_deref(),
             data = %event.data,
             "event"
+        );
+        event
+    }
+
+    /// Names this process in a fleet: every event emitted from now on carries `id` as its
+    /// `instance`. Set once, at start-up; a second call changes nothing.
+    pub fn set_instance(&self, id: &str) {
+        let _ = self.inner.instance.set(id.to_owned());
+    }
+
+    /// This instance's id in a fleet.
+    pub fn instance(&self) -> Option<&str> {
+        self.inner.instance.get().map(String::as_str)
+    }
+
+    /// Whether `event` happened in this process (not another instance of the fleet).
+    pub fn is_local(&self, event: &Event) -> bool {
+        event.instance.is_none() || event.instance.as_deref() == self.instance()
+    }
+
+    /// Hands an event of another instance of the fleet to this bus's readers, numbered in
+    /// this process's sequence (so feed ids keep increasing) with its time and `instance`
+    /// kept. Never blocks, never awaits.
+    pub fn inject(&self, mut event: Event) -> Event {
+        {
+            let mut last_id = self
+                .inner
+                .last_id
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *last_id += 1;
+            event.id = *last_id;
+            let _ = self.inner.sender.send(event.clone());
+        }
+        tracing::debug!(
+            target: "m3u_proxy::events",
+            event_id = event.id,
+            event_type = event.event_type.as_str(),
+            instance = event.instance.as_deref(),
+            "event of another instance"
         );
         event
     }

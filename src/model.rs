@@ -254,6 +254,9 @@ pub struct ClientInfo {
     /// The same facts under m3u-editor's names, and the viewer's user name.
     #[serde(flatten)]
     pub editor: ClientEditorInfo,
+    /// In a fleet (`--store redis`): the instance this viewer is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A client as m3u-editor reads it.
@@ -339,6 +342,28 @@ pub struct Stats {
     /// The providers with their slots; empty from an older server.
     #[serde(default)]
     pub providers: Vec<ProviderInfo>,
+    /// In a fleet (`--store redis`): every live instance, this one first; the totals above
+    /// are the fleet's. Absent for a lone instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// One live instance of a fleet, as its last heartbeat (every second) told it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceInfo {
+    /// Unique per process: host name, pid and a random suffix.
+    pub id: String,
+    /// Where it listens (`host:port`).
+    pub address: String,
+    pub started_at: DateTime<Utc>,
+    /// Its tracked viewers.
+    pub clients: usize,
+    /// Player connections streaming from it now.
+    pub connections: u64,
+    /// Bytes it has written to players since it started.
+    pub bytes: u64,
+    /// When it last wrote its heartbeat; an instance silent for 15 s leaves the fleet view.
+    pub last_heartbeat: DateTime<Utc>,
 }
 
 /// `GET /health`: cheap, for load balancers.
@@ -369,6 +394,10 @@ pub struct Health {
     /// Where state is kept and whether writes work; absent from older servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreStatus>,
+    /// In a fleet (`--store redis`): every live instance, this one first; `clients`,
+    /// `active_connections`, `total_bytes_served` and `stats` are then the fleet's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceInfo>,
 }
 
 /// `GET /health` `store`: the state backend and how its writes go.

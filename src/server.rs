@@ -30,9 +30,11 @@ use crate::config::{Config, ConfigError, StoreBackend};
 use crate::connections::{default_max_connections, Connections};
 use crate::error::UpstreamError;
 use crate::events::{spawn_dispatcher, Webhooks};
+use crate::fleet::presence::Presence;
+use crate::fleet::slots::RedisSlots;
 use crate::fleet::{Fleet, FleetError};
 use crate::live::Live;
-use crate::providers::{LocalSlots, ProviderRecord, Providers};
+use crate::providers::{LocalSlots, ProviderRecord, Providers, SlotPool};
 use crate::proxy_url::Signer;
 use crate::registry::Registry;
 use crate::store::{self, Store, StoreError};
@@ -125,7 +127,9 @@ pub async fn serve_state(
         )
     });
     let (store, stored_registry) = (state.store.clone(), state.registry.clone());
+    let presence = state.presence.clone();
     let channel_lists = state.channels.clone().spawn();
+    let fleet_view = spawn_fleet_view(&state);
     let dispatcher = spawn_dispatcher(
         &state.registry.events,
         state.webhooks.clone(),
@@ -148,6 +152,12 @@ pub async fn serve_state(
         follower.abort();
     }
     dispatcher.abort();
+    for task in fleet_view {
+        task.abort();
+    }
+    if let Some(presence) = &presence {
+        presence.leave().await;
+    }
     if let Some(flusher) = flusher {
         flusher.abort();
         // The viewers are gone: this flush makes the stored counters exact.
@@ -157,6 +167,25 @@ pub async fn serve_state(
     }
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     result
+}
+
+/// In a fleet: the heartbeat and fleet view, the event feed through Redis and the renewal
+/// of provider slot leases (nothing for a lone instance).
+fn spawn_fleet_view(state: &AppState) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(presence) = &state.presence {
+        tasks.push(presence.clone().spawn());
+    }
+    if let Some(slots) = &state.fleet_slots {
+        tasks.extend(slots.spawn());
+    }
+    if let Some(fleet) = &state.fleet {
+        tasks.extend(crate::fleet::events::spawn(
+            fleet.clone(),
+            &state.registry.events,
+        ));
+    }
+    tasks
 }
 
 /// Accepts player connections until `signal` resolves, then asks every connection to
@@ -316,7 +345,17 @@ pub fn build_state_with(
         skipped = restored.skipped,
         "state store"
     );
-    let providers = Providers::new(Arc::new(LocalSlots::default()), Some(registry.clone()));
+    // In a fleet, provider limits hold for every instance together, and events say where
+    // they happened.
+    let fleet_slots = fleet.as_ref().map(|f| RedisSlots::new(f.clone()));
+    let pool: Arc<dyn SlotPool> = match &fleet_slots {
+        Some(slots) => Arc::new(slots.clone()),
+        None => Arc::new(LocalSlots::default()),
+    };
+    if let Some(fleet) = &fleet {
+        registry.events.set_instance(&fleet.instance_id);
+    }
+    let providers = Providers::new(pool, Some(registry.clone()));
     providers.restore(restored.providers.iter().filter_map(|(name, doc)| {
         serde_json::from_value::<ProviderRecord>(doc.clone())
             .map_err(|error| tracing::warn!(provider = %name, %error, "stored provider skipped"))
@@ -327,6 +366,10 @@ pub fn build_state_with(
     // Guides are kept next to the database, so they are served again after a restart.
     config.data_dir = data_dir;
     let config = Arc::new(config);
+    let address: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let presence = fleet
+        .as_ref()
+        .map(|f| Arc::new(Presence::new(f.clone(), registry.clone(), address.clone())));
     let store = Arc::new(store);
     let channels = Channels::new(registry.clone(), upstream.http().clone(), config.clone())
         .with_store(store.clone());
@@ -366,8 +409,10 @@ pub fn build_state_with(
         live: Arc::new(Live::new(config.fanout)),
         connections: Arc::new(connections),
         config,
+        presence,
+        fleet_slots,
         fleet,
-        address: Arc::default(),
+        address,
         sync,
     })
 }

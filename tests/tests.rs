@@ -18,6 +18,7 @@ mod failover_e2e;
 mod fanout;
 mod fleet;
 mod fleet_lb;
+mod fleet_view;
 mod hls;
 mod hostile;
 mod lengthless;

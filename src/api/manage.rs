@@ -187,11 +187,18 @@ async fn detect_stream_type(state: &AppState, settings: &StreamSettings) -> Stre
     responses((status = 200, description = "Every stream", body = StreamList), (status = 401, description = "The API token is missing (`missing_token`)", body = crate::model::ErrorBody),
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
+    let view = state.presence.as_ref().map(|p| p.view());
     let streams: Vec<_> = state
         .registry
         .streams()
         .iter()
-        .map(|s| state.registry.stream_info(s))
+        .map(|s| {
+            let mut info = state.registry.stream_info(s);
+            if let Some(view) = &view {
+                view.stream(s, &mut info);
+            }
+            info
+        })
         .collect();
     Json(StreamList {
         total: streams.len(),
@@ -218,11 +225,15 @@ pub async fn get_stream(
         .iter()
         .map(|c| state.registry.client_info(c))
         .collect();
-    Ok(Json(StreamDetail {
+    let mut detail = StreamDetail {
         stream: state.registry.stream_info(&stream),
         client_count: clients.len(),
         clients,
-    }))
+    };
+    if let Some(presence) = &state.presence {
+        presence.view().stream_detail(&stream, &mut detail);
+    }
+    Ok(Json(detail))
 }
 
 #[utoipa::path(delete, path = "/streams/{id}", tag = "streams",
@@ -312,12 +323,17 @@ pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
         bytes_per_second: t.bytes_per_second(),
     };
     let providers = state.upstream.providers().infos().await;
-    Json(Stats {
+    let mut stats = Stats {
         proxy,
         streams,
         clients,
         providers,
-    })
+        instances: Vec::new(),
+    };
+    if let Some(presence) = &state.presence {
+        presence.view().stats(&mut stats);
+    }
+    Json(stats)
 }
 
 #[utoipa::path(get, path = "/clients", tag = "stats",
@@ -325,7 +341,10 @@ pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
         (status = 403, description = "The API token is wrong (`invalid_token`)", body = crate::model::ErrorBody)))]
 pub async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
     let r = &state.registry;
-    let clients: Vec<_> = r.clients().iter().map(|c| r.client_info(c)).collect();
+    let mut clients: Vec<_> = r.clients().iter().map(|c| r.client_info(c)).collect();
+    if let Some(presence) = &state.presence {
+        clients = presence.view().all_clients(clients);
+    }
     Json(ClientList {
         total: clients.len(),
         total_clients: clients.len(),
@@ -342,10 +361,20 @@ pub async fn get_client(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ClientInfo>, ApiError> {
-    let c = state.registry.client_by_id(&id).ok_or_else(|| {
-        ApiError::not_found("client_not_found", format!("client not found: {id}"))
-    })?;
-    Ok(Json(state.registry.client_info(&c)))
+    let presence = state.presence.as_ref();
+    match state.registry.client_by_id(&id) {
+        Some(c) => {
+            let mut info = state.registry.client_info(&c);
+            info.instance = presence.map(|p| p.instance_id().to_string());
+            Ok(Json(info))
+        }
+        None => presence
+            .and_then(|p| p.view().client(&id))
+            .map(Json)
+            .ok_or_else(|| {
+                ApiError::not_found("client_not_found", format!("client not found: {id}"))
+            }),
+    }
 }
 
 /// Cheap on purpose: counts and atomics only, no per-stream work beyond one pass over each
@@ -355,7 +384,7 @@ pub async fn get_client(
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let r = &state.registry;
     let (active_streams, active_clients) = r.active_counts();
-    Json(Health {
+    let mut health = Health {
         // A store that cannot write, or a fleet whose Redis does not answer: still 200, so a
         // load balancer does not pull every instance at once.
         status: if state.store.health().ok && state.fleet.as_ref().is_none_or(|f| f.is_reachable())
@@ -384,5 +413,10 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
             uptime_seconds: r.clock.uptime_seconds(),
         },
         store: Some(state.store.health()),
-    })
+        instances: Vec::new(),
+    };
+    if let Some(presence) = &state.presence {
+        presence.view().health(&mut health);
+    }
+    Json(health)
 }

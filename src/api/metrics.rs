@@ -216,6 +216,9 @@ pub async fn render(State(state): State<AppState>) -> Response {
         &[],
         r.events.last_id(),
     );
+    if let Some(presence) = &state.presence {
+        fleet_series(&mut page, &presence.view());
+    }
     let cache = &state.cache;
     page.counter(
         "m3u_proxy_cache_hits_total",
@@ -410,6 +413,66 @@ fn provider_series(page: &mut PromText, providers: &[crate::model::ProviderInfo]
                 _ => page.gauge(name, help, &labels, value(p)),
             };
         }
+    }
+}
+
+/// In a fleet: the fleet-wide totals (stored counters plus this instance's unflushed
+/// increments; viewers and connections of every live instance) and each live instance's
+/// share. The families above stay this instance's, so a Prometheus scraping every
+/// instance can still sum them.
+fn fleet_series(page: &mut PromText, view: &crate::fleet::presence::View<'_>) {
+    let [bytes, segments, errors, failovers] = view.totals();
+    let instances = view.instances();
+    page.gauge(
+        "m3u_proxy_fleet_instances",
+        "Live instances of the fleet (a heartbeat within 15 s), this one included.",
+        &[],
+        instances.len(),
+    )
+    .counter(
+        "m3u_proxy_fleet_bytes_served_total",
+        "Bytes written to players by the whole fleet.",
+        &[],
+        bytes,
+    )
+    .counter(
+        "m3u_proxy_fleet_segments_served_total",
+        "Media requests served by the whole fleet.",
+        &[],
+        segments,
+    )
+    .counter(
+        "m3u_proxy_fleet_upstream_errors_total",
+        "Upstream failures seen by the whole fleet.",
+        &[],
+        errors,
+    )
+    .counter(
+        "m3u_proxy_fleet_failovers_total",
+        "Switches to another upstream URL in the whole fleet.",
+        &[],
+        failovers,
+    )
+    .gauge(
+        "m3u_proxy_fleet_active_connections",
+        "Player connections open now on every live instance.",
+        &[],
+        view.connections(),
+    );
+    for i in &instances {
+        let labels = [("instance", i.id.as_str())];
+        page.gauge(
+            "m3u_proxy_fleet_instance_clients",
+            "Tracked clients of each live instance.",
+            &labels,
+            i.clients,
+        )
+        .gauge(
+            "m3u_proxy_fleet_instance_connections",
+            "Player connections of each live instance.",
+            &labels,
+            i.connections,
+        );
     }
 }
 

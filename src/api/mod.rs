@@ -64,6 +64,12 @@ pub struct AppState {
     /// `host:port` others reach this instance at: `ADVERTISE_ADDRESS`, else the bound
     /// listen address, set when the listener is handed to the server.
     pub address: Arc<std::sync::OnceLock<String>>,
+    /// In a fleet: this instance's heartbeat and the fleet view the statistics routes
+    /// report (read from a snapshot, never from Redis on a request).
+    pub presence: Option<Arc<crate::fleet::presence::Presence>>,
+    /// In a fleet: the provider slots shared through Redis (their renewal runs in the
+    /// server).
+    pub fleet_slots: Option<crate::fleet::slots::RedisSlots>,
     /// What follows the fleet's changes (`--store redis`), also asked on a miss.
     pub sync: Option<Arc<crate::fleet::sync::Sync>>,
 }

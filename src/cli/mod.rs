@@ -176,6 +176,7 @@ pub(crate) mod fixtures {
             streams,
             clients: Vec::new(),
             providers: Vec::new(),
+            instances: Vec::new(),
         }
     }
 }

@@ -414,6 +414,7 @@ mod tests {
             bytes_per_second: 0.0,
             is_active: true,
             editor: Default::default(),
+            instance: None,
         }
     }
 
@@ -508,6 +509,7 @@ mod tests {
             max_connections: 0,
             stats: Default::default(),
             store: None,
+            instances: Vec::new(),
         };
         assert_eq!(
             health(&h),

@@ -625,6 +625,9 @@ pub fn spawn_dispatcher(
 ) -> JoinHandle<()> {
     let mut receiver = bus.subscribe();
     let shutdown = bus.shutdown().clone();
+    // Named before the dispatcher starts (at start-up), so captured here: holding the bus
+    // would keep it from ever closing.
+    let own = bus.instance().map(str::to_owned);
     tokio::spawn(async move {
         loop {
             let received = tokio::select! {
@@ -632,6 +635,9 @@ pub fn spawn_dispatcher(
                 () = shutdown.cancelled() => return,
             };
             match received {
+                // In a fleet every instance sees every event; each delivers its own, so a
+                // webhook gets each event once.
+                Ok(event) if event.instance.is_some() && event.instance != own => {}
                 Ok(event) => webhooks.dispatch(&event, &http, &shutdown),
                 Err(RecvError::Lagged(missed)) => {
                     webhooks.missed_events.fetch_add(missed, Relaxed);

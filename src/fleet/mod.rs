@@ -1,7 +1,9 @@
 //! The fleet: several instances acting as one proxy through one Redis (`--store redis`).
 //!
 //! This module owns the connection to Redis and the names of every key the fleet uses, so
-//! one place says what lives where. Everything is under one prefix (`REDIS_PREFIX`,
+//! one place says what lives where. [`presence`] writes this instance's heartbeat and
+//! reads the fleet view the statistics routes report; [`events`] joins the instances'
+//! event feeds; [`slots`] keeps provider limits for the whole fleet. Everything is under one prefix (`REDIS_PREFIX`,
 //! default `m3u-proxy`), so one Redis can serve several fleets, and nothing here is ever
 //! replicated by hand: Redis is the shared state.
 //!
@@ -22,6 +24,9 @@
 //! | `p:stops` | pub/sub | requests to stop a stream's holders of a provider slot |
 
 mod backend;
+pub mod events;
+pub mod presence;
+pub mod slots;
 pub mod sync;
 
 use std::sync::atomic::AtomicBool;

@@ -201,6 +201,12 @@ impl Stored {
         delta
     }
 
+    /// The increments of `counters` not handed to the store yet (nothing is marked).
+    pub fn pending(&self, counters: &Counters) -> [u64; 4] {
+        let now = counters.values();
+        std::array::from_fn(|i| now[i].saturating_sub(self.counters[i].load(Ordering::Relaxed)))
+    }
+
     /// Notes `values` as handed to the store.
     pub fn mark_counters(&self, values: [u64; 4]) {
         for (c, v) in self.counters.iter().zip(values) {
@@ -1323,6 +1329,7 @@ impl Registry {
                 last_access: Some(self.last_seen_utc(&c.counters, &c.last_seen_at)),
                 is_connected: self.client_is_connected(c),
             },
+            instance: None,
         }
     }
 }
