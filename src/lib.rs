@@ -60,7 +60,10 @@
 //!   connection (reconnecting with backoff), the name of every key the fleet uses, the
 //!   store's Redis backend and the fleet's shared secret (`fleet::backend`), and the
 //!   follower of other instances' changes with its full resync and reads on miss
-//!   (`fleet::sync`). Uses `store`, `channels`, `providers`, `registry`, `events`, `config`.
+//!   (`fleet::sync`); the heartbeats and the fleet view the statistics routes report
+//!   (`fleet::presence`), the one event feed (`fleet::events`) and provider slots as
+//!   leases in Redis (`fleet::slots`). Uses `store`, `channels`, `providers`, `registry`,
+//!   `events`, `model`, `config`.
 //! - [`api`] — axum routers: management (JSON), playback (HLS, direct), `/metrics`,
 //!   `/events` (SSE), `/webhooks`, `/providers`, channel lists and the HDHomeRun tuner
 //!   (`api::channels`), and m3u-editor's forms of them

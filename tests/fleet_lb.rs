@@ -1,6 +1,7 @@
 //! Load balancing a fleet (issue 14): the README's nginx and HAProxy configurations, read
 //! from README.md with only the addresses replaced, run for real in front of three
-//! instances of the binary. One live channel's viewers land on one instance and cost the
+//! instances of the binary on one Redis. A stream posted through the balancer (to any
+//! instance) is known to all; one live channel's viewers land on one instance and cost the
 //! origin one connection; HLS plays through the balancer; different stream ids spread over
 //! the instances and requests without an id go round-robin.
 
@@ -275,24 +276,32 @@ impl Fleet {
             .collect()
     }
 
-    /// Registers `url` on every instance and returns its id: the same everywhere, since the
-    /// instances share the secret through Redis.
-    async fn register(&self, url: &str) -> String {
+    /// Registers `url` through the balancer (on whichever instance it picks) and waits
+    /// until every instance knows the stream; returns its id.
+    async fn register(&self, lb: &Balancer, url: &str) -> String {
         let http = http_client();
-        let mut ids = HashSet::new();
+        let res = http
+            .post(lb.url("/streams"))
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "POST /streams: {}", res.status());
+        let created: serde_json::Value = res.json().await.unwrap();
+        let id = created["stream_id"].as_str().unwrap().to_string();
         for base in &self.bases {
-            let res = http
-                .post(format!("{base}/streams"))
-                .json(&json!({ "url": url }))
-                .send()
-                .await
-                .unwrap();
-            assert!(res.status().is_success(), "POST /streams: {}", res.status());
-            let created: serde_json::Value = res.json().await.unwrap();
-            ids.insert(created["stream_id"].as_str().unwrap().to_string());
+            let known = http.get(format!("{base}/streams/{id}"));
+            eventually(
+                Duration::from_secs(2),
+                "the stream known everywhere",
+                || {
+                    let known = known.try_clone().unwrap().send();
+                    async move { (known.await.ok()?.status() == StatusCode::OK).then_some(()) }
+                },
+            )
+            .await;
         }
-        assert_eq!(ids.len(), 1, "one id for one URL and one secret: {ids:?}");
-        ids.into_iter().next().unwrap()
+        id
     }
 }
 
@@ -310,8 +319,8 @@ async fn ten_live_viewers_share_one_upstream(kind: Kind) {
     let origin = Origin::start().await;
     origin.live_ts("/live.ts", 200_000);
     let fleet = Fleet::start().await;
-    let id = fleet.register(&origin.url("/live.ts")).await;
     let lb = Balancer::start(kind, &fleet.addresses()).await;
+    let id = fleet.register(&lb, &origin.url("/live.ts")).await;
     // Registering may have probed the origin; count from here.
     let before = origin.hits("/live.ts");
     let http = http_client();
@@ -408,7 +417,7 @@ async fn ids_spread_and_the_rest_goes_round_robin(kind: Kind) {
     for i in 0..12 {
         // A closed port and an .m3u8 URL: registering never probes, playing gives 502.
         let id = fleet
-            .register(&format!("http://127.0.0.1:9/fleet-lb/{i}/index.m3u8"))
+            .register(&lb, &format!("http://127.0.0.1:9/fleet-lb/{i}/index.m3u8"))
             .await;
         let mut seen = HashSet::new();
         for path in [
@@ -508,8 +517,8 @@ async fn nginx_hls_plays_through_the_balancer_on_one_instance() {
     media.push_str("#EXT-X-ENDLIST\n");
     origin.put("/tv/index.m3u8", media, MPEGURL);
     let fleet = Fleet::start().await;
-    let id = fleet.register(&origin.url("/tv/index.m3u8")).await;
     let lb = Balancer::start(Kind::Nginx, &fleet.addresses()).await;
+    let id = fleet.register(&lb, &origin.url("/tv/index.m3u8")).await;
     let http = http_client();
 
     let playlist_url = lb.url(&format!("/hls/{id}/playlist.m3u8?client_id=hls-viewer"));

@@ -515,7 +515,8 @@ async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once(
     play(&a, &endpoint, "viewer-on-a").await;
 
     // A's and C's events, each delivered once: two deliveries, not one per instance.
-    eventually(Duration::from_secs(5), "both deliveries", || async {
+    // Generous: on a loaded machine a delivery may need its retry.
+    eventually(Duration::from_secs(15), "both deliveries", || async {
         (seen.lock().unwrap().len() >= 2).then_some(())
     })
     .await;
@@ -632,7 +633,7 @@ async fn a_provider_limit_of_one_holds_for_two_instances() {
     drop(viewer);
     eventually(Duration::from_secs(10), "B's channel playing", || async {
         let mut res = b.http.get(b.url(&two)).send().await.ok()?;
-        (res.status() == StatusCode::OK && res.chunk().await.ok()??.len() > 0).then_some(())
+        (res.status() == StatusCode::OK && !res.chunk().await.ok()??.is_empty()).then_some(())
     })
     .await;
 }

@@ -416,20 +416,6 @@ fn provider_series(page: &mut PromText, providers: &[crate::model::ProviderInfo]
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::route_label;
-
-    #[test]
-    fn route_labels_carry_no_braces() {
-        assert_eq!(
-            route_label("/hls/{id}/{token}/{file}"),
-            "/hls/:id/:token/:file"
-        );
-        assert_eq!(route_label("/stats"), "/stats");
-    }
-}
-
 /// In a fleet: the fleet-wide totals (stored counters plus this instance's unflushed
 /// increments; viewers and connections of every live instance) and each live instance's
 /// share. The families above stay this instance's, so a Prometheus scraping every
@@ -487,5 +473,19 @@ fn fleet_series(page: &mut PromText, view: &crate::fleet::presence::View<'_>) {
             &labels,
             i.connections,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn route_labels_carry_no_braces() {
+        assert_eq!(
+            route_label("/hls/{id}/{token}/{file}"),
+            "/hls/:id/:token/:file"
+        );
+        assert_eq!(route_label("/stats"), "/stats");
     }
 }
