@@ -369,6 +369,8 @@ pub struct InstanceInfo {
 /// `GET /health`: cheap, for load balancers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
+    /// `healthy`, or `degraded` while the store cannot write or the fleet's Redis does not
+    /// answer (still a 200: playback goes on).
     pub status: String,
     pub version: String,
     /// Defaulted (to the Unix epoch) when reading an older server.

@@ -278,8 +278,23 @@ async fn creates_updates_failovers_and_deletes_on_one_instance_reach_the_others(
         .await;
     }
 
-    // B plays it; a manual failover on C moves B's next playlist to the backup.
+    // A reference signed by A plays through B: the fleet shares one secret.
     let playlist = format!("/hls/{hls}/playlist.m3u8");
+    origin.put("/a/a/seg1.ts", vec![0x47u8; 1880], "video/mp2t");
+    let text = a.get(&playlist).await.text().await.unwrap();
+    let first = text
+        .lines()
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap();
+    let reference = url::Url::parse(&a.url(&playlist))
+        .unwrap()
+        .join(first)
+        .unwrap();
+    let through_b = b.get(reference.path()).await;
+    assert_eq!(through_b.status(), 200, "{first}");
+    assert_eq!(through_b.bytes().await.unwrap().len(), 1880);
+
+    // B plays it; a manual failover on C moves B's next playlist to the backup.
     assert_eq!(b.get(&playlist).await.status(), 200);
     assert_eq!(origin.hits("/b/live.m3u8"), 0);
     c.switch_now(&hls).await;
@@ -368,4 +383,371 @@ async fn a_stream_unknown_here_is_looked_up_in_redis_before_a_404() {
     assert_eq!(res.bytes().await.unwrap().len(), 10_000);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn an_automatic_failover_on_one_instance_is_seen_by_all() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put("/a/live.m3u8", media_playlist("a"), MPEGURL);
+    origin.fault("/a/live.m3u8", crate::util::origin::Fault::Status(500));
+    origin.put("/b/live.m3u8", media_playlist("b"), MPEGURL);
+    let (a, b, c) = (
+        instance(&redis).await,
+        instance(&redis).await,
+        instance(&redis).await,
+    );
+    let (id, _) = a
+        .register(&origin.url("/a/live.m3u8"), &[origin.url("/b/live.m3u8")])
+        .await;
+    eventually(Duration::from_secs(1), "the stream on B", || {
+        listed_on(&b, &id)
+    })
+    .await;
+    // B's player meets the dead primary: B switches by itself, within the request.
+    let res = b.get(&format!("/hls/{id}/playlist.m3u8")).await;
+    assert_eq!(res.status(), 200);
+    let on_b = listed_on(&b, &id).await.unwrap();
+    assert_eq!(on_b["current_url"], origin.url("/b/live.m3u8"));
+    // Its flusher stores the new position; A and C follow within a flush and a message.
+    for other in [&a, &c] {
+        eventually(
+            Duration::from_secs(3),
+            "the backup URL in use elsewhere",
+            || async {
+                let s = listed_on(other, &id).await?;
+                (s["current_url"] == origin.url("/b/live.m3u8")).then_some(())
+            },
+        )
+        .await;
+    }
+    let primary_hits = origin.hits("/a/live.m3u8");
+    let res = c.get(&format!("/hls/{id}/playlist.m3u8")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        origin.hits("/a/live.m3u8"),
+        primary_hits,
+        "C does not try the dead primary again"
+    );
+    for p in [a, b, c] {
+        p.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_for_15_s_playback_goes_on_writes_503_and_nothing_counted_is_lost() {
+    if !require_redis() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.live_ts("/live.ts", 100_000);
+    let a = instance(&redis).await;
+    let (id, endpoint) = a.register(&origin.url("/live.ts"), &[]).await;
+    let mut viewer = crate::util::ts_viewer::TsViewer::open(&a, &endpoint).await;
+    viewer.read_packets(100, Duration::from_secs(5)).await;
+    assert_eq!(health(&a).await["status"], "healthy");
+
+    redis.stop();
+    let down_at = viewer.bytes.len();
+    eventually(Duration::from_secs(3), "/health degraded", || async {
+        (health(&a).await["status"] == "degraded").then_some(())
+    })
+    .await;
+    let h = health(&a).await;
+    assert_eq!(h["store"]["backend"], "redis");
+    let (status, body) = a
+        .post_stream(json!({"url": origin.url("/during-outage.ts")}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "store_unavailable");
+    // Bytes keep flowing for the 15 s; reads answer from what this instance knows.
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        let more = viewer.numbers().len() + 50;
+        viewer.read_packets(more, Duration::from_secs(3)).await;
+    }
+    let during = (viewer.bytes.len() - down_at) as u64;
+    assert!(during > 1_000_000, "{during} bytes in 15 s at 100 kB/s");
+    assert!(stream_on(&a, &id).await.is_some());
+
+    // Back (empty: it kept nothing): writes work within 5 s, the documents are written
+    // back, and the outage's bytes are in the fleet's totals.
+    redis.restart();
+    eventually(Duration::from_secs(5), "writes working again", || async {
+        let (status, _) = a
+            .post_stream(json!({"url": origin.url("/after-outage.ts")}))
+            .await;
+        (status == 200 || status == 201).then_some(())
+    })
+    .await;
+    let totals = eventually(
+        Duration::from_secs(5),
+        "the outage's bytes in p:totals",
+        || async {
+            let bytes: Option<u64> = redis_query(
+                &redis,
+                redis::cmd("HGET").arg("fleet-test:totals").arg("bytes"),
+            );
+            bytes.filter(|&b| b >= during)
+        },
+    )
+    .await;
+    assert!(totals >= during);
+    eventually(
+        Duration::from_secs(5),
+        "the stream written back",
+        || async {
+            let back: bool = redis_query(
+                &redis,
+                redis::cmd("HEXISTS").arg("fleet-test:doc:stream").arg(&id),
+            );
+            back.then_some(())
+        },
+    )
+    .await;
+    let secret: Option<String> = redis_query(&redis, redis::cmd("GET").arg("fleet-test:secret"));
+    assert!(secret.is_some(), "the secret written back");
+    eventually(Duration::from_secs(5), "/health healthy again", || async {
+        (health(&a).await["status"] == "healthy").then_some(())
+    })
+    .await;
+    viewer
+        .read_packets(viewer.numbers().len() + 50, Duration::from_secs(3))
+        .await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_and_providers_defined_on_one_instance_reach_the_others() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis).await, instance(&redis).await);
+    let res = a
+        .http
+        .post(a.url("/webhooks"))
+        .json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["stream_created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hook: Value = res.json().await.unwrap();
+    let hook_id = hook["id"].as_str().unwrap().to_string();
+    let res = a
+        .http
+        .put(a.url("/providers/acc"))
+        .json(&json!({"hosts": ["127.0.0.1:9"], "max_connections": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    eventually(
+        Duration::from_secs(1),
+        "the webhook and provider on B",
+        || async {
+            let hook = b.get(&format!("/webhooks/{hook_id}")).await;
+            let provider = b.get("/providers/acc").await;
+            if hook.status() != 200 || provider.status() != 200 {
+                return None;
+            }
+            let provider: Value = provider.json().await.ok()?;
+            Some(provider)
+        },
+    )
+    .await;
+    for path in [format!("/webhooks/{hook_id}"), "/providers/acc".to_string()] {
+        let res = a.http.delete(a.url(&path)).send().await.unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+    }
+    eventually(Duration::from_secs(1), "both gone on B", || async {
+        let hook = b.get(&format!("/webhooks/{hook_id}")).await.status();
+        let provider = b.get("/providers/acc").await.status();
+        (hook == 404 && provider == 404).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_list_imported_or_deleted_on_one_instance_is_on_all() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    origin.put(
+        "/list.m3u",
+        format!(
+            "#EXTM3U\n#EXTINF:-1 tvg-id=\"one\",One\n{}\n#EXTINF:-1 tvg-id=\"two\",Two\n{}\n",
+            origin.url("/one.ts"),
+            origin.url("/two.ts")
+        ),
+        "audio/x-mpegurl",
+    );
+    let (a, b) = (instance(&redis).await, instance(&redis).await);
+    let res = a
+        .http
+        .post(a.url("/playlists"))
+        .json(&json!({"name": "L", "url": origin.url("/list.m3u")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let list: Value = res.json().await.unwrap();
+    let list_id = list["id"].as_str().unwrap().to_string();
+    let on_a: Value = a.get_json("/streams").await;
+    assert_eq!(on_a["total"], 2, "{on_a}");
+    // B imports it too: the same channels under the same stream ids.
+    eventually(
+        Duration::from_secs(3),
+        "the list's channels on B",
+        || async {
+            let on_b: Value = b.get_json("/streams").await;
+            let ids = |v: &Value| {
+                let mut ids: Vec<String> = v["streams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s["stream_id"].as_str().unwrap_or("").to_string())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            (ids(&on_b) == ids(&on_a)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(b.get(&format!("/playlists/{list_id}")).await.status(), 200);
+    let res = a
+        .http
+        .delete(a.url(&format!("/playlists/{list_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    eventually(
+        Duration::from_secs(2),
+        "the list and its channels gone on B",
+        || async {
+            let gone = b.get(&format!("/playlists/{list_id}")).await.status() == 404;
+            let streams: Value = b.get_json("/streams").await;
+            (gone && streams["total"] == 0).then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_backend_drops_increments_of_a_stream_whose_document_is_gone() {
+    use m3u_proxy::store::{Backend, Batch, CounterKey, CounterSet, Kind};
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut backend = m3u_proxy::fleet::RedisBackend::new(client, "unit", "me", "here");
+    let mut batch = Batch::default();
+    batch.put(Kind::Stream, "kept", json!({"x": 1}));
+    batch.add(
+        CounterKey::Stream("kept".into()),
+        CounterSet::from_array([5, 1, 0, 0]),
+    );
+    batch.add(
+        CounterKey::Stream("gone".into()),
+        CounterSet::from_array([7, 0, 0, 0]),
+    );
+    batch.add(CounterKey::Totals, CounterSet::from_array([12, 1, 0, 0]));
+    backend.apply(&batch).unwrap();
+    backend.apply(&batch).unwrap();
+    let loaded = backend.load().unwrap();
+    assert_eq!(
+        loaded.of(Kind::Stream),
+        &[("kept".to_string(), json!({"x": 1}))]
+    );
+    assert_eq!(
+        loaded.stream_counters.get("kept"),
+        Some(&CounterSet::from_array([10, 2, 0, 0]))
+    );
+    assert!(!loaded.stream_counters.contains_key("gone"));
+    let gone: bool = redis_query(&redis, redis::cmd("EXISTS").arg("unit:counters:gone"));
+    assert!(!gone, "no counters for a stream without a document");
+    assert_eq!(loaded.totals, CounterSet::from_array([24, 2, 0, 0]));
+    let mut delete = Batch::default();
+    delete.delete(Kind::Stream, "kept");
+    backend.apply(&delete).unwrap();
+    let loaded = backend.load().unwrap();
+    assert!(loaded.of(Kind::Stream).is_empty());
+    assert!(
+        loaded.stream_counters.is_empty(),
+        "deleted with the document"
+    );
+    assert_eq!(loaded.totals.bytes, 24, "the totals keep deleted streams");
+    // Redis gone: a write fails (the store keeps it); back, the next one works.
+    let mut redis = redis;
+    redis.stop();
+    assert!(backend.apply(&batch).is_err());
+    redis.restart();
+    backend.apply(&batch).unwrap();
+}
+
+#[tokio::test]
+async fn three_binaries_share_one_registry() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        let (child, base) = start(move |p| {
+            (
+                vec![
+                    ("M3U_PROXY_HOST", "127.0.0.1".to_string()),
+                    ("M3U_PROXY_PORT", p.to_string()),
+                    ("M3U_PROXY_STORE", "redis".to_string()),
+                    ("REDIS_URL", url.clone()),
+                ],
+                vec![],
+            )
+        })
+        .await;
+        children.push(child);
+        bases.push(base);
+    }
+    let http = crate::util::http_client();
+    let created =
+        crate::util::create_stream_at(&http, &bases[0], "http://127.0.0.1:9/x.m3u8").await;
+    let id = created["stream_id"].as_str().unwrap().to_string();
+    for base in &bases[1..] {
+        eventually(Duration::from_secs(1), "listed on the others", || async {
+            let all: Value = http
+                .get(format!("{base}/streams"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            all["streams"]
+                .as_array()?
+                .iter()
+                .any(|s| s["stream_id"] == id.as_str())
+                .then_some(())
+        })
+        .await;
+    }
+    for mut child in children {
+        let (status, _) = stop_with(&mut child, "-TERM").await;
+        assert!(status.success(), "{status}");
+    }
 }

@@ -766,6 +766,12 @@ impl Channels {
         })
     }
 
+    /// Whether the stream `id` is a channel of a list (or one retiring): such streams are
+    /// kept with their list, not as stream documents of their own.
+    pub fn owns_stream(&self, id: &str) -> bool {
+        lock(&self.applied).contains_key(id) || lock(&self.retiring).contains(id)
+    }
+
     /// The providers the lists name, each once.
     pub fn provider_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self

@@ -5,7 +5,8 @@
 //! as Redis holds it now (Redis is the truth, not the message) and applies it: a stream is
 //! registered, updated, or follows the stored failover position (its viewers here move
 //! with it), or is removed, ending its viewers here; webhooks and providers are replaced
-//! or removed; a channel list unknown here is taken in (it then refreshes on its own).
+//! or removed; a channel list unknown here is taken in (it then refreshes on its own), and
+//! one deleted elsewhere is deleted here.
 //! An instance's own messages are skipped: its state is already there.
 //!
 //! After every (re)subscription, the whole registry is compared with Redis, since
@@ -17,7 +18,7 @@
 //! While the subscription is down, or a `PING` every second gets no answer within
 //! [`COMMAND_TIMEOUT`], the fleet counts as unreachable ([`Fleet::is_reachable`]):
 //! `/health` says `degraded`. The connection is retried with backoff (100 ms doubling to
-//! 5 s). Playback never waits for any of this.
+//! 1 s). Playback never waits for any of this.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ use crate::events::{WebhookRecord, Webhooks};
 use crate::providers::{ProviderRecord, Providers};
 use crate::registry::{Registry, Removal, RestoredStream};
 use crate::store::{Batch, Kind, Store, StreamRecord};
+
+/// The longest pause between two attempts to subscribe again: one connection attempt a
+/// second is cheap, and the fleet's view comes back within a second of Redis.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long a read on miss (an id unknown here) may wait for Redis.
 pub const MISS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -69,7 +74,7 @@ impl Sync {
                 tracing::warn!(redis = %self.fleet.location, "lost the fleet's Redis; serving what this instance knows");
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -200,9 +205,20 @@ impl Sync {
                     }
                 }
             }
-            // A channel list's streams are retired by the instance that deleted it; the
-            // list itself stays here until this instance restarts (see the README).
-            (Kind::ChannelList, None) => {}
+            // Deleted here as there: its streams go (those still playing here when their
+            // viewers leave). Writing the delete again is harmless: the others no longer
+            // have the list when it reaches them.
+            (Kind::ChannelList, None) => {
+                let known = self.channels.records().iter().any(|r| r.id == id);
+                if known {
+                    let (channels, id) = (self.channels.clone(), id.to_string());
+                    tokio::spawn(async move {
+                        if let Err(error) = channels.delete(&id).await {
+                            tracing::debug!(playlist = %id, %error, "channel list deleted elsewhere");
+                        }
+                    });
+                }
+            }
         }
     }
 
@@ -257,7 +273,8 @@ impl Sync {
             .map_err(|_| timed_out())??;
             if kind == Kind::Stream {
                 for s in self.registry.streams() {
-                    if !docs.contains_key(&s.id) {
+                    // A channel list's streams are kept with the list, not on their own.
+                    if !docs.contains_key(&s.id) && !self.channels.owns_stream(&s.id) {
                         self.apply(kind, &s.id, None);
                     }
                 }
@@ -302,6 +319,9 @@ impl Sync {
             .submit(move || {
                 let mut batch = Batch::default();
                 for s in registry.streams() {
+                    if channels.owns_stream(&s.id) {
+                        continue;
+                    }
                     if let Ok(doc) = serde_json::to_value(StreamRecord::of(&s)) {
                         batch.put(Kind::Stream, &s.id, doc);
                     }

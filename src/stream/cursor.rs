@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn following_takes_newer_positions_and_breaks_ties_one_past_them() {
         let cursor = UrlCursor::restored(0, 3);
-        let mut seen = cursor.subscribe();
+        let seen = cursor.subscribe();
         assert!(!cursor.follow(1, 2, 3), "an older position is ignored");
         assert!(!cursor.follow(0, 3, 3), "the same position changes nothing");
         assert!(cursor.follow(2, 5, 3), "a newer one is taken");
