@@ -472,6 +472,17 @@ async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once(
     );
     let (id_a, id_c) = (id_of(&a).await, id_of(&c).await);
     let (hook_url, seen) = hook_receiver().await;
+    // Every follower of p:changes is running (a stream created on B is known on A and C)
+    // before the webhook is written.
+    let (_, endpoint) = b.register(&origin.url("/film.mp4"), &[]).await;
+    for p in [&a, &c] {
+        eventually(
+            Duration::from_secs(2),
+            "B's stream known everywhere",
+            || async { (p.get_json("/streams").await["total"] == 1).then_some(()) },
+        )
+        .await;
+    }
     // One webhook, registered on A: every instance knows it, every instance sees every
     // instance's events, and each event is delivered once, by the instance where it happened.
     let res = a
@@ -493,10 +504,6 @@ async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once(
         )
         .await;
     }
-    let mut endpoint = String::new();
-    for p in [&a, &b, &c] {
-        (_, endpoint) = p.register(&origin.url("/film.mp4"), &[]).await;
-    }
     let feed = a
         .http
         .get(a.url("/events?types=client_connected"))
@@ -516,10 +523,20 @@ async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once(
 
     // A's and C's events, each delivered once: two deliveries, not one per instance.
     // Generous: on a loaded machine a delivery may need its retry.
-    eventually(Duration::from_secs(15), "both deliveries", || async {
+    let both = crate::util::poll_for(Duration::from_secs(15), || async {
         (seen.lock().unwrap().len() >= 2).then_some(())
     })
     .await;
+    if both.is_none() {
+        let mut hooks = Vec::new();
+        for p in [&a, &b, &c] {
+            hooks.push(p.get_json("/webhooks").await);
+        }
+        panic!(
+            "deliveries: {:?}\nwebhooks on A, B, C: {hooks:?}",
+            seen.lock().unwrap()
+        );
+    }
     // Give a duplicate (from B or the other instance) time to show up; deliveries of the
     // same process are quick, so one second is far beyond the first two.
     let settled = crate::util::poll_for(Duration::from_secs(1), || async {
