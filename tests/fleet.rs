@@ -751,3 +751,59 @@ async fn three_binaries_share_one_registry() {
         assert!(status.success(), "{status}");
     }
 }
+
+/// A resynchronization with Redis (after every reconnect of the change feed) runs while
+/// the instance answers: a webhook or stream written there meanwhile is held locally
+/// before its write reaches Redis, and must not be taken for one deleted elsewhere.
+#[tokio::test]
+async fn writes_made_while_an_instance_resynchronizes_are_kept() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let proxy = instance(&redis).await;
+    let base = proxy.url("");
+    let base = base.trim_end_matches('/');
+    let mut hooks = Vec::new();
+    let mut streams = Vec::new();
+    for round in 0..10 {
+        // Every subscriber is cut: the instance reconnects its change feed and resyncs.
+        let _: redis::Value = redis_query(
+            &redis,
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+        );
+        for n in 0..5 {
+            let res = proxy
+                .http
+                .post(proxy.url("/webhooks"))
+                .json(&json!({"url": format!("http://127.0.0.1:9/hook-{round}-{n}"), "events": ["stream_created"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            let hook: Value = res.json().await.unwrap();
+            hooks.push(hook["id"].as_str().unwrap().to_string());
+            let url = origin.url(&format!("/live-{round}-{n}.ts"));
+            let stream = crate::util::create_stream_at(&proxy.http, base, &url).await;
+            streams.push(stream["stream_id"].as_str().unwrap().to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the last resynchronization's second look (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for hook in &hooks {
+        assert_eq!(
+            proxy.get(&format!("/webhooks/{hook}")).await.status(),
+            200,
+            "webhook {hook}"
+        );
+    }
+    for stream in &streams {
+        assert_eq!(
+            proxy.get(&format!("/streams/{stream}")).await.status(),
+            200,
+            "stream {stream}"
+        );
+    }
+}

@@ -223,7 +223,11 @@ impl RedisBackend {
                     let counters = counters_key(prefix, id);
                     for (name, n) in COUNTER_FIELDS.iter().zip(values) {
                         if n != 0 {
-                            pipe.cmd("HINCRBY").arg(&counters).arg(*name).arg(n).ignore();
+                            pipe.cmd("HINCRBY")
+                                .arg(&counters)
+                                .arg(*name)
+                                .arg(n)
+                                .ignore();
                         }
                     }
                 }

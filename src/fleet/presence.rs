@@ -33,6 +33,15 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 /// Stream counters are read in pipelines of this many streams.
 const COUNTER_BATCH: usize = 1000;
 
+/// Every stream's counters are read this often; in between, only those of streams some
+/// instance has viewers of (or had, within [`RECENT`]): only a watched stream's counters
+/// move, and a channel list's 50,000 streams must not cost 50,000 reads a second.
+const FULL_SWEEP: Duration = Duration::from_secs(30);
+
+/// How long after its last viewer anywhere a stream's counters are still read every
+/// second (its last increments reach Redis with the next flush of that instance).
+const RECENT: Duration = Duration::from_secs(10);
+
 /// What one instance says about itself every second (`p:instance:{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -68,8 +77,8 @@ pub struct Snapshot {
     pub instances: Vec<Heartbeat>,
     /// `p:totals`: bytes, segments, errors, failovers; `None` before the first read.
     pub totals: Option<[u64; 4]>,
-    /// `p:counters:{id}` of every stream known here.
-    pub counters: HashMap<String, [u64; 4]>,
+    /// `p:counters:{id}` of every stream known here, as last read (see [`FULL_SWEEP`]).
+    pub counters: Arc<HashMap<String, [u64; 4]>>,
     /// When the read finished.
     pub read_at: Option<DateTime<Utc>>,
 }
@@ -84,6 +93,10 @@ pub struct Presence {
     /// stored totals), so `bytes` is what this instance served.
     bytes_at_start: u64,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Streams with viewers somewhere lately, and when they were last seen so.
+    hot: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// When every stream's counters were last read.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Presence {
@@ -106,6 +119,8 @@ impl Presence {
             registry,
             address,
             snapshot: RwLock::default(),
+            hot: std::sync::Mutex::default(),
+            last_sweep: std::sync::Mutex::default(),
         }
     }
 
@@ -266,9 +281,37 @@ impl Presence {
                 }
             }
         }
-        let mut ids = Vec::new();
-        self.registry.each_stream(|s| ids.push(s.id.clone()));
-        let mut counters = HashMap::with_capacity(ids.len());
+        let now = std::time::Instant::now();
+        let sweep = self
+            .last_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| now.duration_since(at) >= FULL_SWEEP);
+        let ids: Vec<String> = {
+            let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+            for beat in &instances {
+                for id in beat.streams.keys() {
+                    hot.insert(id.clone(), now);
+                }
+            }
+            hot.retain(|_, seen| now.duration_since(*seen) < RECENT);
+            if sweep {
+                let mut ids = Vec::new();
+                self.registry.each_stream(|s| ids.push(s.id.clone()));
+                ids
+            } else {
+                hot.keys().cloned().collect()
+            }
+        };
+        let previous = self.snapshot().counters.clone();
+        if !sweep && ids.is_empty() {
+            return self.publish(instances, &totals, previous);
+        }
+        let mut counters = if sweep {
+            HashMap::with_capacity(ids.len())
+        } else {
+            HashMap::clone(&previous)
+        };
         for chunk in ids.chunks(COUNTER_BATCH) {
             let mut pipe = redis::pipe();
             for id in chunk {
@@ -277,14 +320,28 @@ impl Presence {
             }
             let read: Vec<HashMap<String, u64>> = pipe.query_async(&mut conn).await?;
             for (id, fields) in chunk.iter().zip(read) {
-                if !fields.is_empty() {
+                if fields.is_empty() {
+                    counters.remove(id);
+                } else {
                     counters.insert(id.clone(), four(&fields));
                 }
             }
         }
+        if sweep {
+            *self.last_sweep.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        }
+        self.publish(instances, &totals, Arc::new(counters))
+    }
+
+    fn publish(
+        &self,
+        instances: Vec<Heartbeat>,
+        totals: &HashMap<String, u64>,
+        counters: Arc<HashMap<String, [u64; 4]>>,
+    ) -> redis::RedisResult<()> {
         let snapshot = Snapshot {
             instances,
-            totals: Some(four(&totals)),
+            totals: Some(four(totals)),
             counters,
             read_at: Some(Utc::now()),
         };

@@ -35,6 +35,10 @@ use crate::providers::{ProviderRecord, Providers};
 use crate::registry::{Registry, Removal, RestoredStream};
 use crate::store::{Batch, Kind, Store, StreamRecord};
 
+/// How long a resynchronization waits before it takes a document held here but not
+/// in Redis for deleted: a write made here just before has landed by then.
+const SECOND_LOOK: Duration = Duration::from_secs(2);
+
 /// The longest pause between two attempts to subscribe again: one connection attempt a
 /// second is cheap, and the fleet's view comes back within a second of Redis.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -264,6 +268,10 @@ impl Sync {
         if secret.is_none() {
             return self.reseed().await;
         }
+        // Held here but not in Redis: deleted elsewhere while this instance did not
+        // listen, or created here a moment ago with its write still on the way. Which one
+        // is told by a second look once such a write has had time to land.
+        let mut missing: Vec<(Kind, String)> = Vec::new();
         for kind in Kind::ALL {
             let docs: std::collections::HashMap<String, String> = tokio::time::timeout(
                 COMMAND_TIMEOUT * 5,
@@ -275,20 +283,40 @@ impl Sync {
                 for s in self.registry.streams() {
                     // A channel list's streams are kept with the list, not on their own.
                     if !docs.contains_key(&s.id) && !self.channels.owns_stream(&s.id) {
-                        self.apply(kind, &s.id, None);
+                        missing.push((kind, s.id.clone()));
                     }
                 }
             }
             if kind == Kind::Webhook {
                 for hook in self.webhooks.list() {
                     if !docs.contains_key(&hook.id) {
-                        self.webhooks.remove(&hook.id);
+                        missing.push((kind, hook.id.clone()));
                     }
                 }
             }
             for (id, body) in docs {
                 if let Ok(doc) = serde_json::from_str(&body) {
                     self.apply(kind, &id, Some(doc));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(SECOND_LOOK).await;
+        for (kind, id) in missing {
+            let there: bool = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                conn.hexists(doc_key(&self.fleet.prefix, kind), &id),
+            )
+            .await
+            .map_err(|_| timed_out())??;
+            if !there {
+                match kind {
+                    Kind::Webhook => {
+                        self.webhooks.remove(&id);
+                    }
+                    _ => self.apply(kind, &id, None),
                 }
             }
         }
