@@ -1,11 +1,8 @@
 //! Events as an operator sees them: the `GET /events` feed (Server-Sent Events) and
 //! webhooks, including a receiver that is down while viewers keep playing.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
-use axum::{Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -187,26 +184,6 @@ async fn the_feed_shows_each_event_once_in_order() {
     );
 }
 
-/// A webhook receiver on 127.0.0.1:0 that records every body it is sent.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let record = seen.clone();
-    let app = Router::new().route(
-        "/hook",
-        post(move |Json(body): Json<Value>| {
-            let record = record.clone();
-            async move {
-                record.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
-}
-
 async fn register(proxy: &Proxy, body: Value) -> String {
     let res = proxy
         .http
@@ -224,7 +201,7 @@ async fn register(proxy: &Proxy, body: Value) -> String {
 async fn webhooks_get_the_events_they_asked_for() {
     let origin = Origin::start().await;
     put_stream(&origin, "main");
-    let (url, seen) = receiver().await;
+    let (url, seen) = crate::util::webhook_receiver().await;
     let proxy = Proxy::start().await;
     let hook = register(
         &proxy,

@@ -3,6 +3,7 @@
 //! flags, `REDIS_URL` or m3u-editor's compose names.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -309,8 +310,12 @@ async fn creates_updates_failovers_and_deletes_on_one_instance_reach_the_others(
         origin.hits("/b/live.m3u8") > before,
         "B's next playlist came from the backup"
     );
-    let on_a = listed_on(&a, &hls).await.unwrap();
-    assert_eq!(on_a["current_url"], origin.url("/b/live.m3u8"), "{on_a}");
+    // A hears of C's failover as B did (each within 1 s, not necessarily together).
+    eventually(Duration::from_secs(1), "A on the backup URL", || async {
+        let s = listed_on(&a, &hls).await?;
+        (s["current_url"] == origin.url("/b/live.m3u8")).then_some(())
+    })
+    .await;
 
     // A live viewer on C; the stream deleted on A: C's viewer is cut within 2 s.
     let (live, endpoint) = a.register(&origin.url("/live.ts"), &[]).await;
@@ -575,7 +580,7 @@ async fn webhooks_and_providers_defined_on_one_instance_reach_the_others() {
 }
 
 #[tokio::test]
-async fn a_channel_list_imported_or_deleted_on_one_instance_is_on_all() {
+async fn a_channel_list_imported_refreshed_or_deleted_on_one_instance_is_on_all() {
     if !require_redis() {
         return;
     }
@@ -624,6 +629,51 @@ async fn a_channel_list_imported_or_deleted_on_one_instance_is_on_all() {
     )
     .await;
     assert_eq!(b.get(&format!("/playlists/{list_id}")).await.status(), 200);
+    // A refresh on A that drops a channel and adds one is applied on B as on A.
+    origin.put(
+        "/list.m3u",
+        format!(
+            "#EXTM3U\n#EXTINF:-1 tvg-id=\"one\",One\n{}\n#EXTINF:-1 tvg-id=\"three\",Three\n{}\n",
+            origin.url("/one.ts"),
+            origin.url("/three.ts")
+        ),
+        "audio/x-mpegurl",
+    );
+    let res = a
+        .http
+        .post(a.url(&format!("/playlists/{list_id}/refresh")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let on_a: Value = a.get_json("/streams").await;
+    let ids = |v: &Value| {
+        let mut ids: Vec<String> = v["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["stream_id"].as_str().unwrap_or("").to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(on_a["total"], 2, "{on_a}");
+    eventually(
+        Duration::from_secs(2),
+        "the refreshed channels on B",
+        || async {
+            let on_b: Value = b.get_json("/streams").await;
+            let m3u = b
+                .get(&format!("/playlists/{list_id}/playlist.m3u"))
+                .await
+                .text()
+                .await
+                .ok()?;
+            (ids(&on_b) == ids(&on_a) && m3u.contains(",Three") && !m3u.contains(",Two"))
+                .then_some(())
+        },
+    )
+    .await;
     let res = a
         .http
         .delete(a.url(&format!("/playlists/{list_id}")))
@@ -805,5 +855,410 @@ async fn writes_made_while_an_instance_resynchronizes_are_kept() {
             200,
             "stream {stream}"
         );
+    }
+}
+
+/// A real `m3u-proxy` binary of the fleet on the Redis at `url`; returns it, its base URL
+/// and its instance id (the first of its `/health` breakdown).
+async fn fleet_binary(url: &str) -> (std::process::Child, String, String) {
+    let url = url.to_string();
+    let (child, base) = start(move |p| {
+        (
+            vec![
+                ("M3U_PROXY_HOST", "127.0.0.1".to_string()),
+                ("M3U_PROXY_PORT", p.to_string()),
+                ("M3U_PROXY_STORE", "redis".to_string()),
+                ("REDIS_URL", url.clone()),
+            ],
+            vec![],
+        )
+    })
+    .await;
+    let http = crate::util::http_client();
+    let id = eventually(Duration::from_secs(10), "the instance id", || async {
+        let health = json_at(&http, &format!("{base}/health")).await?;
+        Some(health["instances"][0]["id"].as_str()?.to_string())
+    })
+    .await;
+    (child, base, id)
+}
+
+/// The JSON of a 200 answer to `GET url`, `None` for anything else.
+async fn json_at(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let res = http.get(url).send().await.ok()?;
+    if res.status() != 200 {
+        return None;
+    }
+    res.json().await.ok()
+}
+
+/// The entry of stream `id` in `GET /streams` at `base`.
+async fn listed_at(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
+    let all = json_at(http, &format!("{base}/streams")).await?;
+    all["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stream_id"] == id)
+        .cloned()
+}
+
+/// Reads the SSE response `res` in the background, keeping every event's JSON in order.
+fn collect_sse(res: reqwest::Response) -> Arc<Mutex<Vec<Value>>> {
+    let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let keep = events.clone();
+    tokio::spawn(async move {
+        let mut body = res.bytes_stream();
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let message: String = text.drain(..end + 2).collect();
+                for line in message.lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                            keep.lock().unwrap().push(v);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    events
+}
+
+/// An event's identity in a fleet: the instance where it happened and its id there.
+fn event_key(event: &Value) -> (String, u64) {
+    (
+        event["instance"].as_str().unwrap_or_default().to_string(),
+        event["id"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// Issue 14's whole story with three real binaries on one `redis-server`: create on A, list
+/// on B and C; HLS through B and live TS through C; A's `/stats` and `/events` show the
+/// others; a manual failover on C moves B's playlist to the backup; a delete on A ends C's
+/// viewer; a webhook registered on A gets each event once; SIGTERM stops all three cleanly.
+#[tokio::test]
+async fn three_binaries_play_report_fail_over_and_delete_as_one_fleet() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (main, backup) = (Origin::start().await, Origin::start().await);
+    for origin in [&main, &backup] {
+        origin.put("/live.m3u8", media_playlist("hls"), MPEGURL);
+        for n in 1..4 {
+            origin.put(&format!("/hls/seg{n}.ts"), vec![0x47u8; 1880], "video/mp2t");
+        }
+    }
+    main.live_ts("/live.ts", 100_000);
+    let (mut a, base_a, id_a) = fleet_binary(&redis.url()).await;
+    let (mut b, base_b, id_b) = fleet_binary(&redis.url()).await;
+    let (mut c, base_c, id_c) = fleet_binary(&redis.url()).await;
+    let http = crate::util::http_client();
+
+    // A webhook registered on A, known on B and C before anything happens there.
+    let (hook_url, deliveries) = crate::util::webhook_receiver().await;
+    let types = [
+        "stream_created",
+        "client_connected",
+        "failover",
+        "stream_deleted",
+    ];
+    let res = http
+        .post(format!("{base_a}/webhooks"))
+        .json(&json!({"url": hook_url, "events": types}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hook: Value = res.json().await.unwrap();
+    let hook_id = hook["id"].as_str().unwrap().to_string();
+    for base in [&base_b, &base_c] {
+        eventually(Duration::from_secs(2), "the webhook on B and C", || {
+            let url = format!("{base}/webhooks/{hook_id}");
+            let http = &http;
+            async move { json_at(http, &url).await }
+        })
+        .await;
+    }
+    let feed = http.get(format!("{base_a}/events")).send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+    let feed = collect_sse(feed);
+
+    // Created on A (the HLS one with a backup URL): listed on B and C within a second.
+    let created: Value = http
+        .post(format!("{base_a}/streams"))
+        .json(&json!({"url": main.url("/live.m3u8"), "failover_urls": [backup.url("/live.m3u8")]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hls = created["stream_id"].as_str().unwrap().to_string();
+    let created = crate::util::create_stream_at(&http, &base_a, &main.url("/live.ts")).await;
+    let live = created["stream_id"].as_str().unwrap().to_string();
+    let live_endpoint = created["stream_endpoint"].as_str().unwrap().to_string();
+    for base in [&base_b, &base_c] {
+        eventually(Duration::from_secs(1), "A's streams on B and C", || async {
+            let s = listed_at(&http, base, &hls).await?;
+            listed_at(&http, base, &live).await?;
+            (s["failover_urls"] == json!([backup.url("/live.m3u8")])).then_some(())
+        })
+        .await;
+    }
+
+    // An HLS viewer plays through B: the playlist and its three segments, real bytes.
+    let playlist = format!("{base_b}/hls/{hls}/playlist.m3u8");
+    let play_b = |expected_origin: &'static str| {
+        let (http, playlist) = (http.clone(), playlist.clone());
+        async move {
+            let res = http
+                .get(&playlist)
+                .header("user-agent", "hls-viewer-on-b")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{expected_origin}");
+            let text = res.text().await.unwrap();
+            let uris = crate::util::player::uri_lines(&text);
+            assert_eq!(uris.len(), 3, "{text}");
+            let mut bytes = 0;
+            for uri in uris {
+                let url = url::Url::parse(&playlist).unwrap().join(&uri).unwrap();
+                let res = http
+                    .get(url)
+                    .header("user-agent", "hls-viewer-on-b")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200, "{uri}");
+                let body = res.bytes().await.unwrap();
+                assert_eq!(body.as_ref(), &[0x47u8; 1880][..], "{uri}");
+                bytes += body.len() as u64;
+            }
+            bytes
+        }
+    };
+    let hls_bytes = play_b("main").await;
+    assert_eq!(hls_bytes, 3 * 1880);
+    assert_eq!(main.hits("/hls/seg3.ts"), 1);
+    assert_eq!(backup.hits("/live.m3u8"), 0);
+
+    // A live TS viewer on C, read in the background so it never falls behind.
+    let res = http
+        .get(format!("{base_c}{live_endpoint}"))
+        .header("user-agent", "ts-viewer-on-c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "video/mp2t");
+    let live_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = live_read.clone();
+    let mut viewer = tokio::spawn(async move {
+        let mut body = res.bytes_stream();
+        let mut first = None;
+        while let Some(Ok(chunk)) = body.next().await {
+            first.get_or_insert(chunk[0]);
+            counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        first
+    });
+    let read_now = || live_read.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(Duration::from_secs(5), "50 TS packets on C", || async {
+        (read_now() >= 50 * 188).then_some(())
+    })
+    .await;
+
+    // A's /stats: B's and C's viewers, each on its instance, within 2 s; the bytes too.
+    let watched = std::time::Instant::now();
+    let on_c = read_now();
+    let stats = crate::util::poll_for(Duration::from_secs(2), || async {
+        let stats = json_at(&http, &format!("{base_a}/stats")).await?;
+        let row = |id: &str| {
+            let rows = stats["instances"].as_array()?;
+            let r = rows.iter().find(|r| r["id"] == id)?;
+            Some((r["clients"].as_u64()?, r["bytes"].as_u64()?))
+        };
+        let (b_row, c_row) = (row(&id_b)?, row(&id_c)?);
+        (stats["proxy"]["total_clients"] == 2
+            && b_row.0 == 1
+            && b_row.1 >= hls_bytes
+            && c_row.0 == 1
+            && c_row.1 >= on_c)
+            .then_some(stats)
+    })
+    .await;
+    let Some(stats) = stats else {
+        let now = json_at(&http, &format!("{base_a}/stats")).await;
+        panic!("A's /stats after 2 s (want B: 1 client, {hls_bytes} B; C: 1, {on_c} B): {now:?}");
+    };
+    assert!(watched.elapsed() < Duration::from_secs(3));
+    assert_eq!(stats["instances"].as_array().unwrap().len(), 3, "{stats}");
+    let mut viewers: Vec<(String, String)> = stats["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["user_agent"].as_str().unwrap_or_default().to_string(),
+                c["instance"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    viewers.sort();
+    assert_eq!(
+        viewers,
+        [
+            ("hls-viewer-on-b".to_string(), id_b.clone()),
+            ("ts-viewer-on-c".to_string(), id_c.clone())
+        ],
+        "{stats}"
+    );
+    // The fleet's total (stored counters, flushed every second by B and C) sums them.
+    eventually(Duration::from_secs(5), "the fleet's bytes on A", || async {
+        let stats = json_at(&http, &format!("{base_a}/stats")).await?;
+        (stats["proxy"]["total_bytes_served"].as_u64()? >= hls_bytes + on_c).then_some(())
+    })
+    .await;
+
+    // A's event feed shows C's client_connected.
+    eventually(
+        Duration::from_secs(5),
+        "C's client_connected on A's feed",
+        || async {
+            feed.lock()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["event_type"] == "client_connected"
+                        && e["instance"] == id_c.as_str()
+                        && e["stream_id"] == live.as_str()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A manual failover on C: B's next playlist comes from the backup origin.
+    let res = http
+        .post(format!("{base_c}/streams/{hls}/failover"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let switched: Value = res.json().await.unwrap();
+    assert_eq!(
+        switched["current_url"],
+        backup.url("/live.m3u8"),
+        "{switched}"
+    );
+    eventually(Duration::from_secs(2), "B on the backup URL", || async {
+        let s = listed_at(&http, &base_b, &hls).await?;
+        (s["current_url"] == backup.url("/live.m3u8")).then_some(())
+    })
+    .await;
+    let main_playlists = main.hits("/live.m3u8");
+    assert_eq!(play_b("backup").await, hls_bytes);
+    assert!(
+        backup.hits("/live.m3u8") >= 1,
+        "B's playlist from the backup"
+    );
+    assert!(backup.hits("/hls/seg1.ts") >= 1, "and its segments");
+    assert_eq!(
+        main.hits("/live.m3u8"),
+        main_playlists,
+        "not the main origin"
+    );
+
+    // Deleted on A: C's live viewer ends within 2 s.
+    let res = http
+        .delete(format!("{base_a}/streams/{live}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(2), &mut viewer).await;
+    let first = ended
+        .expect("C's viewer still open 2 s after the delete on A")
+        .unwrap();
+    assert_eq!(first, Some(0x47), "C's viewer got TS");
+    eventually(Duration::from_secs(2), "gone on C", || async {
+        let res = http
+            .get(format!("{base_c}/streams/{live}"))
+            .send()
+            .await
+            .ok()?;
+        (res.status() == 404).then_some(())
+    })
+    .await;
+
+    // The webhook: every event of its types on A's fleet feed delivered once, not three
+    // times (each by the instance where it happened).
+    let wanted = |events: &[Value]| -> Vec<(String, u64)> {
+        let mut keys: Vec<_> = events
+            .iter()
+            .filter(|e| types.iter().any(|t| e["event_type"] == *t))
+            .map(event_key)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let expected = eventually(Duration::from_secs(5), "the delete on A's feed", || async {
+        let events = feed.lock().unwrap().clone();
+        events
+            .iter()
+            .any(|e| e["event_type"] == "stream_deleted")
+            .then(|| wanted(&events))
+    })
+    .await;
+    for (kind, on) in [
+        ("stream_created", &id_a),
+        ("client_connected", &id_b),
+        ("client_connected", &id_c),
+        ("failover", &id_c),
+        ("stream_deleted", &id_a),
+    ] {
+        assert!(
+            feed.lock()
+                .unwrap()
+                .iter()
+                .any(|e| e["event_type"] == kind && e["instance"] == on.as_str()),
+            "{kind} of {on} on A's feed: {:?}",
+            feed.lock().unwrap()
+        );
+    }
+    let delivered = || {
+        let mut keys: Vec<_> = deliveries.lock().unwrap().iter().map(event_key).collect();
+        keys.sort();
+        keys
+    };
+    let all = crate::util::poll_for(Duration::from_secs(15), || async {
+        let got = delivered();
+        expected.iter().all(|k| got.contains(k)).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "expected {expected:?}, delivered {:?}",
+        delivered()
+    );
+    // A duplicate (from another instance) would come within this window.
+    let extra = crate::util::poll_for(Duration::from_secs(1), || async {
+        (delivered().len() > expected.len()).then_some(())
+    })
+    .await;
+    assert!(
+        extra.is_none(),
+        "one delivery per event: expected {expected:?}, delivered {:?}",
+        delivered()
+    );
+    assert_eq!(delivered(), expected);
+
+    for child in [&mut a, &mut b, &mut c] {
+        let (status, _) = stop_with(child, "-TERM").await;
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
     }
 }

@@ -471,7 +471,7 @@ async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once(
         proxy(&redis).await,
     );
     let (id_a, id_c) = (id_of(&a).await, id_of(&c).await);
-    let (hook_url, seen) = hook_receiver().await;
+    let (hook_url, seen) = crate::util::webhook_receiver().await;
     // Every follower of p:changes is running (a stream created on B is known on A and C)
     // before the webhook is written.
     let (_, endpoint) = b.register(&origin.url("/film.mp4"), &[]).await;
@@ -554,27 +554,6 @@ async fn the_event_feed_of_one_instance_shows_the_others_and_webhooks_fire_once(
     let mut expected = vec![id_a, id_c];
     expected.sort();
     assert_eq!(from, expected);
-}
-
-/// A webhook receiver on 127.0.0.1:0 that records every body it is sent.
-async fn hook_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
-    use axum::routing::post;
-    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
-    let record = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |axum::Json(body): axum::Json<Value>| {
-            let record = record.clone();
-            async move {
-                record.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
 }
 
 /// Opens `path` on `p` and reads its first bytes; the response stays open while kept.

@@ -538,6 +538,31 @@ impl Channels {
         }
     }
 
+    /// Takes a list as another instance of a fleet refreshed (or re-imported) it: its
+    /// channels are applied here as the refresh applied them there, and its next timed
+    /// refresh counts from now, so one instance, not each, fetches it per interval. The
+    /// refreshing instance stored the record, announced the refresh and dropped the
+    /// counters of removed channels; none of that is repeated here. False when the list
+    /// is unknown here or already as given.
+    pub fn follow(&self, record: ChannelListRecord) -> bool {
+        let Ok(old) = self.list(&record.id) else {
+            return false;
+        };
+        if old.record == record {
+            return false;
+        }
+        let id = record.id.clone();
+        let state = Arc::new(self.build(record, Some(&old)));
+        self.lists
+            .write()
+            .expect("lists lock")
+            .insert(id.clone(), state.clone());
+        self.reconcile();
+        self.schedule(&id);
+        tracing::info!(playlist = %id, channels = state.channel_count(), "channel list refreshed elsewhere applied");
+        true
+    }
+
     /// Builds the state of `record`, puts it in place of `old` and applies it.
     /// Returns the streams it removed.
     fn install(&self, record: ChannelListRecord, old: Option<&ListState>) -> Vec<String> {

@@ -200,12 +200,13 @@ impl Sync {
             }
             (Kind::ChannelList, Some(doc)) => {
                 let known = self.channels.records().iter().any(|r| r.id == id);
-                if !known {
-                    match serde_json::from_value::<ChannelListRecord>(doc) {
-                        Ok(record) => self.channels.restore(vec![record], &Default::default()),
-                        Err(error) => {
-                            tracing::warn!(playlist = %id, %error, "unreadable channel list of the fleet")
-                        }
+                match serde_json::from_value::<ChannelListRecord>(doc) {
+                    Ok(record) if known => {
+                        self.channels.follow(record);
+                    }
+                    Ok(record) => self.channels.restore(vec![record], &Default::default()),
+                    Err(error) => {
+                        tracing::warn!(playlist = %id, %error, "unreadable channel list of the fleet")
                     }
                 }
             }

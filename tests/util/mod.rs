@@ -10,6 +10,7 @@ pub mod temp_dir;
 pub mod ts_viewer;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use m3u_proxy::config::Config;
 use m3u_proxy::model::StreamType;
@@ -237,4 +238,26 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A webhook receiver on 127.0.0.1:0 that records every body it is sent: its URL (path
+/// `/hook`) and the bodies in order of arrival.
+pub async fn webhook_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
 }
