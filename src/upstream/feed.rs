@@ -1,6 +1,9 @@
 //! The client of direct streams (files and live feeds), whose bodies are read for hours at
 //! the pace of a player: every read of its connections asks for [`READ_BUF_BYTES`], so a
-//! viewer costs a few small buffers however fast its origin could send.
+//! viewer costs a few small buffers however fast its origin could send. A connection whose
+//! reader proves to be flat out (a download, not a player: 16 MB in 4 s) reads as much as
+//! hyper's adaptive buffer asks instead ([`Paced`]), since 16 KiB reads cost a download
+//! about half its speed (one read and one write per 16 KiB; BENCHMARKS.md).
 //!
 //! Through the shared reqwest client a paced direct viewer held about 1.4 MB (BENCHMARKS.md:
 //! 160 MB for 100 file viewers, 36.5 MB through this client): hyper's adaptive read buffer
@@ -28,9 +31,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use reqwest::ResponseBuilderExt;
 use tokio::time::Sleep;
 use url::Url;
@@ -78,7 +81,7 @@ pub fn system_proxy(var: impl Fn(&str) -> Option<String>) -> bool {
 /// The client of direct streams.
 #[derive(Debug, Clone)]
 pub struct FeedClient {
-    http: Client<HttpsConnector<HttpConnector>, EmptyBody>,
+    http: Client<HttpsConnector<PacedConnector>, EmptyBody>,
     read_stall: Duration,
 }
 
@@ -99,13 +102,12 @@ impl FeedClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(tcp);
+            .wrap_connector(PacedConnector(tcp));
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
-            .http1_read_buf_exact_size(READ_BUF_BYTES)
             .build(connector);
         Ok(Self {
             http,
@@ -269,6 +271,135 @@ fn percent_decoded(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// How long a connection's read rate is measured over before it is judged fast or paced.
+const RATE_WINDOW: Duration = Duration::from_secs(4);
+
+/// Bytes read within one [`RATE_WINDOW`] above which a connection counts as read flat out:
+/// 4 MB/s (32 Mbit/s) for 4 s, more than a real-time viewer's start can push into its
+/// socket buffers (shorter windows judged paced file viewers fast: 141 MB for 100 with
+/// 200 ms / 600 KB, 81 MB with 1 s / 4 MB; 39.5 MB with this one, BENCHMARKS.md).
+const FAST_BYTES_PER_WINDOW: usize = 16_000_000;
+
+/// The TCP connection of a feed, which hands each read at most [`READ_BUF_BYTES`] while its
+/// reader is paced, and whatever hyper's adaptive buffer asks for (up to ~400 KB, as
+/// reqwest's client) while the reader takes the bytes as fast as they come. A paced viewer
+/// so holds small chunks, and a download is not held to 16 KiB per read, wake-up and
+/// write (which cost it about half its speed: BENCHMARKS.md).
+struct Paced {
+    tcp: tokio::net::TcpStream,
+    window_start: std::time::Instant,
+    window_bytes: usize,
+    fast: bool,
+}
+
+impl Paced {
+    fn new(tcp: tokio::net::TcpStream) -> Self {
+        Self {
+            tcp,
+            window_start: std::time::Instant::now(),
+            window_bytes: 0,
+            fast: false,
+        }
+    }
+
+    fn record(&mut self, n: usize) {
+        self.window_bytes += n;
+        let now = std::time::Instant::now();
+        if now.duration_since(self.window_start) >= RATE_WINDOW {
+            self.fast = self.window_bytes >= FAST_BYTES_PER_WINDOW;
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Paced {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.fast || buf.remaining() <= READ_BUF_BYTES {
+            let before = buf.filled().len();
+            let res = Pin::new(&mut this.tcp).poll_read(cx, buf);
+            if res.is_ready() {
+                this.record(buf.filled().len() - before);
+            }
+            return res;
+        }
+        let mut small = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(READ_BUF_BYTES));
+        let res = Pin::new(&mut this.tcp).poll_read(cx, &mut small);
+        let n = small.filled().len();
+        if res.is_ready() {
+            buf.advance(n);
+            this.record(n);
+        }
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for Paced {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+impl Connection for Paced {
+    fn connected(&self) -> Connected {
+        self.tcp.connected()
+    }
+}
+
+/// [`HttpConnector`] whose connections are [`Paced`].
+#[derive(Debug, Clone)]
+struct PacedConnector(HttpConnector);
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<Paced>, Box<dyn StdError + Send + Sync>>> + Send>>;
+
+impl tower::Service<axum::http::Uri> for PacedConnector {
+    type Response = TokioIo<Paced>;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: axum::http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(TokioIo::new(Paced::new(io.into_inner())))
+        })
+    }
+}
+
 /// The empty body of every feed request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmptyBody;
@@ -314,6 +445,16 @@ impl Body for StallingBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let next = tokio::time::Instant::now() + this.stall;
                 this.timer.as_mut().reset(next);
+                // A small chunk (a paced reader's) is copied out of the connection's read
+                // buffer, which is then free for the next read instead of being pinned by
+                // the chunk until the player has it.
+                let frame = frame.map_data(|data| {
+                    if data.len() <= READ_BUF_BYTES {
+                        Bytes::copy_from_slice(&data)
+                    } else {
+                        data
+                    }
+                });
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -362,31 +503,27 @@ mod tests {
         ));
     }
 
-    /// An origin far ahead of its reader: 4 MiB written into the socket before the first
-    /// read. Each chunk the client yields is still at most [`READ_BUF_BYTES`], and the
-    /// bytes are all there, in order. (reqwest's chunks stay at 16 KiB in this setup too:
-    /// what this test guards is the bound, not the difference; the difference is in the
-    /// RSS benchmarks.)
-    #[tokio::test]
-    async fn reads_stay_small_however_far_ahead_the_origin_is() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    /// An origin that writes `total` bytes (or until the client goes) as fast as the
+    /// socket takes them, and the client's answer from it.
+    async fn far_ahead_origin(total: usize) -> reqwest::Response {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        const TOTAL: usize = 4 << 20;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let written = Arc::new(AtomicUsize::new(0));
-        let progress = written.clone();
         tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
             let mut head = [0u8; 4096];
             let _ = tcp.read(&mut head).await.unwrap();
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {TOTAL}\r\n\r\n");
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n");
             tcp.write_all(head.as_bytes()).await.unwrap();
-            let body: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
-            for piece in body.chunks(64 * 1024) {
-                tcp.write_all(piece).await.unwrap();
-                progress.fetch_add(piece.len(), Ordering::Relaxed);
+            let piece: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+            let mut sent = 0;
+            while sent < total {
+                let n = piece.len().min(total - sent);
+                if tcp.write_all(&piece[..n]).await.is_err() {
+                    return;
+                }
+                sent += n;
             }
         });
         let client = FeedClient::new(&UpstreamTimeouts::default()).unwrap();
@@ -395,16 +532,16 @@ mod tests {
             .send(Method::GET, &url, HeaderMap::new())
             .await
             .unwrap();
-        assert_eq!(res.content_length(), Some(TOTAL as u64));
-        // Wait until the socket holds far more than one read's worth.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while written.load(Ordering::Relaxed) < 16 * READ_BUF_BYTES {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the origin never got ahead"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert_eq!(res.content_length(), Some(total as u64));
+        res
+    }
+
+    /// A paced reader (16 KiB every 10 ms, 1.6 MB/s) of an origin far ahead: every chunk
+    /// is at most [`READ_BUF_BYTES`], and the bytes are all there, in order.
+    #[tokio::test]
+    async fn a_paced_reader_gets_small_chunks_however_far_ahead_the_origin_is() {
+        const TOTAL: usize = 1 << 20;
+        let res = far_ahead_origin(TOTAL).await;
         let mut chunks = res.bytes_stream();
         let (mut got, mut largest) = (0usize, 0usize);
         while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
@@ -412,11 +549,35 @@ mod tests {
             assert!(chunk
                 .iter()
                 .enumerate()
-                .all(|(i, b)| *b == ((got + i) % 251) as u8));
+                .all(|(i, b)| *b == ((got + i) % (64 * 1024) % 251) as u8));
             got += chunk.len();
             largest = largest.max(chunk.len());
+            // The pace of a player, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(got, TOTAL);
         assert!(largest <= READ_BUF_BYTES, "a chunk of {largest} bytes");
+    }
+
+    /// A reader that takes the bytes as fast as they come is not held to 16 KiB reads:
+    /// once its rate is measured, chunks grow past [`READ_BUF_BYTES`].
+    #[tokio::test]
+    async fn a_flat_out_reader_gets_large_chunks() {
+        let res = far_ahead_origin(1 << 40).await;
+        let mut chunks = res.bytes_stream();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let chunk = futures_util::StreamExt::next(&mut chunks)
+                .await
+                .expect("the origin is endless")
+                .unwrap();
+            if chunk.len() > READ_BUF_BYTES {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no chunk over {READ_BUF_BYTES} bytes in 20 s"
+            );
+        }
     }
 }
