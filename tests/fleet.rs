@@ -754,23 +754,10 @@ async fn three_binaries_share_one_registry() {
         return;
     }
     let redis = RedisServer::start();
-    let url = redis.url();
     let mut children = Vec::new();
     let mut bases = Vec::new();
     for _ in 0..3 {
-        let url = url.clone();
-        let (child, base) = start(move |p| {
-            (
-                vec![
-                    ("M3U_PROXY_HOST", "127.0.0.1".to_string()),
-                    ("M3U_PROXY_PORT", p.to_string()),
-                    ("M3U_PROXY_STORE", "redis".to_string()),
-                    ("REDIS_URL", url.clone()),
-                ],
-                vec![],
-            )
-        })
-        .await;
+        let (child, base, _) = fleet_binary(&redis.url()).await;
         children.push(child);
         bases.push(base);
     }
