@@ -267,7 +267,11 @@ impl Backend for RedisBackend {
 
     fn apply(&mut self, batch: &Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            // The periodic flush with nothing to write: a PING, so the store's health says
+            // whether Redis answers.
+            return self
+                .with_conn(|conn, _| redis::cmd("PING").query::<()>(conn))
+                .map_err(|e| StoreError::Write(format!("redis: {e}")));
         }
         let instance = self.instance.clone();
         self.with_conn(|conn, prefix| Self::apply_batch(conn, prefix, &instance, batch))

@@ -17,7 +17,7 @@ use crate::registry::Registry;
 /// One flush now; see the module doc.
 pub async fn flush_now(store: &Store, registry: &Registry) -> Result<(), StoreError> {
     store
-        .submit(|| {
+        .submit_flush(|| {
             let mut batch = Batch::default();
             registry.each_stream(|s| {
                 let key = if s.is_listed() {

@@ -369,6 +369,21 @@ impl Store {
     /// failed and kept for the next commit). `build` runs under the store's queue lock,
     /// so it must be quick and must not wait on anything.
     pub async fn submit(&self, build: impl FnOnce() -> Batch) -> Result<(), StoreError> {
+        self.commit(build, false).await
+    }
+
+    /// Like [`Store::submit`], but an empty batch is committed too: the periodic flush
+    /// commits every interval, so `last_flush_age_ms` in `/health` says the store answers
+    /// even while nothing changes (and a test can wait for "a flush after now").
+    pub async fn submit_flush(&self, build: impl FnOnce() -> Batch) -> Result<(), StoreError> {
+        self.commit(build, true).await
+    }
+
+    async fn commit(
+        &self,
+        build: impl FnOnce() -> Batch,
+        even_if_empty: bool,
+    ) -> Result<(), StoreError> {
         if !self.persistent {
             return Ok(());
         }
@@ -378,7 +393,7 @@ impl Store {
                 return Err(StoreError::Closed);
             };
             let batch = build();
-            if batch.is_empty() {
+            if batch.is_empty() && !even_if_empty {
                 return Ok(());
             }
             let (ack, rx) = oneshot::channel();
