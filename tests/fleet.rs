@@ -1084,18 +1084,7 @@ async fn three_binaries_play_report_fail_over_and_delete_as_one_fleet() {
     };
     assert!(watched.elapsed() < Duration::from_secs(3));
     assert_eq!(stats["instances"].as_array().unwrap().len(), 3, "{stats}");
-    let mut viewers: Vec<(String, String)> = stats["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["user_agent"].as_str().unwrap_or_default().to_string(),
-                c["instance"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    viewers.sort();
+    let viewers = crate::util::clients_by_instance(&stats);
     assert_eq!(
         viewers,
         [

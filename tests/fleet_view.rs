@@ -340,18 +340,7 @@ async fn stats_on_one_instance_sum_the_viewers_and_bytes_of_the_others() {
     )
     .await;
     assert!(played.elapsed() < Duration::from_secs(2));
-    let mut on: Vec<(String, String)> = stats["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["user_agent"].as_str().unwrap().to_string(),
-                c["instance"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    on.sort();
+    let on = crate::util::clients_by_instance(&stats);
     assert_eq!(
         on,
         [

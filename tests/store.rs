@@ -147,6 +147,22 @@ async fn kill(child: &mut std::process::Child, signal: &str) -> std::process::Ex
     stop_with(child, signal).await.0
 }
 
+/// The binary on the sqlite store in `dir`, flushing every 0.2 s.
+async fn launch_on(dir: &str) -> (std::process::Child, String) {
+    let dir = dir.to_string();
+    start(move |port| {
+        let envs = vec![
+            ("M3U_PROXY_HOST", "127.0.0.1".into()),
+            ("M3U_PROXY_PORT", port.to_string()),
+            ("M3U_PROXY_DATA_DIR", dir.clone()),
+            ("STATE_FLUSH_INTERVAL", "0.2".into()),
+            ("LOG_LEVEL", "warn".into()),
+        ];
+        (envs, vec![])
+    })
+    .await
+}
+
 #[tokio::test]
 async fn state_survives_sigkill_and_sigterm_of_the_binary() {
     let origin = Origin::start().await;
@@ -155,19 +171,7 @@ async fn state_survives_sigkill_and_sigterm_of_the_binary() {
     }
     let data = TempDir::new("store-restart");
     let dir = data.path().display().to_string();
-    let launch = || {
-        let dir = dir.clone();
-        start(move |port| {
-            let envs = vec![
-                ("M3U_PROXY_HOST", "127.0.0.1".into()),
-                ("M3U_PROXY_PORT", port.to_string()),
-                ("M3U_PROXY_DATA_DIR", dir.clone()),
-                ("STATE_FLUSH_INTERVAL", "0.2".into()),
-                ("LOG_LEVEL", "warn".into()),
-            ];
-            (envs, vec![])
-        })
-    };
+    let launch = || launch_on(&dir);
     let http = http_client();
     let (mut child, base) = launch().await;
 
@@ -707,19 +711,7 @@ async fn a_channel_list_streams_counters_survive_a_sigkill_and_go_with_the_list(
     serve_channel(&origin, 1);
     let data = TempDir::new("store-list-counters");
     let dir = data.path().display().to_string();
-    let launch = || {
-        let dir = dir.clone();
-        start(move |port| {
-            let envs = vec![
-                ("M3U_PROXY_HOST", "127.0.0.1".into()),
-                ("M3U_PROXY_PORT", port.to_string()),
-                ("M3U_PROXY_DATA_DIR", dir.clone()),
-                ("STATE_FLUSH_INTERVAL", "0.2".into()),
-                ("LOG_LEVEL", "warn".into()),
-            ];
-            (envs, vec![])
-        })
-    };
+    let launch = || launch_on(&dir);
     let http = http_client();
     let (mut child, base) = launch().await;
     let list = format!(

@@ -261,3 +261,20 @@ pub async fn webhook_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, seen)
 }
+
+/// `(user agent, instance)` of every client in a fleet's `/stats`, sorted.
+pub fn clients_by_instance(stats: &Value) -> Vec<(String, String)> {
+    let mut on: Vec<(String, String)> = stats["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["user_agent"].as_str().unwrap().to_string(),
+                c["instance"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    on.sort();
+    on
+}
