@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -55,6 +55,10 @@ const MAX_BUF_BYTES: usize = HARD_HEAD_BYTES;
 const MAX_REFUSING: usize = 256;
 /// How long a refused connection may take to read its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How long a connection we end after a request with a body goes on reading what the
+/// client still sends, so that its answer (a 413 before an upload's end) reaches it rather
+/// than a reset.
+const BODY_LINGER: Duration = Duration::from_secs(2);
 
 /// What every connection task shares.
 pub(super) struct Shared {
@@ -113,11 +117,16 @@ impl Shared {
             tcp,
             activity: activity.clone(),
         });
+        // Whether the last request came with a body, which may be left unread.
+        let had_body = Arc::new(AtomicBool::new(false));
         let service = {
             let activity = activity.clone();
+            let had_body = had_body.clone();
             let shared = self.clone();
-            hyper::service::service_fn(move |req| {
-                shared.clone().request(peer, activity.clone(), req)
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                had_body.store(!http_body::Body::is_end_stream(req.body()), Relaxed);
+                // Boxed so that the connection is `Unpin` and gives its socket back.
+                Box::pin(shared.clone().request(peer, activity.clone(), req))
             })
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -127,9 +136,9 @@ impl Shared {
             .header_read_timeout(None)
             .max_header_size(HARD_HEAD_BYTES)
             .max_buf_size(MAX_BUF_BYTES);
-        let conn = builder.serve_connection(io, service);
-        let mut conn = std::pin::pin!(conn);
+        let mut conn = builder.serve_connection(io, service);
         let mut stopping = false;
+        let mut ended_here = false;
         loop {
             let deadline = activity.deadline();
             let expired = async {
@@ -139,9 +148,10 @@ impl Shared {
                 }
             };
             tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::trace!(error = %e, %peer, "connection ended");
+                result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                    match result {
+                        Ok(()) => ended_here = true,
+                        Err(e) => tracing::trace!(error = %e, %peer, "connection ended"),
                     }
                     break;
                 }
@@ -156,8 +166,16 @@ impl Shared {
                 }
                 _ = stop.wait_for(|stop| *stop), if !stopping => {
                     stopping = true;
-                    conn.as_mut().graceful_shutdown();
+                    Pin::new(&mut conn).graceful_shutdown();
                 }
+            }
+        }
+        if ended_here {
+            let tcp = conn.into_parts().io.into_inner().tcp;
+            if had_body.load(Relaxed) {
+                // An unread body in the socket would make closing it send a reset, which
+                // can reach the client before our answer does: read the rest first.
+                let _ = tokio::time::timeout(BODY_LINGER, drain_and_close(tcp)).await;
             }
         }
         drop(admitted);
