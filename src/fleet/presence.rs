@@ -1,7 +1,8 @@
 //! Presence: every instance's heartbeat, and the fleet view built from all of them.
 //!
 //! Once a second each instance writes its heartbeat (`p:instance:{id}`, JSON, expiring
-//! after [`HEARTBEAT_TTL`]) and notes the time in `p:instances`; then it reads every live
+//! after [`HEARTBEAT_TTL`]; also early, within moments of a viewer arriving or leaving)
+//! and notes the time in `p:instances`; then it reads every live
 //! instance's heartbeat and the stored counters (`p:totals`, `p:counters:{stream id}` as
 //! the store's flush adds to them) into one [`Snapshot`]. Handlers read that snapshot only,
 //! never Redis: a request costs the same with Redis slow or down, and answers from the last
@@ -17,15 +18,23 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
 use super::{Fleet, COMMAND_TIMEOUT};
+use crate::events::{Event, EventType};
 use crate::model::{ClientInfo, Health, InstanceInfo, Stats, StreamDetail, StreamInfo};
 use crate::registry::{Counters, Registry, StreamEntry};
 
 /// How often an instance writes its heartbeat and reads the others'.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long an instance gathers viewers arriving together before it beats early.
+const EARLY_BEAT_GATHER: Duration = Duration::from_millis(100);
+
+/// The least time between the starts of two early beats.
+const EARLY_BEAT_GAP: Duration = Duration::from_millis(500);
 
 /// How long a heartbeat stays valid: an instance silent this long has left the fleet.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
@@ -134,15 +143,35 @@ impl Presence {
         tokio::spawn(async move {
             let mut tick = interval(HEARTBEAT_PERIOD);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut events = self.registry.events.subscribe();
             let mut failing = false;
             loop {
-                tick.tick().await;
-                let result = match timeout(COMMAND_TIMEOUT, self.beat()).await {
-                    Ok(Ok(())) => timeout(COMMAND_TIMEOUT * 2, self.read())
-                        .await
-                        .unwrap_or_else(|_| Err(timed_out())),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(timed_out()),
+                let early = tokio::select! {
+                    // The period first: under steady churn the reads still come on time.
+                    biased;
+                    _ = tick.tick() => false,
+                    () = self.viewers_changed(&mut events) => true,
+                };
+                let result = if early {
+                    // A viewer came or left here: the others see it at their next read
+                    // rather than after this instance's next period too. Viewers arriving
+                    // together go in one beat, and early beats come at most every
+                    // EARLY_BEAT_GAP.
+                    tokio::time::sleep(EARLY_BEAT_GATHER).await;
+                    while !events.is_empty() {
+                        let _ = events.try_recv();
+                    }
+                    let beat = timeout(COMMAND_TIMEOUT, self.beat()).await;
+                    tokio::time::sleep(EARLY_BEAT_GAP.saturating_sub(EARLY_BEAT_GATHER)).await;
+                    beat.unwrap_or_else(|_| Err(timed_out()))
+                } else {
+                    match timeout(COMMAND_TIMEOUT, self.beat()).await {
+                        Ok(Ok(())) => timeout(COMMAND_TIMEOUT * 2, self.read())
+                            .await
+                            .unwrap_or_else(|_| Err(timed_out())),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(timed_out()),
+                    }
                 };
                 match result {
                     Ok(()) if failing => {
@@ -158,6 +187,30 @@ impl Presence {
                 }
             }
         })
+    }
+
+    /// Returns when a viewer connects to or leaves this instance (or events were missed);
+    /// never once the bus is closed.
+    async fn viewers_changed(&self, events: &mut broadcast::Receiver<Event>) {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    let here = e
+                        .instance
+                        .as_deref()
+                        .is_none_or(|i| i == self.instance_id());
+                    let viewers = matches!(
+                        e.event_type,
+                        EventType::ClientConnected | EventType::ClientDisconnected
+                    );
+                    if here && viewers {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
     }
 
     /// This instance's heartbeat as of now.
