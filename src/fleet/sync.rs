@@ -301,27 +301,40 @@ impl Sync {
                 }
             }
         }
-        if missing.is_empty() {
-            return Ok(());
+        if !missing.is_empty() {
+            // Apart from the follower, which meanwhile applies the fleet's changes as they
+            // come (a failover on another instance must not wait for the second look).
+            let this = self.clone();
+            tokio::spawn(async move { this.second_look(missing).await });
         }
+        Ok(())
+    }
+
+    /// After [`SECOND_LOOK`], removes what is still held here but missing in Redis. A
+    /// document that cannot be looked up is kept: the next resync looks again.
+    async fn second_look(&self, missing: Vec<(Kind, String)>) {
         tokio::time::sleep(SECOND_LOOK).await;
+        let mut conn = self.fleet.conn.clone();
         for (kind, id) in missing {
-            let there: bool = tokio::time::timeout(
+            let there = tokio::time::timeout(
                 COMMAND_TIMEOUT,
-                conn.hexists(doc_key(&self.fleet.prefix, kind), &id),
+                conn.hexists::<_, _, bool>(doc_key(&self.fleet.prefix, kind), &id),
             )
-            .await
-            .map_err(|_| timed_out())??;
-            if !there {
-                match kind {
+            .await;
+            match there {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => match kind {
                     Kind::Webhook => {
                         self.webhooks.remove(&id);
                     }
                     _ => self.apply(kind, &id, None),
+                },
+                Ok(Err(_)) | Err(_) => {
+                    tracing::debug!(kind = kind.as_str(), %id, "second look failed; kept until the next resync");
+                    return;
                 }
             }
         }
-        Ok(())
     }
 
     /// Redis lost everything: puts this instance's secret and documents back.
