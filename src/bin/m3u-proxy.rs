@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use m3u_proxy::config::{
@@ -17,10 +17,47 @@ use m3u_proxy::logging::{self, LogFormat};
 use m3u_proxy::server::ServerError;
 use m3u_proxy::store::StoreError;
 
-/// mimalloc gives freed memory back to the system within moments; glibc's malloc keeps
-/// what a burst of viewers used resident long after they left (see BENCHMARKS.md).
+/// mimalloc gives freed memory back to the system within moments of the thread that owns
+/// it allocating again; glibc's malloc keeps what a burst of viewers used resident long
+/// after they left (see BENCHMARKS.md). A worker thread that goes idle after a burst
+/// allocates nothing more, so it collects when it parks ([`collect_when_idle`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The least time between two collections on one worker thread.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs on a worker thread each time it runs out of tasks: at most once per
+/// [`COLLECT_EVERY`], its freed pages go back to mimalloc's arenas and what the arenas hold
+/// unused goes back to the system. Without it, the memory a burst of viewers used stayed
+/// resident on the threads that served them until traffic resumed (103 MB 35 s after the
+/// benchmark run, from 14 MB idle: BENCHMARKS.md).
+fn collect_when_idle() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= COLLECT_EVERY);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        mimalloc_collect();
+    }
+}
+
+/// The crate's one `unsafe`: a call into mimalloc's C API.
+#[allow(unsafe_code)]
+fn mimalloc_collect() {
+    // SAFETY: `mi_collect` takes no pointer and may be called on any thread at any time;
+    // it frees only blocks already freed, in the calling thread's heap and the arenas.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
 
 /// A fast, dependable HTTP proxy for HLS and IPTV streams.
 #[derive(Debug, Parser)]
@@ -339,8 +376,18 @@ async fn shutdown_signal() {
 /// Exit code of a setting that cannot work, as for a usage error.
 const BAD_SETTING: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(collect_when_idle)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(err) => fail(1, &format!("error: cannot start the runtime: {err}")),
+    }
+}
+
+async fn run() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(err) => match m3u_proxy::cli::usage_error(&err, "m3u-proxy") {
