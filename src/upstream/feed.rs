@@ -1,9 +1,10 @@
 //! The client of direct streams (files and live feeds), whose bodies are read for hours at
 //! the pace of a player: every read of its connections asks for [`READ_BUF_BYTES`], so a
 //! viewer costs a few small buffers however fast its origin could send. A connection whose
-//! reader proves to be flat out (a download, not a player: 16 MB in 4 s) reads as much as
-//! hyper's adaptive buffer asks instead ([`Paced`]), since 16 KiB reads cost a download
-//! about half its speed (one read and one write per 16 KiB; BENCHMARKS.md).
+//! reader proves to be flat out (a download, not a player: 16 MB with no 4 MB of it slower
+//! than a second) reads as much as hyper's adaptive buffer asks instead ([`Paced`]), since
+//! 16 KiB reads cost a download about half its speed (one read and one write per 16 KiB;
+//! BENCHMARKS.md).
 //!
 //! Through the shared reqwest client a paced direct viewer held about 1.4 MB (BENCHMARKS.md:
 //! 160 MB for 100 file viewers, 36.5 MB through this client): hyper's adaptive read buffer
@@ -271,44 +272,63 @@ fn percent_decoded(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// How long a connection's read rate is measured over before it is judged fast or paced.
-const RATE_WINDOW: Duration = Duration::from_secs(4);
+/// A connection's reads are judged in blocks of this many bytes: a block that takes more
+/// than [`BLOCK_TIME`] (a reader below 4 MB/s, 32 Mbit/s, above any real-time stream)
+/// makes the connection paced again at once.
+const BLOCK_BYTES: usize = 4_000_000;
+const BLOCK_TIME: Duration = Duration::from_secs(1);
 
-/// Bytes read within one [`RATE_WINDOW`] above which a connection counts as read flat out:
-/// 4 MB/s (32 Mbit/s) for 4 s, more than a real-time viewer's start can push into its
-/// socket buffers (shorter windows judged paced file viewers fast: 141 MB for 100 with
-/// 200 ms / 600 KB, 81 MB with 1 s / 4 MB; 39.5 MB with this one, BENCHMARKS.md).
-const FAST_BYTES_PER_WINDOW: usize = 16_000_000;
+/// Blocks in a row, each within [`BLOCK_TIME`], after which a connection counts as read
+/// flat out: 16 MB, more than a real-time viewer's start pushes into its socket buffers
+/// (100 paced file viewers wrote 4.9-7.1 MB before their socket first pushed back, and
+/// 8 MB in a row judged enough of them fast to peak at 48.7 MB; BENCHMARKS.md).
+const FAST_BLOCKS: usize = 4;
 
 /// The TCP connection of a feed, which hands each read at most [`READ_BUF_BYTES`] while its
 /// reader is paced, and whatever hyper's adaptive buffer asks for (up to ~400 KB, as
-/// reqwest's client) while the reader takes the bytes as fast as they come. A paced viewer
+/// reqwest's client) once the reader takes the bytes as fast as they come. A paced viewer
 /// so holds small chunks, and a download is not held to 16 KiB per read, wake-up and
-/// write (which cost it about half its speed: BENCHMARKS.md).
+/// write (which cost it about half its speed: BENCHMARKS.md). The judgement is made per
+/// read, on the reads of this connection, whichever request they serve: a pooled
+/// connection picked up after more than a second is paced again.
 struct Paced {
     tcp: tokio::net::TcpStream,
-    window_start: std::time::Instant,
-    window_bytes: usize,
-    fast: bool,
+    block_start: std::time::Instant,
+    block_bytes: usize,
+    fast_blocks: usize,
 }
 
 impl Paced {
     fn new(tcp: tokio::net::TcpStream) -> Self {
         Self {
             tcp,
-            window_start: std::time::Instant::now(),
-            window_bytes: 0,
-            fast: false,
+            block_start: std::time::Instant::now(),
+            block_bytes: 0,
+            fast_blocks: 0,
         }
     }
 
-    fn record(&mut self, n: usize) {
-        self.window_bytes += n;
-        let now = std::time::Instant::now();
-        if now.duration_since(self.window_start) >= RATE_WINDOW {
-            self.fast = self.window_bytes >= FAST_BYTES_PER_WINDOW;
-            self.window_start = now;
-            self.window_bytes = 0;
+    /// The most the next read, starting `now`, takes from the socket: a block that has
+    /// run past its time ends the fast spell before the read, not after it.
+    fn read_cap(&mut self, now: std::time::Instant) -> usize {
+        if now.duration_since(self.block_start) > BLOCK_TIME {
+            self.fast_blocks = 0;
+            self.block_start = now;
+            self.block_bytes = 0;
+        }
+        if self.fast_blocks >= FAST_BLOCKS {
+            usize::MAX
+        } else {
+            READ_BUF_BYTES
+        }
+    }
+
+    fn record(&mut self, n: usize, now: std::time::Instant) {
+        self.block_bytes += n;
+        if self.block_bytes >= BLOCK_BYTES {
+            self.fast_blocks = (self.fast_blocks + 1).min(FAST_BLOCKS);
+            self.block_start = now;
+            self.block_bytes = 0;
         }
     }
 }
@@ -320,22 +340,29 @@ impl tokio::io::AsyncRead for Paced {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.fast || buf.remaining() <= READ_BUF_BYTES {
+        let now = std::time::Instant::now();
+        let cap = this.read_cap(now);
+        let n = if buf.remaining() <= cap {
             let before = buf.filled().len();
-            let res = Pin::new(&mut this.tcp).poll_read(cx, buf);
-            if res.is_ready() {
-                this.record(buf.filled().len() - before);
+            std::task::ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+            buf.filled().len() - before
+        } else {
+            // Into at most `cap` bytes of the caller's (uninitialised) buffer, without
+            // zeroing them first as a `ReadBuf` of our own would.
+            loop {
+                std::task::ready!(this.tcp.poll_read_ready(cx))?;
+                match this
+                    .tcp
+                    .try_read_buf(&mut bytes::BufMut::limit(&mut *buf, cap))
+                {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
             }
-            return res;
-        }
-        let mut small = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(READ_BUF_BYTES));
-        let res = Pin::new(&mut this.tcp).poll_read(cx, &mut small);
-        let n = small.filled().len();
-        if res.is_ready() {
-            buf.advance(n);
-            this.record(n);
-        }
-        res
+        };
+        this.record(n, now);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -536,11 +563,23 @@ mod tests {
         res
     }
 
-    /// A paced reader (16 KiB every 10 ms, 1.6 MB/s) of an origin far ahead: every chunk
+    /// Reads one chunk of an endless or long body.
+    async fn chunk(
+        chunks: &mut (impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin),
+    ) -> Bytes {
+        futures_util::StreamExt::next(chunks)
+            .await
+            .expect("the body goes on")
+            .unwrap()
+    }
+
+    /// A player's start: 12 MB taken as fast as they come (less than [`FAST_BLOCKS`]
+    /// blocks), then 16 KiB every 10 ms (1.6 MB/s) from an origin far ahead: every chunk
     /// is at most [`READ_BUF_BYTES`], and the bytes are all there, in order.
     #[tokio::test]
     async fn a_paced_reader_gets_small_chunks_however_far_ahead_the_origin_is() {
-        const TOTAL: usize = 1 << 20;
+        const BURST: usize = 12_000_000;
+        const TOTAL: usize = BURST + (1 << 20);
         let res = far_ahead_origin(TOTAL).await;
         let mut chunks = res.bytes_stream();
         let (mut got, mut largest) = (0usize, 0usize);
@@ -552,32 +591,55 @@ mod tests {
                 .all(|(i, b)| *b == ((got + i) % (64 * 1024) % 251) as u8));
             got += chunk.len();
             largest = largest.max(chunk.len());
-            // The pace of a player, not a wait for a condition.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if got > BURST {
+                // The pace of a player, not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         assert_eq!(got, TOTAL);
         assert!(largest <= READ_BUF_BYTES, "a chunk of {largest} bytes");
     }
 
-    /// A reader that takes the bytes as fast as they come is not held to 16 KiB reads:
-    /// once its rate is measured, chunks grow past [`READ_BUF_BYTES`].
+    /// A reader that takes the bytes as fast as they come is not held to 16 KiB reads
+    /// once it has read [`FAST_BLOCKS`] blocks that way; when it then pauses as a player
+    /// whose buffer is full, it is held to them again.
     #[tokio::test]
-    async fn a_flat_out_reader_gets_large_chunks() {
+    async fn a_flat_out_reader_gets_large_chunks_until_it_slows_down() {
         let res = far_ahead_origin(1 << 40).await;
         let mut chunks = res.bytes_stream();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut got = 0;
         loop {
-            let chunk = futures_util::StreamExt::next(&mut chunks)
-                .await
-                .expect("the origin is endless")
-                .unwrap();
-            if chunk.len() > READ_BUF_BYTES {
+            let c = chunk(&mut chunks).await;
+            if c.len() > READ_BUF_BYTES {
                 break;
             }
+            got += c.len();
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no chunk over {READ_BUF_BYTES} bytes in 20 s"
             );
         }
+        assert!(
+            got >= (FAST_BLOCKS - 1) * BLOCK_BYTES,
+            "large chunks after {got} bytes"
+        );
+
+        // A pause longer than a block's time: what was read before it may still come
+        // in large chunks (two at most: hyper's read buffer and its body channel), what
+        // is read after it comes in small ones.
+        tokio::time::sleep(BLOCK_TIME + Duration::from_millis(500)).await;
+        let sizes: Vec<usize> = {
+            let mut sizes = Vec::new();
+            for _ in 0..40 {
+                sizes.push(chunk(&mut chunks).await.len());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sizes
+        };
+        assert!(
+            sizes[2..].iter().all(|n| *n <= READ_BUF_BYTES),
+            "chunks after the pause: {sizes:?}"
+        );
     }
 }
