@@ -308,6 +308,14 @@ impl Activity {
         }
     }
 
+    /// Since when the connection has been idle between requests, if it is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        match *self.phase() {
+            Phase::Idle(since) => Some(since),
+            Phase::Head(_) | Phase::Busy(_) => None,
+        }
+    }
+
     /// Bytes arrived from the client: after an idle spell, they start a request head,
     /// which must be complete within the header read timeout.
     pub fn bytes_read(&self) {

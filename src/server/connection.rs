@@ -1,6 +1,8 @@
-//! One player connection: admitted against the limits, served by hyper's HTTP/1, closed by
-//! its clock when the client owes a request for too long, and each request held to the
-//! size limits before the router sees it.
+//! One player connection: admitted against the limits, served by hyper's HTTP/1 in spells
+//! (hyper's connection is made at the client's first byte and given up after a quarter of
+//! a second idle, so a player between requests holds only its socket), closed by its
+//! clock when the client owes a request for too long, and each request held to the size
+//! limits before the router sees it.
 //!
 //! Nothing here looks at a chunk of a response: the body is passed through with a guard
 //! that marks the end of the request, so a viewer streaming for hours is never timed.
@@ -59,6 +61,10 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// client still sends, so that its answer (a 413 before an upload's end) reaches it rather
 /// than a reset.
 const BODY_LINGER: Duration = Duration::from_secs(2);
+/// How long a connection sits idle between requests before hyper's part of it (its read
+/// and write buffers, 16 KB) is given up until the next byte: longer than the gap between
+/// back-to-back requests, shorter than a player's wait for its next segment.
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// What every connection task shares.
 pub(super) struct Shared {
@@ -101,9 +107,12 @@ impl Shared {
         });
     }
 
+    /// Serves the connection in spells: hyper's connection (with its buffers, 16 KB) is
+    /// made when the client sends a byte and given up once the connection has been idle
+    /// for [`PARK_AFTER`], so that a player between requests holds only its socket.
     async fn serve(
         self: Arc<Self>,
-        tcp: TcpStream,
+        mut tcp: TcpStream,
         peer: SocketAddr,
         admitted: Admitted,
         mut stop: watch::Receiver<bool>,
@@ -113,22 +122,8 @@ impl Shared {
             limits.header_read_timeout,
             limits.keepalive_timeout,
         ));
-        let io = TokioIo::new(Watched {
-            tcp,
-            activity: activity.clone(),
-        });
         // Whether the last request came with a body, which may be left unread.
         let had_body = Arc::new(AtomicBool::new(false));
-        let service = {
-            let activity = activity.clone();
-            let had_body = had_body.clone();
-            let shared = self.clone();
-            hyper::service::service_fn(move |req: Request<Incoming>| {
-                had_body.store(!http_body::Body::is_end_stream(req.body()), Relaxed);
-                // Boxed so that the connection is `Unpin` and gives its socket back.
-                Box::pin(shared.clone().request(peer, activity.clone(), req))
-            })
-        };
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Our own clock (`Activity`) times heads and idle spells; hyper's would also cut
         // idle keep-alive connections at the header timeout.
@@ -136,49 +131,128 @@ impl Shared {
             .header_read_timeout(None)
             .max_header_size(HARD_HEAD_BYTES)
             .max_buf_size(MAX_BUF_BYTES);
-        let mut conn = builder.serve_connection(io, service);
-        let mut stopping = false;
-        let mut ended_here = false;
+        // What hyper had read of the next request when it was given up.
+        let mut unread = Bytes::new();
         loop {
-            let deadline = activity.deadline();
-            let expired = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
+            if unread.is_empty() && !self.parked(&tcp, peer, &activity, &mut stop).await {
+                break;
+            }
+            let io = TokioIo::new(Watched {
+                tcp,
+                unread,
+                activity: activity.clone(),
+            });
+            let service = {
+                let activity = activity.clone();
+                let had_body = had_body.clone();
+                let shared = self.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    had_body.store(!http_body::Body::is_end_stream(req.body()), Relaxed);
+                    // Boxed so that the connection is `Unpin` and gives its socket back.
+                    Box::pin(shared.clone().request(peer, activity.clone(), req))
+                })
             };
-            tokio::select! {
-                result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
-                    match result {
-                        Ok(()) => ended_here = true,
-                        Err(e) => tracing::trace!(error = %e, %peer, "connection ended"),
-                    }
-                    break;
-                }
-                () = activity.changed() => {}
-                () = expired => {
-                    let now = tokio::time::Instant::now();
-                    if let Some((_, why)) = activity.deadline().filter(|(at, _)| *at <= now) {
-                        self.connections.count_timeout(why);
-                        tracing::debug!(%peer, timeout = why.label(), "closing a silent connection");
+            // Boxed: a parked connection's task holds no hyper state at all.
+            let mut conn = Box::new(builder.serve_connection(io, service));
+            let (mut stopping, mut parking, mut ended_here) = (false, false, false);
+            loop {
+                let expired = until(activity.deadline().map(|(at, _)| at));
+                let park_at = activity
+                    .idle_since()
+                    .filter(|_| !had_body.load(Relaxed))
+                    .map(|since| since + PARK_AFTER);
+                let park = until(park_at);
+                tokio::select! {
+                    result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                        match result {
+                            Ok(()) => ended_here = true,
+                            Err(e) => tracing::trace!(error = %e, %peer, "connection ended"),
+                        }
                         break;
                     }
-                }
-                _ = stop.wait_for(|stop| *stop), if !stopping => {
-                    stopping = true;
-                    Pin::new(&mut conn).graceful_shutdown();
+                    () = activity.changed() => {}
+                    () = expired => {
+                        if self.timed_out(&activity, peer) {
+                            break;
+                        }
+                    }
+                    _ = stop.wait_for(|stop| *stop), if !stopping => {
+                        stopping = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    () = park, if !stopping && !parking => {
+                        // Idle after a request without a body (hyper has read all of it,
+                        // and no response head is still to be written): hyper ends at
+                        // once, or once it has flushed the last response, and what the
+                        // client sent since is handed to the next spell. After a body,
+                        // which the handler may have left unread, hyper keeps the
+                        // connection.
+                        if activity.idle_since() == park_at.map(|at| at - PARK_AFTER) {
+                            parking = true;
+                            Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                    }
                 }
             }
-        }
-        if ended_here {
-            let tcp = conn.into_parts().io.into_inner().tcp;
+            if !ended_here {
+                break;
+            }
+            let parts = (*conn).into_parts();
+            let watched = parts.io.into_inner();
+            tcp = watched.tcp;
+            if parking && !stopping {
+                // hyper read what it holds before what `Watched` had still to give it.
+                unread = if watched.unread.is_empty() {
+                    parts.read_buf
+                } else {
+                    [&parts.read_buf[..], &watched.unread[..]].concat().into()
+                };
+                continue;
+            }
             if had_body.load(Relaxed) {
                 // An unread body in the socket would make closing it send a reset, which
                 // can reach the client before our answer does: read the rest first.
                 let _ = tokio::time::timeout(BODY_LINGER, drain_and_close(tcp)).await;
             }
+            break;
         }
         drop(admitted);
+    }
+
+    /// Waits, holding nothing but the socket, until the client sends a byte (true), or
+    /// its time is up, the server stops or the socket fails (false).
+    async fn parked(
+        &self,
+        tcp: &TcpStream,
+        peer: SocketAddr,
+        activity: &Activity,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            let expired = until(activity.deadline().map(|(at, _)| at));
+            tokio::select! {
+                ready = tcp.readable() => return ready.is_ok(),
+                () = expired => {
+                    if self.timed_out(activity, peer) {
+                        return false;
+                    }
+                }
+                _ = stop.wait_for(|stop| *stop) => return false,
+            }
+        }
+    }
+
+    /// Whether the connection's deadline has passed (counted and logged if so).
+    fn timed_out(&self, activity: &Activity, peer: SocketAddr) -> bool {
+        let now = tokio::time::Instant::now();
+        match activity.deadline().filter(|(at, _)| *at <= now) {
+            Some((_, why)) => {
+                self.connections.count_timeout(why);
+                tracing::debug!(%peer, timeout = why.label(), "closing a silent connection");
+                true
+            }
+            None => false,
+        }
     }
 
     /// One request: held to the size limits, its body read in full within the header
@@ -403,11 +477,20 @@ fn refusal_answer(refusal: Refusal, connections: &Connections) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Sleeps until `at`, or for ever.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Closes our side for writing and reads what the client still sends until it closes.
 async fn drain_and_close(mut tcp: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would make every connection's task 4 KB larger.
+    let mut sink = vec![0u8; 4096];
     while let Ok(n) = tcp.read(&mut sink).await {
         if n == 0 {
             break;
@@ -455,9 +538,11 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// The socket, telling the connection's clock when bytes arrive.
+/// The socket, telling the connection's clock when bytes arrive; what an earlier spell's
+/// hyper had read and not used comes first.
 struct Watched {
     tcp: TcpStream,
+    unread: Bytes,
     activity: Arc<Activity>,
 }
 
@@ -468,6 +553,12 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            this.activity.bytes_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
         if buf.filled().len() > before {
