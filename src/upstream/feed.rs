@@ -4,7 +4,8 @@
 //! reader proves to be flat out (a download, not a player: 16 MB with no 4 MB of it slower
 //! than a second) reads as much as hyper's adaptive buffer asks instead ([`Paced`]), since
 //! 16 KiB reads cost a download about half its speed (one read and one write per 16 KiB;
-//! BENCHMARKS.md).
+//! BENCHMARKS.md); such a connection is kept for the downloader's next request only
+//! ([`retire_unless_reused`]).
 //!
 //! Through the shared reqwest client a paced direct viewer held about 1.4 MB (BENCHMARKS.md:
 //! 160 MB for 100 file viewers, 36.5 MB through this client): hyper's adaptive read buffer
@@ -32,7 +33,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{
+    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
+};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use reqwest::ResponseBuilderExt;
@@ -131,9 +134,9 @@ impl FeedClient {
         let mut method = method;
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let res = self.request(&method, &url, &headers).await?;
+            let (res, connection) = self.request(&method, &url, &headers).await?;
             let Some(next) = redirect_target(&res, &url)? else {
-                return Ok(self.answer(res, url));
+                return Ok(self.answer(res, url, connection));
             };
             if matches!(
                 res.status(),
@@ -162,7 +165,7 @@ impl FeedClient {
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
-    ) -> Result<axum::http::Response<Incoming>, UpstreamError> {
+    ) -> Result<(axum::http::Response<Incoming>, CaptureConnection), UpstreamError> {
         let mut target = url.clone();
         let mut headers = headers.clone();
         if !target.username().is_empty() || target.password().is_some() {
@@ -185,17 +188,31 @@ impl FeedClient {
             .body(EmptyBody)
             .map_err(|e| UpstreamError::InvalidListedUrl(e.to_string()))?;
         *request.headers_mut() = headers;
-        self.http
+        let connection = capture_connection(&mut request);
+        let res = self
+            .http
             .request(request)
             .await
-            .map_err(|e| UpstreamError::from_feed_client(&e))
+            .map_err(|e| UpstreamError::from_feed_client(&e))?;
+        Ok((res, connection))
     }
 
     /// The answer as reqwest's type, its body failing after `read_stall` of silence.
-    fn answer(&self, res: axum::http::Response<Incoming>, url: Url) -> reqwest::Response {
+    fn answer(
+        &self,
+        res: axum::http::Response<Incoming>,
+        url: Url,
+        connection: CaptureConnection,
+    ) -> reqwest::Response {
         let (parts, body) = res.into_parts();
         let body = StallingBody {
             inner: body,
+            connection: parts
+                .extensions
+                .get::<Reads>()
+                .cloned()
+                .map(|r| (connection, r)),
+            flat_out: false,
             stall: self.read_stall,
             timer: Box::pin(tokio::time::sleep(self.read_stall)),
         };
@@ -293,6 +310,7 @@ const FAST_BLOCKS: usize = 4;
 /// connection picked up after more than a second is paced again.
 struct Paced {
     tcp: tokio::net::TcpStream,
+    reads: Reads,
     block_start: std::time::Instant,
     block_bytes: usize,
     fast_blocks: usize,
@@ -302,6 +320,7 @@ impl Paced {
     fn new(tcp: tokio::net::TcpStream) -> Self {
         Self {
             tcp,
+            reads: Reads::default(),
             block_start: std::time::Instant::now(),
             block_bytes: 0,
             fast_blocks: 0,
@@ -324,6 +343,9 @@ impl Paced {
     }
 
     fn record(&mut self, n: usize, now: std::time::Instant) {
+        self.reads
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.block_bytes += n;
         if self.block_bytes >= BLOCK_BYTES {
             self.fast_blocks = (self.fast_blocks + 1).min(FAST_BLOCKS);
@@ -398,8 +420,39 @@ impl tokio::io::AsyncWrite for Paced {
 
 impl Connection for Paced {
     fn connected(&self) -> Connected {
-        self.tcp.connected()
+        self.tcp.connected().extra(self.reads.clone())
     }
+}
+
+/// How many reads a [`Paced`] connection has made, handed to each of its answers.
+#[derive(Debug, Clone, Default)]
+struct Reads(Arc<std::sync::atomic::AtomicU64>);
+
+impl Reads {
+    fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How soon after an answer read flat out its connection must be used again to be kept:
+/// a downloader's next request comes within a round trip; a connection left idle past
+/// this is closed rather than handed, with its grown read buffer (~400 KB, which hyper
+/// keeps for the connection's life), to a paced viewer.
+const REUSE_WINDOW: Duration = Duration::from_millis(200);
+
+/// Closes `connection` once it is back in the pool, unless it was used again within
+/// [`REUSE_WINDOW`].
+fn retire_unless_reused(connection: CaptureConnection, reads: Reads) {
+    let seen = reads.count();
+    tokio::spawn(async move {
+        tokio::time::sleep(REUSE_WINDOW).await;
+        if reads.count() == seen {
+            if let Some(connected) = connection.connection_metadata().as_ref() {
+                // A poisoned connection is not checked out of the pool again.
+                connected.poison();
+            }
+        }
+    });
 }
 
 /// [`HttpConnector`] whose connections are [`Paced`].
@@ -455,6 +508,11 @@ impl Body for EmptyBody {
 /// reqwest's `read_timeout` does.
 struct StallingBody {
     inner: Incoming,
+    /// The connection and its reads: one read flat out (a chunk past [`READ_BUF_BYTES`]
+    /// says so) has a grown read buffer, and is retired after this answer unless a
+    /// downloader uses it again at once ([`retire_unless_reused`]).
+    connection: Option<(CaptureConnection, Reads)>,
+    flat_out: bool,
     stall: Duration,
     timer: Pin<Box<Sleep>>,
 }
@@ -475,17 +533,25 @@ impl Body for StallingBody {
                 // A small chunk (a paced reader's) is copied out of the connection's read
                 // buffer, which is then free for the next read instead of being pinned by
                 // the chunk until the player has it.
+                let flat_out = &mut this.flat_out;
                 let frame = frame.map_data(|data| {
                     if data.len() <= READ_BUF_BYTES {
                         Bytes::copy_from_slice(&data)
                     } else {
+                        *flat_out = true;
                         data
                     }
                 });
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some((connection, reads)) = this.connection.take().filter(|_| this.flat_out)
+                {
+                    retire_unless_reused(connection, reads);
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -641,5 +707,94 @@ mod tests {
             sizes[2..].iter().all(|n| *n <= READ_BUF_BYTES),
             "chunks after the pause: {sizes:?}"
         );
+    }
+
+    /// A keep-alive origin that answers every request on a connection with `total` bytes,
+    /// counting the connections it accepted.
+    async fn counting_origin(total: usize) -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/big.ts", listener.local_addr().unwrap())).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let body = vec![0x47u8; total];
+                    let mut head = Vec::new();
+                    loop {
+                        let mut byte = [0u8; 1024];
+                        let Ok(n) = tcp.read(&mut byte).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&byte[..n]);
+                        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n");
+                        if tcp.write_all(answer.as_bytes()).await.is_err()
+                            || tcp.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// Reads an answer to its end; whether any chunk was past [`READ_BUF_BYTES`].
+    async fn read_whole(client: &FeedClient, url: &Url) -> bool {
+        let res = client
+            .send(Method::GET, url, HeaderMap::new())
+            .await
+            .unwrap();
+        let mut chunks = res.bytes_stream();
+        let mut large = false;
+        while let Some(c) = futures_util::StreamExt::next(&mut chunks).await {
+            large |= c.unwrap().len() > READ_BUF_BYTES;
+        }
+        large
+    }
+
+    /// A connection read flat out is used again by a downloader's next request at once,
+    /// and closed, not pooled, when it is left idle past [`REUSE_WINDOW`]: a paced viewer
+    /// would inherit its grown read buffer. A paced connection stays pooled.
+    #[tokio::test]
+    async fn a_connection_read_flat_out_is_kept_for_the_next_download_but_not_left_in_the_pool() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let client = FeedClient::new(&UpstreamTimeouts::default()).unwrap();
+
+        let (url, accepted) = counting_origin(24_000_000).await;
+        assert!(read_whole(&client, &url).await, "read flat out");
+        assert!(read_whole(&client, &url).await);
+        assert_eq!(
+            accepted.load(SeqCst),
+            1,
+            "the next download used the connection"
+        );
+        tokio::time::sleep(REUSE_WINDOW * 3).await;
+        read_whole(&client, &url).await;
+        assert_eq!(
+            accepted.load(SeqCst),
+            2,
+            "the idle fast connection was closed"
+        );
+
+        let (url, accepted) = counting_origin(1 << 20).await;
+        assert!(
+            !read_whole(&client, &url).await,
+            "1 MB is not read flat out"
+        );
+        tokio::time::sleep(REUSE_WINDOW * 3).await;
+        read_whole(&client, &url).await;
+        assert_eq!(accepted.load(SeqCst), 1, "a paced connection stays pooled");
     }
 }
