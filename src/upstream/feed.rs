@@ -298,7 +298,7 @@ const BLOCK_TIME: Duration = Duration::from_secs(1);
 /// Blocks in a row, each within [`BLOCK_TIME`], after which a connection counts as read
 /// flat out: 16 MB, more than a real-time viewer's start pushes into its socket buffers
 /// (100 paced file viewers wrote 4.9-7.1 MB before their socket first pushed back, and
-/// 8 MB in a row judged enough of them fast to peak at 48.7 MB; BENCHMARKS.md).
+/// two blocks judged enough of them fast to peak at 48.7 MB; BENCHMARKS.md).
 const FAST_BLOCKS: usize = 4;
 
 /// The TCP connection of a feed, which hands each read at most [`READ_BUF_BYTES`] while its
