@@ -12,9 +12,9 @@
 //! After every (re)subscription, the whole registry is compared with Redis, since
 //! messages sent while the connection was down are lost: documents changed elsewhere are
 //! applied, streams gone from Redis are removed here (after a second look 2 s later, taken
-//! beside the follower, which goes on applying changes meanwhile). When Redis comes back empty (it
-//! restarted without persistence: `p:secret` is missing), this instance writes back its
-//! secret and every document it holds instead, so the fleet's state survives.
+//! beside the follower, which goes on applying changes meanwhile). When Redis comes back
+//! empty (it restarted without persistence: `p:secret` is missing), this instance writes
+//! back its secret and every document it holds instead, so the fleet's state survives.
 //!
 //! While the subscription is down, or a `PING` every second gets no answer within
 //! [`COMMAND_TIMEOUT`], the fleet counts as unreachable ([`Fleet::is_reachable`]):

@@ -157,11 +157,8 @@ impl Shared {
             let (mut stopping, mut parking, mut ended_here) = (false, false, false);
             loop {
                 let expired = until(activity.deadline().map(|(at, _)| at));
-                let park_at = activity
-                    .idle_since()
-                    .filter(|_| !had_body.load(Relaxed))
-                    .map(|since| since + PARK_AFTER);
-                let park = until(park_at);
+                let idle_since = activity.idle_since().filter(|_| !had_body.load(Relaxed));
+                let park = until(idle_since.map(|since| since + PARK_AFTER));
                 tokio::select! {
                     result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                         match result {
@@ -187,7 +184,7 @@ impl Shared {
                         // client sent since is handed to the next spell. After a body,
                         // which the handler may have left unread, hyper keeps the
                         // connection.
-                        if activity.idle_since() == park_at.map(|at| at - PARK_AFTER) {
+                        if activity.idle_since() == idle_since {
                             parking = true;
                             Pin::new(&mut *conn).graceful_shutdown();
                         }

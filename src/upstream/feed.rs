@@ -343,9 +343,7 @@ impl Paced {
     }
 
     fn record(&mut self, n: usize, now: std::time::Instant) {
-        self.reads
-            .0
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reads.add();
         self.block_bytes += n;
         if self.block_bytes >= BLOCK_BYTES {
             self.fast_blocks = (self.fast_blocks + 1).min(FAST_BLOCKS);
@@ -429,6 +427,10 @@ impl Connection for Paced {
 struct Reads(Arc<std::sync::atomic::AtomicU64>);
 
 impl Reads {
+    fn add(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn count(&self) -> u64 {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
